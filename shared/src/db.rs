@@ -1,0 +1,113 @@
+//! The Postgres pool and the schema migrations (refinery, SQL files in `migrations/`).
+
+use anyhow::Context as _;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Builds a small pool. No connection is opened until the first query, so a Lambda's init
+/// stays free of network round trips.
+pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let pg_config: tokio_postgres::Config = database_url
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres connection string")?;
+    let manager = Manager::from_config(
+        pg_config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .build()
+        .context("building the Postgres pool")
+}
+
+/// The pool size for this process: `DB_POOL_SIZE`, else `default`.
+pub fn pool_size_from_env(default: usize) -> anyhow::Result<usize> {
+    match std::env::var("DB_POOL_SIZE") {
+        Ok(raw) if !raw.trim().is_empty() => {
+            let size: usize = raw
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .with_context(|| format!("configuration: DB_POOL_SIZE must be between 1 and 1000, got {raw:?}"))?;
+            Ok(size)
+        }
+        _ => Ok(default),
+    }
+}
+
+/// Applies every pending migration, under an advisory lock so concurrent starters agree.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
+    let mut client = pool.get().await.context("connecting to Postgres to migrate")?;
+    client
+        .execute("SELECT pg_advisory_lock(7219470301)", &[])
+        .await
+        .context("taking the migration lock")?;
+    let client_ref: &mut tokio_postgres::Client = &mut client;
+    let result = embedded::migrations::runner()
+        .run_async(client_ref)
+        .await
+        .context("applying migrations");
+    client
+        .execute("SELECT pg_advisory_unlock(7219470301)", &[])
+        .await
+        .context("releasing the migration lock")?;
+    Ok(result?.applied_migrations().len())
+}
+
+/// Creates the database named in `database_url` if it does not exist, connecting to the
+/// server's `postgres` database to do so. Used by `ebra dev` and the tests.
+pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
+    let config: tokio_postgres::Config = database_url
+        .parse()
+        .context("DATABASE_URL is not a valid Postgres connection string")?;
+    let name = config
+        .get_dbname()
+        .context("DATABASE_URL names no database")?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", describe(&config)))?;
+    let driver = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .context("looking up the database")?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match client.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await {
+            Ok(()) => tracing::info!(database = %name, "created database"),
+            // Someone else created it between our check and our create.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating database {name}")),
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Host and port of a connection config, for error messages (never the password).
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}

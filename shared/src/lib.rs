@@ -1,0 +1,26 @@
+//! The library every Ebra function uses.
+//!
+//! - [`config`]: settings from the environment, validated once at start-up.
+//! - [`domain`]: the parsed values (`PhoneNumber`, `ScriptId`, `Metadata`, `CallStatus`, ...).
+//! - [`db`]: the Postgres pool and the migrations.
+//! - [`store`]: every SQL statement Ebra runs, as named queries. The global cap is enforced in
+//!   [`store::claim`], settlement in [`store::settle`].
+//! - [`backoff`]: where retry delays are computed.
+//! - [`queue`]: the SQS calls queue (send, defer, recycle).
+//! - [`provider`]: the AI-call provider (HTTP client and simulator).
+//! - [`webhook_signature`]: where provider webhooks are verified (Standard Webhooks).
+//! - [`problem`]: RFC 9457 problem+json errors.
+//! - [`telemetry`]: structured logging.
+
+pub mod backoff;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod problem;
+pub mod provider;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod webhook_signature;
+
+pub use config::Config;

@@ -1,0 +1,369 @@
+//! The API's queries: create, read, list, patch, cancel, metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    call_from_row, parse_outcome, query, query_one, query_opt, seconds, Call, DialAttempt, Pool,
+    StoreResult, CALL_COLUMNS,
+};
+use crate::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
+use crate::queue::{Enqueue, MAX_DELAY};
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub phone: PhoneNumber,
+    pub script_id: ScriptId,
+    pub metadata: Metadata,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The client's `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Created {
+    /// A new call; send `enqueue` after this returns (its outbox mark is already set).
+    New { call: Call, enqueue: Enqueue },
+    /// The `Idempotency-Key` was seen before with the same request: the original call.
+    Replayed(Call),
+    /// The `Idempotency-Key` was seen before with a different request.
+    KeyReused,
+}
+
+/// How long SQS should hold a message for a call due at `due`.
+pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
+    due.and_then(|at| (at - Utc::now()).to_std().ok())
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_DELAY)
+}
+
+/// Inserts a call and its outbox mark in one statement (one commit).
+pub async fn create_call(pool: &Pool, new: &NewCall, max_attempts: u32) -> StoreResult<Created> {
+    let client = pool.get().await?;
+    let id = Uuid::now_v7();
+    let delay = message_delay(new.scheduled_at);
+    let (key, hash) = match &new.idempotency {
+        Some((key, hash)) => (Some(key.as_str()), Some(hash.as_str())),
+        None => (None, None),
+    };
+    let sql = format!(
+        "INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
+             next_run_at, outbox_due_at, idempotency_key, request_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
+             now() + make_interval(secs => $8), $9, $10) \
+         ON CONFLICT (idempotency_key) DO NOTHING \
+         RETURNING {CALL_COLUMNS}"
+    );
+    let inserted = query_opt(
+        &client,
+        &sql,
+        &[
+            &id,
+            &new.phone.as_str(),
+            &new.script_id.as_str(),
+            &new.metadata.to_value(),
+            &(max_attempts as i32),
+            &new.scheduled_at,
+            &new.expires_at,
+            &seconds(delay),
+            &key,
+            &hash,
+        ],
+    )
+    .await?;
+    if let Some(row) = inserted {
+        let call = call_from_row(&row)?;
+        let enqueue = Enqueue { call_id: call.id, delay };
+        return Ok(Created::New { call, enqueue });
+    }
+    // The key exists: ON CONFLICT waited for its transaction, so the row is visible now.
+    let sql = format!("SELECT {CALL_COLUMNS}, request_hash FROM calls WHERE idempotency_key = $1");
+    let row = query_one(&client, &sql, &[&key]).await?;
+    let stored_hash: Option<String> = row.try_get("request_hash")?;
+    if stored_hash.as_deref() == hash {
+        Ok(Created::Replayed(call_from_row(&row)?))
+    } else {
+        Ok(Created::KeyReused)
+    }
+}
+
+pub async fn get_call(pool: &Pool, id: Uuid) -> StoreResult<Option<(Call, Vec<DialAttempt>)>> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1");
+    let Some(row) = query_opt(&client, &sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let call = call_from_row(&row)?;
+    let rows = query(
+        &client,
+        "SELECT attempt_no, idempotency_key, dial_state, provider_call_id, started_at, dialed_at, \
+             ended_at, outcome, duration_sec, error \
+         FROM call_attempts WHERE call_id = $1 ORDER BY attempt_no",
+        &[&id],
+    )
+    .await?;
+    let dials = rows
+        .iter()
+        .map(|row| {
+            Ok(DialAttempt {
+                attempt: row.try_get("attempt_no")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                dial_state: row.try_get("dial_state")?,
+                provider_call_id: row.try_get("provider_call_id")?,
+                started_at: row.try_get("started_at")?,
+                dialed_at: row.try_get("dialed_at")?,
+                ended_at: row.try_get("ended_at")?,
+                outcome: parse_outcome(row.try_get("outcome")?)?,
+                duration_sec: row.try_get("duration_sec")?,
+                error: row.try_get("error")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some((call, dials)))
+}
+
+/// A position in the newest-first listing: the last call of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl ListCursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.created_at.timestamp_micros(), self.id))
+    }
+
+    pub fn decode(raw: &str) -> Option<Self> {
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+        let (micros, id) = text.split_once('.')?;
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ListPosition {
+    /// 1-based page number (offset paging; the total is counted).
+    Page(u32),
+    /// After this call (keyset paging; stays fast on any table size).
+    After(ListCursor),
+}
+
+#[derive(Debug)]
+pub struct CallsPage {
+    pub items: Vec<Call>,
+    /// Counted only for page-number paging.
+    pub total: Option<i64>,
+    pub next_cursor: Option<String>,
+}
+
+pub async fn list_calls(
+    pool: &Pool,
+    status: Option<CallStatus>,
+    position: &ListPosition,
+    page_size: u32,
+) -> StoreResult<CallsPage> {
+    let client = pool.get().await?;
+    let status_filter = status.map(|s| s.as_str());
+    let limit = i64::from(page_size);
+    let (rows, total) = match position {
+        ListPosition::Page(page) => {
+            let offset = i64::from(page.saturating_sub(1)) * limit;
+            let (list_sql, count_sql) = match status_filter {
+                Some(_) => (
+                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
+                    "SELECT count(*) FROM calls WHERE status = $1",
+                ),
+                None => (
+                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE $1::text IS NULL ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
+                    "SELECT count(*) FROM calls WHERE $1::text IS NULL",
+                ),
+            };
+            let rows = query(&client, &list_sql, &[&status_filter, &limit, &offset]).await?;
+            let total: i64 = query_one(&client, count_sql, &[&status_filter]).await?.try_get(0)?;
+            (rows, Some(total))
+        }
+        ListPosition::After(cursor) => {
+            let sql = match status_filter {
+                Some(_) => format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE status = $1 AND (created_at, id) < ($2, $3) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
+                ),
+                None => format!(
+                    "SELECT {CALL_COLUMNS} FROM calls WHERE $1::text IS NULL AND (created_at, id) < ($2, $3) \
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
+                ),
+            };
+            let rows = query(&client, &sql, &[&status_filter, &cursor.created_at, &cursor.id, &limit]).await?;
+            (rows, None)
+        }
+    };
+    let items = rows.iter().map(call_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let next_cursor = (items.len() as u32 == page_size)
+        .then(|| items.last())
+        .flatten()
+        .map(|last| ListCursor { created_at: last.created_at, id: last.id }.encode());
+    Ok(CallsPage { items, total, next_cursor })
+}
+
+/// The fields a PATCH may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct CallPatch {
+    pub phone: Option<PhoneNumber>,
+    pub script_id: Option<ScriptId>,
+    pub metadata: Option<Metadata>,
+    /// `Some(None)` clears the schedule.
+    pub scheduled_at: Option<Option<DateTime<Utc>>>,
+}
+
+#[derive(Debug)]
+pub enum Changed {
+    Done { call: Call, enqueue: Option<Enqueue> },
+    NotFound,
+    /// The call is no longer PENDING.
+    NotPending(CallStatus),
+    /// The new schedule is not before the call's `expiresAt`.
+    ScheduleAfterExpiry,
+}
+
+pub async fn patch_call(pool: &Pool, id: Uuid, patch: &CallPatch) -> StoreResult<Changed> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = query_opt(
+        &tx,
+        "SELECT status, expires_at, attempts, next_run_at FROM calls WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await?
+    else {
+        return Ok(Changed::NotFound);
+    };
+    let status = super::parse_status(row.try_get("status")?)?;
+    if status != CallStatus::Pending {
+        return Ok(Changed::NotPending(status));
+    }
+    let expires_at: Option<DateTime<Utc>> = row.try_get("expires_at")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    let next_run_at: DateTime<Utc> = row.try_get("next_run_at")?;
+    let now = Utc::now();
+    let (schedule_changed, scheduled_at, new_next_run) = match patch.scheduled_at {
+        None => (false, None, next_run_at),
+        Some(scheduled) => {
+            if let (Some(at), Some(expiry)) = (scheduled, expires_at) {
+                if at >= expiry {
+                    return Ok(Changed::ScheduleAfterExpiry);
+                }
+            }
+            let wanted = scheduled.unwrap_or(now).max(now);
+            // A call backing off keeps its backoff; a fresh one follows the schedule.
+            let next = if attempts == 0 { wanted } else { wanted.max(next_run_at) };
+            (true, scheduled, next)
+        }
+    };
+    let delay = message_delay(Some(new_next_run));
+    let sql = format!(
+        "UPDATE calls SET phone = COALESCE($2, phone), script_id = COALESCE($3, script_id), \
+             metadata = COALESCE($4, metadata), \
+             scheduled_at = CASE WHEN $5 THEN $6 ELSE scheduled_at END, \
+             next_run_at = $7, \
+             outbox_due_at = CASE WHEN $5 THEN now() + make_interval(secs => $8) ELSE outbox_due_at END, \
+             updated_at = now() \
+         WHERE id = $1 RETURNING {CALL_COLUMNS}"
+    );
+    let row = query_one(
+        &tx,
+        &sql,
+        &[
+            &id,
+            &patch.phone.as_ref().map(PhoneNumber::as_str),
+            &patch.script_id.as_ref().map(ScriptId::as_str),
+            &patch.metadata.as_ref().map(Metadata::to_value),
+            &schedule_changed,
+            &scheduled_at,
+            &new_next_run,
+            &seconds(delay),
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    let call = call_from_row(&row)?;
+    // A new schedule needs a message that arrives on time, not when the old one wakes.
+    let enqueue = schedule_changed.then_some(Enqueue { call_id: id, delay });
+    Ok(Changed::Done { call, enqueue })
+}
+
+pub async fn cancel_call(pool: &Pool, id: Uuid) -> StoreResult<Changed> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), outbox_due_at = NULL \
+         WHERE id = $1 AND status = 'PENDING' RETURNING {CALL_COLUMNS}"
+    );
+    if let Some(row) = query_opt(&client, &sql, &[&id]).await? {
+        return Ok(Changed::Done { call: call_from_row(&row)?, enqueue: None });
+    }
+    match query_opt(&client, "SELECT status FROM calls WHERE id = $1", &[&id]).await? {
+        None => Ok(Changed::NotFound),
+        Some(row) => Ok(Changed::NotPending(super::parse_status(row.try_get(0)?)?)),
+    }
+}
+
+/// What `/metrics` shows.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub by_status: BTreeMap<CallStatus, i64>,
+    /// Slots held: calls in progress, as the cap counts them.
+    pub in_progress: i64,
+    /// Age of the oldest PENDING call that is due, in seconds.
+    pub oldest_due_pending_age_seconds: Option<f64>,
+    /// PENDING calls whose SQS message is not confirmed yet.
+    pub outbox_unconfirmed: i64,
+}
+
+pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
+    let client = pool.get().await?;
+    let rows = query(&client, "SELECT status, count(*) FROM calls GROUP BY status", &[]).await?;
+    let mut by_status: BTreeMap<CallStatus, i64> =
+        CallStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    for row in &rows {
+        let status = super::parse_status(row.try_get(0)?)?;
+        by_status.insert(status, row.try_get(1)?);
+    }
+    let row = query_one(
+        &client,
+        "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
+                (SELECT EXTRACT(EPOCH FROM now() - min(next_run_at))::float8 FROM calls \
+                  WHERE status = 'PENDING' AND next_run_at <= now()), \
+                (SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL)",
+        &[],
+    )
+    .await?;
+    Ok(Metrics {
+        by_status,
+        in_progress: row.try_get(0)?,
+        oldest_due_pending_age_seconds: row.try_get(1)?,
+        outbox_unconfirmed: row.try_get(2)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips() {
+        let cursor = ListCursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::now_v7() };
+        assert_eq!(ListCursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(ListCursor::decode("garbage!"), None);
+        assert_eq!(ListCursor::decode(""), None);
+    }
+}

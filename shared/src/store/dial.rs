@@ -1,0 +1,163 @@
+//! Recording what the provider answered to a dial, in the transaction after it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::claim::ClaimedCall;
+use super::settle::{apply_held_reports, lock_provider_call, Settlement};
+use super::slots::{nudge_waiting_calls, release_slot};
+use super::{execute, query_opt, seconds, Pool, StoreResult, Transaction};
+use crate::backoff;
+use crate::config::Config;
+use crate::domain::{CallOutcome, CallStatus};
+use crate::provider::DialResult;
+use crate::queue::Enqueue;
+
+/// What retries need to know (from [`Config`]).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base_retry_seconds: u64,
+    pub redial_outcomes: Vec<CallOutcome>,
+}
+
+impl From<&Config> for RetryPolicy {
+    fn from(config: &Config) -> Self {
+        Self {
+            base_retry_seconds: config.base_retry_seconds,
+            redial_outcomes: config.redial_outcomes.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum DialRecorded {
+    /// The provider placed the call; it stays IN_PROGRESS until its webhook. Webhooks that
+    /// had arrived before this record are applied now.
+    Dialed { early_webhooks: Vec<Settlement> },
+    /// A retryable failure: the call is PENDING again, due at `next_run_at`.
+    RetryScheduled { next_run_at: DateTime<Utc>, delay: Duration },
+    /// Permanent failure, or attempts exhausted: FAILED.
+    Failed { error: String },
+    /// The call moved on while the dial was in flight (reclaimed): only the attempt's
+    /// record was updated.
+    Superseded,
+}
+
+/// Records `result` for the attempt `claimed` made. Returns what happened, and messages
+/// for waiting calls nudged into the freed slot (send them after this returns).
+pub async fn record_dial(
+    pool: &Pool,
+    claimed: &ClaimedCall,
+    result: &DialResult,
+    policy: &RetryPolicy,
+) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let outcome = match result {
+        DialResult::Accepted { provider_call_id } => {
+            record_accepted(&tx, claimed, provider_call_id, policy).await?
+        }
+        DialResult::Retryable { error, retry_after, maybe_placed } => {
+            record_failure(&tx, claimed, error, Some((*retry_after, *maybe_placed)), policy).await?
+        }
+        DialResult::Permanent { error } => record_failure(&tx, claimed, error, None, policy).await?,
+    };
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn record_accepted(
+    tx: &Transaction<'_>,
+    claimed: &ClaimedCall,
+    provider_call_id: &str,
+    policy: &RetryPolicy,
+) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
+    // Serialises with a webhook for the same provider call: either it sees our id, or we
+    // see its held report.
+    lock_provider_call(tx, provider_call_id).await?;
+    // Lock order everywhere: the call's row, then its attempts and slot.
+    execute(tx, "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE", &[&claimed.call_id]).await?;
+    execute(
+        tx,
+        "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, dialed_at = now(), error = NULL \
+          WHERE id = $1",
+        &[&claimed.attempt_id, &provider_call_id],
+    )
+    .await?;
+    let (early_webhooks, nudges) = apply_held_reports(tx, provider_call_id, policy).await?;
+    Ok((DialRecorded::Dialed { early_webhooks }, nudges))
+}
+
+async fn record_failure(
+    tx: &Transaction<'_>,
+    claimed: &ClaimedCall,
+    error: &str,
+    retry: Option<(Option<Duration>, bool)>,
+    policy: &RetryPolicy,
+) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
+    let maybe_placed = retry.is_some_and(|(_, maybe)| maybe);
+    let current = query_opt(
+        tx,
+        "SELECT status, attempts, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
+        &[&claimed.call_id],
+    )
+    .await?;
+    // Lock order everywhere: the call's row, then its attempts and slot.
+    execute(
+        tx,
+        "UPDATE call_attempts SET dial_state = $2, ended_at = now(), error = $3 WHERE id = $1",
+        &[&claimed.attempt_id, &if maybe_placed { "UNKNOWN" } else { "REJECTED" }, &error],
+    )
+    .await?;
+    let Some(current) = current else {
+        return Ok((DialRecorded::Superseded, Vec::new()));
+    };
+    let status = super::parse_status(current.try_get("status")?)?;
+    let attempts: i32 = current.try_get("attempts")?;
+    let max_attempts: i32 = current.try_get("max_attempts")?;
+    if status != CallStatus::InProgress || attempts != claimed.attempt_no {
+        return Ok((DialRecorded::Superseded, Vec::new()));
+    }
+    release_slot(tx, claimed.call_id).await?;
+    let nudges = nudge_waiting_calls(tx, 1).await?;
+    let recorded = match retry {
+        Some((retry_after, _)) if attempts < max_attempts => {
+            let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
+            let retry_key: Option<Uuid> = maybe_placed.then_some(claimed.idempotency_key);
+            let next_run_at: DateTime<Utc> = super::query_one(
+                tx,
+                "UPDATE calls SET status = 'PENDING', next_run_at = now() + make_interval(secs => $2), \
+                        last_error = $3, retry_dial_key = $4, updated_at = now() \
+                  WHERE id = $1 RETURNING next_run_at",
+                &[&claimed.call_id, &seconds(delay), &error, &retry_key],
+            )
+            .await?
+            .try_get(0)?;
+            DialRecorded::RetryScheduled { next_run_at, delay }
+        }
+        _ => {
+            let error = match retry {
+                Some(_) => format!("{error} (after {attempts} attempts)"),
+                None => error.to_owned(),
+            };
+            fail_call(tx, claimed.call_id, &error).await?;
+            DialRecorded::Failed { error }
+        }
+    };
+    Ok((recorded, nudges))
+}
+
+/// Moves a call to FAILED with `error` as its `lastError`.
+pub(crate) async fn fail_call(tx: &Transaction<'_>, call_id: Uuid, error: &str) -> StoreResult<()> {
+    execute(
+        tx,
+        "UPDATE calls SET status = 'FAILED', ended_at = now(), updated_at = now(), last_error = $2, \
+                outbox_due_at = NULL, retry_dial_key = NULL \
+          WHERE id = $1",
+        &[&call_id, &error],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Every SQL statement Ebra runs, as named queries. Handlers call these; no SQL lives
+//! anywhere else.
+//!
+//! - [`calls`]: create, read, list, patch, cancel, metrics (the API).
+//! - [`claim`]: taking a call under the global cap and the per-phone rule (invariants 1, 2).
+//! - [`dial`]: recording what the provider answered to a dial.
+//! - [`settle`]: applying provider outcomes from webhooks (invariant 5).
+//! - [`sweep`]: the reclaimer's passes (invariant 4).
+//! - [`slots`]: releasing slots and nudging waiting calls (invariant 8).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::Serialize;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::domain::{CallOutcome, CallStatus};
+
+pub mod calls;
+pub mod claim;
+pub mod dial;
+pub mod settle;
+pub mod slots;
+pub mod sweep;
+
+pub use deadpool_postgres::{Pool, Transaction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("unexpected data in the database: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The Postgres error code, when the database answered with one.
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            StoreError::Db(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Runs a statement through the connection's prepared-statement cache.
+pub(crate) async fn query<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Vec<Row>> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
+}
+
+pub(crate) async fn query_opt<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Option<Row>> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_opt(&statement, params).await?)
+}
+
+pub(crate) async fn query_one<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<Row> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_one(&statement, params).await?)
+}
+
+pub(crate) async fn execute<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> StoreResult<u64> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.execute(&statement, params).await?)
+}
+
+/// A call as clients see it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    pub id: Uuid,
+    /// The phone number dialed, E.164.
+    #[schema(example = "+14155550100")]
+    pub to: String,
+    pub script_id: String,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub status: CallStatus,
+    /// Dials made so far.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    /// What the provider reported for the last settled dial.
+    pub outcome: Option<CallOutcome>,
+    pub duration_sec: Option<i32>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the call may next be dialed.
+    pub next_run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// One dial of a call: the audit trail.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DialAttempt {
+    pub attempt: i32,
+    /// The `Idempotency-Key` sent to the provider.
+    pub idempotency_key: Uuid,
+    /// DIALING, ACCEPTED, UNKNOWN (may have been placed) or REJECTED.
+    pub dial_state: String,
+    pub provider_call_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub dialed_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<CallOutcome>,
+    pub duration_sec: Option<i32>,
+    pub error: Option<String>,
+}
+
+pub(crate) const CALL_COLUMNS: &str = "id, phone, script_id, metadata, status, attempts, \
+    max_attempts, last_error, outcome, duration_sec, scheduled_at, expires_at, next_run_at, \
+    created_at, updated_at, started_at, ended_at";
+
+pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
+    let status: String = row.try_get("status")?;
+    let outcome: Option<String> = row.try_get("outcome")?;
+    Ok(Call {
+        id: row.try_get("id")?,
+        to: row.try_get("phone")?,
+        script_id: row.try_get("script_id")?,
+        metadata: row.try_get("metadata")?,
+        status: status
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("call status {status:?}")))?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        last_error: row.try_get("last_error")?,
+        outcome: parse_outcome(outcome)?,
+        duration_sec: row.try_get("duration_sec")?,
+        scheduled_at: row.try_get("scheduled_at")?,
+        expires_at: row.try_get("expires_at")?,
+        next_run_at: row.try_get("next_run_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+pub(crate) fn parse_outcome(raw: Option<String>) -> StoreResult<Option<CallOutcome>> {
+    raw.map(|o| {
+        o.parse()
+            .map_err(|_| StoreError::Corrupt(format!("outcome {o:?}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn parse_status(raw: &str) -> StoreResult<CallStatus> {
+    raw.parse()
+        .map_err(|_| StoreError::Corrupt(format!("call status {raw:?}")))
+}
+
+/// Seconds as the float Postgres' `make_interval(secs => ...)` takes.
+pub(crate) fn seconds(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64()
+}

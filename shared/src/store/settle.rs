@@ -1,0 +1,272 @@
+//! Applying provider outcomes (invariant 5): idempotent, never backwards, never to a newer
+//! attempt, and never lost when the webhook outruns the worker.
+//!
+//! Every verified webhook is stored under its `webhook-id` first (a duplicate stops there).
+//! It is matched to a dial by the provider's call id, under an advisory lock on that id that
+//! [`super::dial`] also takes when it records the id: so either the webhook finds the
+//! attempt, or the worker finds the held webhook and applies it.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::dial::{fail_call, RetryPolicy};
+use super::slots::{nudge_waiting_calls, release_slot};
+use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
+use crate::backoff;
+use crate::domain::{CallOutcome, CallStatus};
+use crate::queue::{Enqueue, MAX_DELAY};
+
+/// A verified provider webhook.
+#[derive(Debug, Clone)]
+pub struct ProviderReport {
+    pub webhook_id: String,
+    pub provider_call_id: String,
+    pub status: CallOutcome,
+    pub duration_sec: Option<i32>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The call moved to `status` (PENDING means a redial is scheduled).
+    Applied { call_id: Uuid, status: CallStatus },
+    /// This `webhook-id` was seen before.
+    DuplicateDelivery,
+    /// The dial already had an outcome (a repeated or out-of-order report).
+    AlreadySettled { call_id: Uuid },
+    /// The call is terminal already.
+    CallFinal { call_id: Uuid },
+    /// The report is for an older attempt than the call's current one.
+    Superseded { call_id: Uuid },
+    /// No dial has this provider call id yet: held until the worker records it.
+    Held,
+}
+
+impl Settlement {
+    fn disposition(&self) -> &'static str {
+        match self {
+            Settlement::Applied { .. } => "APPLIED",
+            Settlement::DuplicateDelivery => "DUPLICATE",
+            Settlement::AlreadySettled { .. } => "ALREADY_SETTLED",
+            Settlement::CallFinal { .. } => "CALL_FINAL",
+            Settlement::Superseded { .. } => "SUPERSEDED",
+            Settlement::Held => "HELD",
+        }
+    }
+}
+
+pub(crate) async fn lock_provider_call(tx: &Transaction<'_>, provider_call_id: &str) -> StoreResult<()> {
+    execute(
+        tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended('provider-call:' || $1, 0))",
+        &[&provider_call_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores and applies one webhook. Returns what it did and messages to send after commit
+/// (a scheduled redial, calls nudged into a freed slot).
+pub async fn settle_from_webhook(
+    pool: &Pool,
+    report: &ProviderReport,
+    policy: &RetryPolicy,
+) -> StoreResult<(Settlement, Vec<Enqueue>)> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let stored = query_opt(
+        &tx,
+        "INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+        &[
+            &report.webhook_id,
+            &report.provider_call_id,
+            &report.status.as_str(),
+            &report.duration_sec,
+            &report.completed_at,
+        ],
+    )
+    .await?;
+    if stored.is_none() {
+        tx.commit().await?;
+        return Ok((Settlement::DuplicateDelivery, Vec::new()));
+    }
+    lock_provider_call(&tx, &report.provider_call_id).await?;
+    let result = match find_attempt(&tx, &report.provider_call_id).await? {
+        None => (Settlement::Held, Vec::new()),
+        Some(attempt) => apply_report(&tx, &attempt, report, policy).await?,
+    };
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Applies the webhooks held for `provider_call_id`, oldest first (called when the worker
+/// records that id, under the same lock).
+pub(crate) async fn apply_held_reports(
+    tx: &Transaction<'_>,
+    provider_call_id: &str,
+    policy: &RetryPolicy,
+) -> StoreResult<(Vec<Settlement>, Vec<Enqueue>)> {
+    let rows = query(
+        tx,
+        "SELECT webhook_id, status, duration_sec, completed_at FROM provider_webhooks \
+          WHERE provider_call_id = $1 AND applied_at IS NULL ORDER BY received_at",
+        &[&provider_call_id],
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let Some(attempt) = find_attempt(tx, provider_call_id).await? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut settlements = Vec::new();
+    let mut messages = Vec::new();
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let report = ProviderReport {
+            webhook_id: row.try_get("webhook_id")?,
+            provider_call_id: provider_call_id.to_owned(),
+            status: status
+                .parse()
+                .map_err(|_| super::StoreError::Corrupt(format!("webhook status {status:?}")))?,
+            duration_sec: row.try_get("duration_sec")?,
+            completed_at: row.try_get("completed_at")?,
+        };
+        let (settlement, mut more) = apply_report(tx, &attempt, &report, policy).await?;
+        settlements.push(settlement);
+        messages.append(&mut more);
+    }
+    Ok((settlements, messages))
+}
+
+struct AttemptRef {
+    id: Uuid,
+    call_id: Uuid,
+    attempt_no: i32,
+}
+
+async fn find_attempt(tx: &Transaction<'_>, provider_call_id: &str) -> StoreResult<Option<AttemptRef>> {
+    let row = query_opt(
+        tx,
+        "SELECT id, call_id, attempt_no FROM call_attempts WHERE provider_call_id = $1 \
+          ORDER BY attempt_no DESC LIMIT 1",
+        &[&provider_call_id],
+    )
+    .await?;
+    row.map(|row| {
+        Ok(AttemptRef {
+            id: row.try_get("id")?,
+            call_id: row.try_get("call_id")?,
+            attempt_no: row.try_get("attempt_no")?,
+        })
+    })
+    .transpose()
+}
+
+async fn apply_report(
+    tx: &Transaction<'_>,
+    attempt: &AttemptRef,
+    report: &ProviderReport,
+    policy: &RetryPolicy,
+) -> StoreResult<(Settlement, Vec<Enqueue>)> {
+    let call = query_opt(
+        tx,
+        "SELECT status, attempts, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
+        &[&attempt.call_id],
+    )
+    .await?
+    .ok_or_else(|| super::StoreError::Corrupt(format!("attempt {} without its call", attempt.id)))?;
+    let status = super::parse_status(call.try_get("status")?)?;
+    let attempts: i32 = call.try_get("attempts")?;
+    let max_attempts: i32 = call.try_get("max_attempts")?;
+    let call_id = attempt.call_id;
+
+    // Record the outcome on the dial once; a second report for it changes nothing.
+    let first_report = execute(
+        tx,
+        "UPDATE call_attempts SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()) \
+          WHERE id = $1 AND outcome IS NULL",
+        &[&attempt.id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
+    )
+    .await?
+        > 0;
+
+    let mut messages = Vec::new();
+    let settlement = if !first_report {
+        Settlement::AlreadySettled { call_id }
+    } else if status.is_terminal() {
+        Settlement::CallFinal { call_id }
+    } else if attempt.attempt_no != attempts {
+        Settlement::Superseded { call_id }
+    } else {
+        let held_slot = status == CallStatus::InProgress;
+        let redial = policy.redial_outcomes.contains(&report.status);
+        let new_status = match report.status {
+            CallOutcome::Completed if !redial => {
+                execute(
+                    tx,
+                    "UPDATE calls SET status = 'COMPLETED', outcome = $2, duration_sec = $3, \
+                            ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
+                            retry_dial_key = NULL \
+                      WHERE id = $1",
+                    &[&call_id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
+                )
+                .await?;
+                CallStatus::Completed
+            }
+            _ if redial && attempts < max_attempts && held_slot => {
+                let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, None);
+                let message_delay = delay.min(MAX_DELAY);
+                execute(
+                    tx,
+                    "UPDATE calls SET status = 'PENDING', outcome = $2, duration_sec = $3, \
+                            last_error = $4, next_run_at = now() + make_interval(secs => $5), \
+                            outbox_due_at = now() + make_interval(secs => $6), updated_at = now() \
+                      WHERE id = $1",
+                    &[
+                        &call_id,
+                        &report.status.as_str(),
+                        &report.duration_sec,
+                        &format!("provider reported {}", report.status),
+                        &seconds(delay),
+                        &seconds(message_delay),
+                    ],
+                )
+                .await?;
+                messages.push(Enqueue { call_id, delay: message_delay });
+                CallStatus::Pending
+            }
+            // A PENDING call (reclaimed, its redial not placed yet) that the provider now
+            // reports as redialable keeps its scheduled redial.
+            _ if redial && attempts < max_attempts => CallStatus::Pending,
+            _ => {
+                let error = if redial {
+                    format!("provider reported {} (after {attempts} attempts)", report.status)
+                } else {
+                    format!("provider reported {}", report.status)
+                };
+                fail_call(tx, call_id, &error).await?;
+                execute(
+                    tx,
+                    "UPDATE calls SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, ended_at) WHERE id = $1",
+                    &[&call_id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
+                )
+                .await?;
+                CallStatus::Failed
+            }
+        };
+        if held_slot {
+            release_slot(tx, call_id).await?;
+            messages.extend(nudge_waiting_calls(tx, 1).await?);
+        }
+        Settlement::Applied { call_id, status: new_status }
+    };
+    execute(
+        tx,
+        "UPDATE provider_webhooks SET applied_at = now(), disposition = $2 WHERE webhook_id = $1",
+        &[&report.webhook_id, &settlement.disposition()],
+    )
+    .await?;
+    Ok((settlement, messages))
+}

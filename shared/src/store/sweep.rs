@@ -1,0 +1,160 @@
+//! The reclaimer's passes (invariant 4). Each is idempotent and safe to run concurrently
+//! with itself and with the worker: rows are taken with `FOR UPDATE SKIP LOCKED`, so two
+//! reclaimers never act on one call.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::dial::{fail_call, RetryPolicy};
+use super::slots::{nudge_waiting_calls, release_slot};
+use super::{execute, query, query_one, seconds, Pool, StoreResult};
+use crate::backoff;
+use crate::queue::{Enqueue, MAX_DELAY};
+
+/// How many rows one pass takes per statement.
+pub const BATCH: i64 = 500;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleReclaimed {
+    /// Stale calls put back to PENDING for a retry.
+    pub retried: u64,
+    /// Stale calls with no attempts left, now FAILED.
+    pub failed: u64,
+}
+
+/// IN_PROGRESS calls older than `stale_after` with no outcome: slot released, retried with
+/// backoff while attempts remain, else FAILED ("no outcome reported"). A dial whose
+/// placement is unknown is retried with its idempotency key, so the provider can tell.
+pub async fn reclaim_stale_calls(
+    pool: &Pool,
+    stale_after: Duration,
+    policy: &RetryPolicy,
+) -> StoreResult<(StaleReclaimed, Vec<Enqueue>)> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = query(
+        &tx,
+        "SELECT c.id, c.attempts, c.max_attempts, a.id AS attempt_id, a.dial_state, a.idempotency_key \
+           FROM calls c \
+           LEFT JOIN call_attempts a ON a.call_id = c.id AND a.attempt_no = c.attempts \
+          WHERE c.status = 'IN_PROGRESS' AND c.started_at < now() - make_interval(secs => $1) \
+          ORDER BY c.started_at LIMIT $2 \
+          FOR UPDATE OF c SKIP LOCKED",
+        &[&seconds(stale_after), &BATCH],
+    )
+    .await?;
+    let mut report = StaleReclaimed::default();
+    let mut messages = Vec::new();
+    for row in &rows {
+        let call_id: Uuid = row.try_get("id")?;
+        let attempts: i32 = row.try_get("attempts")?;
+        let max_attempts: i32 = row.try_get("max_attempts")?;
+        let attempt_id: Option<Uuid> = row.try_get("attempt_id")?;
+        let dial_state: Option<String> = row.try_get("dial_state")?;
+        let key: Option<Uuid> = row.try_get("idempotency_key")?;
+        let error = format!("no outcome reported within {}s", stale_after.as_secs());
+        if let Some(attempt_id) = attempt_id {
+            execute(
+                &tx,
+                "UPDATE call_attempts SET ended_at = now(), error = $2, \
+                        dial_state = CASE WHEN dial_state = 'DIALING' THEN 'UNKNOWN' ELSE dial_state END \
+                  WHERE id = $1",
+                &[&attempt_id, &error],
+            )
+            .await?;
+        }
+        release_slot(&tx, call_id).await?;
+        if attempts < max_attempts {
+            // Placed and then silent: a real redial (new key). Never known to be placed:
+            // same key, so a provider that did place it answers with the same call.
+            let retry_key = match dial_state.as_deref() {
+                Some("ACCEPTED") | Some("REJECTED") | None => None,
+                _ => key,
+            };
+            let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, None);
+            let message_delay = delay.min(MAX_DELAY);
+            execute(
+                &tx,
+                "UPDATE calls SET status = 'PENDING', next_run_at = now() + make_interval(secs => $2), \
+                        outbox_due_at = now() + make_interval(secs => $3), last_error = $4, \
+                        retry_dial_key = $5, updated_at = now() \
+                  WHERE id = $1",
+                &[&call_id, &seconds(delay), &seconds(message_delay), &error, &retry_key],
+            )
+            .await?;
+            messages.push(Enqueue { call_id, delay: message_delay });
+            report.retried += 1;
+        } else {
+            fail_call(&tx, call_id, &format!("{error} (after {attempts} attempts)")).await?;
+            report.failed += 1;
+        }
+    }
+    if !rows.is_empty() {
+        messages.extend(nudge_waiting_calls(&tx, rows.len() as i64).await?);
+    }
+    tx.commit().await?;
+    Ok((report, messages))
+}
+
+/// PENDING calls whose SQS message was never confirmed within `grace` of when it was due:
+/// their messages, to send again (the mark moves on, so one lost send is re-sent once a
+/// grace period, not on every pass).
+pub async fn resend_unconfirmed_messages(pool: &Pool, grace: Duration) -> StoreResult<Vec<Enqueue>> {
+    let client = pool.get().await?;
+    let rows = query(
+        &client,
+        "UPDATE calls SET outbox_due_at = now() + make_interval(secs => \
+                    LEAST(GREATEST(EXTRACT(EPOCH FROM next_run_at - now()), 0), $3)) \
+          WHERE id IN (SELECT id FROM calls \
+                        WHERE outbox_due_at < now() - make_interval(secs => $1) AND status = 'PENDING' \
+                        ORDER BY outbox_due_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+          RETURNING id, GREATEST(EXTRACT(EPOCH FROM next_run_at - now()), 0)::float8 AS wait",
+        &[&seconds(grace), &BATCH, &seconds(MAX_DELAY)],
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let wait: f64 = row.try_get("wait")?;
+            Ok(Enqueue {
+                call_id: row.try_get("id")?,
+                delay: Duration::from_secs_f64(wait.clamp(0.0, MAX_DELAY.as_secs_f64())),
+            })
+        })
+        .collect()
+}
+
+/// PENDING calls past their `expiresAt`, or older than `max_pending_age`: EXPIRED.
+pub async fn expire_pending_calls(pool: &Pool, max_pending_age: Option<Duration>) -> StoreResult<u64> {
+    let client = pool.get().await?;
+    let rows = query(
+        &client,
+        "UPDATE calls SET status = 'EXPIRED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
+                last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed' \
+          WHERE id IN (SELECT id FROM calls \
+                        WHERE status = 'PENDING' \
+                          AND (expires_at <= now() \
+                               OR ($1::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $1))) \
+                        LIMIT $2 FOR UPDATE SKIP LOCKED) \
+          RETURNING id",
+        &[&max_pending_age.map(seconds), &BATCH],
+    )
+    .await?;
+    Ok(rows.len() as u64)
+}
+
+/// The safety net for invariant 8: if slots are free while due calls wait (their nudge or
+/// message was lost), nudge as many as there are free slots.
+pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let in_progress: i64 = query_one(&tx, "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    let free = (i64::from(cap) - in_progress).clamp(0, BATCH);
+    let messages = nudge_waiting_calls(&tx, free).await?;
+    tx.commit().await?;
+    Ok((in_progress, messages))
+}

@@ -1,0 +1,1 @@
+//! Ebra local stack

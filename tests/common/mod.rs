@@ -1,0 +1,207 @@
+//! The integration tests' harness: each test gets a fresh Postgres database (migrated, then
+//! dropped) and a fresh pair of SQS queues (calls + DLQ with a redrive policy) on the SQS
+//! endpoint. Both must be running: a test never passes by skipping.
+//!
+//! - Postgres: `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
+//!   the server on which each test creates `ebra_test_<uuid>`.
+//! - SQS: `AWS_ENDPOINT_URL_SQS` (default `http://127.0.0.1:5000`, where `.ci/run` starts
+//!   `moto_server`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::QueueAttributeName;
+use ebra_shared::queue::CallsQueue;
+use ebra_shared::store::Pool;
+use ebra_shared::Config;
+use uuid::Uuid;
+
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_SQS_ENDPOINT: &str = "http://127.0.0.1:5000";
+/// The redrive policy's maxReceiveCount on test queues (the template's default).
+pub const MAX_RECEIVE_COUNT: u32 = 10;
+/// A webhook secret for tests.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub struct TestEnv {
+    pub database_url: String,
+    pub pool: Pool,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue: CallsQueue,
+    pub queue_url: String,
+    pub dlq_url: String,
+    db_name: String,
+    admin_url: String,
+}
+
+impl TestEnv {
+    /// A fresh database and queue pair.
+    pub async fn new() -> Self {
+        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        let db_name = format!("ebra_test_{}", Uuid::new_v4().simple());
+        let mut config: tokio_postgres::Config = admin_url.parse().expect("TEST_DATABASE_URL is not a Postgres URL");
+        config.dbname(&db_name);
+        let database_url = with_dbname(&admin_url, &db_name);
+        if let Err(error) = ebra_shared::db::ensure_database(&database_url).await {
+            panic!(
+                "Postgres is not reachable for the integration tests ({error:#}).\n\
+                 Start it (e.g. `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) \
+                 or point TEST_DATABASE_URL at a server."
+            );
+        }
+        let pool = ebra_shared::db::pool(&database_url, 16).expect("building the pool");
+        ebra_shared::db::migrate(&pool).await.expect("migrating the test database");
+
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap_or_else(|_| DEFAULT_SQS_ENDPOINT.to_owned());
+        let sqs = sqs_client(&endpoint);
+        let (queue_url, dlq_url) = create_queues(&sqs, &db_name, 30).await.unwrap_or_else(|error| {
+            panic!(
+                "the SQS endpoint {endpoint} is not reachable for the integration tests ({error}).\n\
+                 Start it with `moto_server -p 5000` (pip install 'moto[server]') or set AWS_ENDPOINT_URL_SQS."
+            )
+        });
+        let queue = CallsQueue::new(sqs.clone(), queue_url.clone());
+        Self { database_url, pool, sqs, queue, queue_url, dlq_url, db_name, admin_url }
+    }
+
+    /// A configuration pointing at this environment; `overrides` replace defaults.
+    pub fn config(&self, overrides: &[(&str, &str)]) -> Config {
+        let mut vars: HashMap<String, String> = [
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("CALLS_QUEUE_URL", self.queue_url.as_str()),
+            ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("WEBHOOK_URL", "http://127.0.0.1:9/callbacks/call-status"),
+            ("MAX_RECEIVE_COUNT", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in overrides {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        Config::from_lookup(|name| vars.get(name).cloned()).expect("test configuration")
+    }
+
+    /// A queue handle whose sends always fail (a queue that does not exist).
+    pub fn broken_queue(&self) -> CallsQueue {
+        CallsQueue::new(self.sqs.clone(), format!("{}-does-not-exist", self.queue_url))
+    }
+
+    /// Receives what is visible on the calls queue now (short poll, a few rounds).
+    pub async fn drain(&self, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .expect("receiving");
+            let batch = out.messages.unwrap_or_default();
+            if batch.is_empty() {
+                break;
+            }
+            all.extend(batch);
+        }
+        all
+    }
+
+    /// One SQL query's first column as i64 (count helpers in tests).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let client = self.pool.get().await.expect("pool");
+        client.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        let client = self.pool.get().await.expect("pool");
+        client.batch_execute(sql).await.expect(sql);
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let db_name = self.db_name.clone();
+        let sqs = self.sqs.clone();
+        let urls = [self.queue_url.clone(), self.dlq_url.clone()];
+        // Async cleanup from Drop: on a thread of its own, with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
+                }
+                for url in urls {
+                    let _ = sqs.delete_queue().queue_url(url).send().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "ebra-tests"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// Creates `<name>-dlq` and `<name>` with a redrive policy to it.
+pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_seconds: u32) -> Result<(String, String), String> {
+    let describe = |e: aws_sdk_sqs::error::SdkError<_, _>| aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
+    let dlq = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqs.create_queue().queue_name(format!("{name}-dlq")).send(),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())?
+    .map_err(describe)?;
+    let dlq_url = dlq.queue_url.ok_or("no DLQ url")?;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(describe)?;
+    let dlq_arn = attrs
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or("no DLQ arn")?;
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT.to_string()}).to_string();
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_seconds.to_string())
+        .send()
+        .await
+        .map_err(describe)?;
+    Ok((queue.queue_url.ok_or("no queue url")?, dlq_url))
+}
+
+fn with_dbname(url: &str, db_name: &str) -> String {
+    // postgres://user@host:port/db?params -> replace the path.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let mut out = format!("{}/{db_name}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
