@@ -1,1 +1,9 @@
-//! Ebra local stack
+//! Ebra's command line and local stack.
+//!
+//! `ebra dev` runs the whole system on one machine — the API and the webhook on one
+//! listener, the worker behind an emulation of the SQS event source mapping, the
+//! reclaimer on a timer, the provider simulator calling back — against a real Postgres
+//! and a real SQS endpoint (`moto_server`), starting either itself when none is there.
+//! `ebra migrate` applies the schema; `ebra bench` measures.
+
+pub mod local;

@@ -1,1 +1,67 @@
-fn main() {}
+//! `ebra`: run the local stack, migrate a database, measure.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ebra", version, about = "Ebra: an orchestrator of outbound AI phone calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack locally: API + webhook on 127.0.0.1:$PORT, the worker behind a
+    /// local SQS event source, the reclaimer on a timer, the provider simulator.
+    Dev {
+        /// Seconds between reclaimer passes.
+        #[arg(long, default_value_t = 10)]
+        reclaim_every: u64,
+        /// Name of the calls queue (its DLQ is <name>-dlq).
+        #[arg(long, default_value = "ebra-calls")]
+        queue_name: String,
+    },
+    /// Apply pending schema migrations to DATABASE_URL (or DB_HOST...).
+    Migrate {
+        /// Create the database first if it does not exist.
+        #[arg(long)]
+        create_database: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ebra_shared::telemetry::init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev { reclaim_every, queue_name } => {
+            ebra::local::run_dev(ebra::local::DevOptions {
+                reclaim_every: Duration::from_secs(reclaim_every.max(1)),
+                queue_name,
+            })
+            .await
+        }
+        Command::Migrate { create_database } => migrate(create_database).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ebra: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(create_database: bool) -> anyhow::Result<()> {
+    let config = ebra_shared::Config::from_env()?;
+    if create_database {
+        ebra_shared::db::ensure_database(&config.database_url).await?;
+    }
+    let pool = ebra_shared::db::pool(&config.database_url, 1)?;
+    let applied = ebra_shared::db::migrate(&pool).await?;
+    println!("migrations applied: {applied}");
+    Ok(())
+}

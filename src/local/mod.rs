@@ -1,0 +1,11 @@
+//! The local stack behind `ebra dev`.
+
+mod event_source;
+mod postgres;
+mod sqs;
+mod stack;
+
+pub use event_source::{sqs_event, EventSourceMapping};
+pub use postgres::LocalPostgres;
+pub use sqs::{ensure_queues, local_sqs_client, LocalSqs};
+pub use stack::{run_dev, DevOptions};

@@ -1,0 +1,186 @@
+//! `ebra dev`: the whole stack in one process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use ebra_shared::config::WEBHOOK_PATH;
+use ebra_shared::provider::{HttpProvider, Provider, Simulator, SimulatorSettings};
+use ebra_shared::queue::CallsQueue;
+use ebra_shared::Config;
+use tokio::sync::watch;
+
+use super::{ensure_queues, local_sqs_client, EventSourceMapping, LocalPostgres, LocalSqs};
+
+/// The local queue's visibility timeout: six times a 30 s worker, as in the template.
+const VISIBILITY_SECONDS: u32 = 180;
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// How often the reclaimer runs.
+    pub reclaim_every: Duration,
+    /// The calls queue's name.
+    pub queue_name: String,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        Self { reclaim_every: Duration::from_secs(10), queue_name: "ebra-calls".to_owned() }
+    }
+}
+
+pub async fn run_dev(options: DevOptions) -> anyhow::Result<()> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let get = |name: &str| env.get(name).filter(|v| !v.trim().is_empty()).cloned();
+
+    let postgres = LocalPostgres::start_or_connect(get("DATABASE_URL")).await?;
+    let sqs = match LocalSqs::start_or_connect().await {
+        Ok(sqs) => sqs,
+        Err(error) => {
+            postgres.stop().await;
+            return Err(error);
+        }
+    };
+    let result = serve(&options, &env, &postgres, &sqs).await;
+    sqs.stop().await;
+    postgres.stop().await;
+    result
+}
+
+async fn serve(
+    options: &DevOptions,
+    env: &HashMap<String, String>,
+    postgres: &LocalPostgres,
+    sqs: &LocalSqs,
+) -> anyhow::Result<()> {
+    let sqs_client = local_sqs_client(&sqs.endpoint);
+    let probe = Config::from_lookup(|name| lookup(env, name).or_else(|| (name == "DATABASE_URL").then(|| postgres.database_url.clone())))?;
+    let (queue_url, dlq_url) = ensure_queues(&sqs_client, &options.queue_name, probe.max_receive_count, VISIBILITY_SECONDS)
+        .await
+        .with_context(|| format!("creating the queues on {}", sqs.endpoint))?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", probe.port))
+        .await
+        .with_context(|| format!("listening on 127.0.0.1:{} (set PORT to use another port)", probe.port))?;
+    let port = listener.local_addr()?.port();
+    let local_webhook = format!("http://127.0.0.1:{port}{WEBHOOK_PATH}");
+    let generated_secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes()));
+
+    let config = Arc::new(Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(postgres.database_url.clone()),
+        "CALLS_QUEUE_URL" => Some(queue_url.clone()),
+        "WEBHOOK_URL" => lookup(env, "WEBHOOK_URL").or_else(|| {
+            lookup(env, "PUBLIC_BASE_URL").is_none().then(|| local_webhook.clone())
+        }),
+        "WEBHOOK_SECRET" => lookup(env, name).or_else(|| Some(generated_secret.clone())),
+        _ => lookup(env, name),
+    })?);
+
+    let pool = ebra_shared::db::pool(&config.database_url, ebra_shared::db::pool_size_from_env(20)?)?;
+    let applied = ebra_shared::db::migrate(&pool).await?;
+    tracing::info!(applied, "migrations applied");
+
+    let queue = CallsQueue::new(sqs_client.clone(), queue_url.clone());
+    let secret = config.require_webhook_secret()?.clone();
+    let provider: Arc<dyn Provider> = if config.use_simulator {
+        Arc::new(Simulator::new(SimulatorSettings::from_env()?, secret.clone())?)
+    } else {
+        let base = config.provider_base_url.as_deref().context("PROVIDER_BASE_URL is required when USE_SIMULATOR=false")?;
+        Arc::new(HttpProvider::new(base, config.dial_timeout)?)
+    };
+
+    let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
+    let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    let app = ebra_api::routes(api).merge(ebra_webhook::routes(webhook)).fallback(ebra_api::not_found);
+
+    let worker = Arc::new(ebra_worker::WorkerState::new(pool.clone(), queue.clone(), provider, config.clone())?);
+    let reclaimer = ebra_reclaimer::ReclaimerState::new(pool.clone(), queue.clone(), config.clone());
+
+    let (stop, stopped) = watch::channel(false);
+    let mut server_stop = stopped.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let mapping = EventSourceMapping { queue: queue.clone(), worker, max_concurrency: config.global_concurrency as usize };
+    let event_source = tokio::spawn(mapping.run(stopped.clone()));
+    let mut reclaim_stop = stopped.clone();
+    let reclaim_every = options.reclaim_every;
+    let reclaim_loop = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(reclaim_every) => {}
+                _ = reclaim_stop.wait_for(|s| *s) => break,
+            }
+            if let Err(error) = ebra_reclaimer::run_pass(&reclaimer).await {
+                tracing::warn!(error = format!("{error:#}"), "reclaimer pass failed");
+            }
+        }
+    });
+
+    let base = format!("http://127.0.0.1:{port}");
+    let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $API_TOKEN\"" } else { "" };
+    println!();
+    println!("Ebra is running.");
+    println!("  API + webhook   {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)");
+    println!("  webhook URL     {}", config.webhook_url.as_deref().unwrap_or(&local_webhook));
+    println!("  Postgres        {}{}", redact(&config.database_url), if postgres.started_here() { "  (throwaway cluster)" } else { "" });
+    println!("  SQS             {}{}  queue {queue_url}, DLQ {dlq_url}", sqs.endpoint, if sqs.started_here() { "  (moto_server started here)" } else { "" });
+    println!("  provider        {}", if config.use_simulator { "simulator (calls back after SIM_CALL_SECONDS)".to_owned() } else { config.provider_base_url.clone().unwrap_or_default() });
+    println!("  cap             {} calls in progress", config.global_concurrency);
+    println!();
+    println!("Try:  curl -s{auth} -X POST {base}/calls -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"scriptId\":\"welcome\"}}'");
+    println!("Then: curl -s{auth} {base}/calls/<id>        Stop with Ctrl-C.");
+    println!();
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        let _ = event_source.await;
+        let _ = reclaim_loop.await;
+        let _ = server.await;
+    })
+    .await;
+    Ok(())
+}
+
+fn lookup(env: &HashMap<String, String>, name: &str) -> Option<String> {
+    env.get(name).filter(|v| !v.trim().is_empty()).cloned()
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
