@@ -1,7 +1,9 @@
 //! The Postgres pool and the schema migrations (refinery, SQL files in `migrations/`).
 
 use anyhow::Context as _;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
 mod embedded {
@@ -11,9 +13,14 @@ mod embedded {
 /// Builds a small pool. No connection is opened until the first query, so a Lambda's init
 /// stays free of network round trips.
 pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let pg_config: tokio_postgres::Config = database_url
+    let mut pg_config: tokio_postgres::Config = database_url
         .parse()
         .context("DATABASE_URL is not a valid Postgres connection string")?;
+    // A database that never answers (firewalled, not refusing) must fail a request, not
+    // hang it until the Lambda's own timeout.
+    if pg_config.get_connect_timeout().is_none() {
+        pg_config.connect_timeout(Duration::from_secs(5));
+    }
     let manager = Manager::from_config(
         pg_config,
         NoTls,
@@ -23,6 +30,12 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_secs(10)),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        })
         .build()
         .context("building the Postgres pool")
 }

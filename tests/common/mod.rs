@@ -158,9 +158,8 @@ pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 
 /// Creates `<name>-dlq` and `<name>` with a redrive policy to it.
 pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_seconds: u32) -> Result<(String, String), String> {
-    let describe = |e: aws_sdk_sqs::error::SdkError<_, _>| aws_sdk_sqs::error::DisplayErrorContext(e).to_string();
     let dlq = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         sqs.create_queue().queue_name(format!("{name}-dlq")).send(),
     )
     .await
@@ -188,6 +187,12 @@ pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_sec
         .await
         .map_err(describe)?;
     Ok((queue.queue_url.ok_or("no queue url")?, dlq_url))
+}
+
+/// An SDK error with its causes, for the harness's messages (generic: each operation has
+/// its own error type).
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(error: aws_sdk_sqs::error::SdkError<E, R>) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(error).to_string()
 }
 
 fn with_dbname(url: &str, db_name: &str) -> String {

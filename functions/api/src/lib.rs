@@ -1,1 +1,97 @@
-//! placeholder
+//! Ebra's HTTP API: the Lambda behind API Gateway through which clients enqueue, inspect,
+//! change and cancel calls, read metrics and fetch the OpenAPI document.
+//!
+//! One axum [`Router`] serves both Lambda (`lambda_http::run(router(state))`, see `main.rs`)
+//! and the local listener of `ebra dev`, which merges [`routes`] with the webhook's routes.
+//!
+//! - [`calls`]: the `/calls` handlers; [`requests`]: their bodies and validation.
+//! - [`metrics`]: `GET /metrics`, JSON or Prometheus.
+//! - [`openapi`]: `GET /openapi.json`.
+//! - [`auth`]: the optional bearer token.
+//! - [`error`]: the one error type, mapped to RFC 9457 problems; [`extract`]: axum's
+//!   extractors with their rejections mapped to it.
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use ebra_shared::queue::CallsQueue;
+use ebra_shared::store::Pool;
+use ebra_shared::Config;
+
+pub mod auth;
+pub mod calls;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod requests;
+
+pub use error::ApiError;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the handlers need, built once per process (outside the Lambda handler).
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    /// The calls queue. `None` only where nothing should be sent (a misconfiguration the
+    /// Lambda's `main` refuses at start); creates then rely on the outbox sweep.
+    pub queue: Option<CallsQueue>,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    pub fn new(pool: Pool, queue: Option<CallsQueue>, config: Arc<Config>) -> Self {
+        Self {
+            pool,
+            queue,
+            config,
+        }
+    }
+}
+
+/// The API's routes without a catch-all fallback, so they can be merged with other routers
+/// (axum panics when merging two routers that both have one). Wrong methods on these routes
+/// are answered here (405 problem); unknown paths are left to whoever adds the fallback.
+pub fn routes(state: AppState) -> Router {
+    let calls = Router::new()
+        .route("/calls", post(calls::create_call).get(calls::list_calls))
+        .route("/calls/{id}", get(calls::get_call).patch(calls::patch_call))
+        .route("/calls/{id}/cancel", post(calls::cancel_call))
+        .route("/metrics", get(metrics::metrics));
+    // `route_layer`: the token guards these routes only, not those merged in later (the
+    // provider's webhook has its own signature check) nor unknown paths.
+    let calls = match state.config.api_token.as_deref() {
+        Some(token) => calls.route_layer(middleware::from_fn_with_state(
+            Arc::new(auth::BearerToken::new(token)),
+            auth::require_bearer,
+        )),
+        None => calls,
+    };
+    calls
+        .route(openapi::PATH, get(openapi::openapi_json))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// [`routes`] with a problem+json 404 for every other path: the Lambda's router.
+pub fn router(state: AppState) -> Router {
+    routes(state).fallback(not_found)
+}
+
+/// The 404 fallback, public so that a router merging [`routes`] with others can use it.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}

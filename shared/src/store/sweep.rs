@@ -106,8 +106,10 @@ pub async fn resend_unconfirmed_messages(pool: &Pool, grace: Duration) -> StoreR
     let client = pool.get().await?;
     let rows = query(
         &client,
+        // EXTRACT yields numeric, which would make Postgres infer $3 as numeric too (and
+        // refuse the f64): the casts keep the arithmetic in float8.
         "UPDATE calls SET outbox_due_at = now() + make_interval(secs => \
-                    LEAST(GREATEST(EXTRACT(EPOCH FROM next_run_at - now()), 0), $3)) \
+                    LEAST(GREATEST(EXTRACT(EPOCH FROM next_run_at - now())::float8, 0), $3::float8)) \
           WHERE id IN (SELECT id FROM calls \
                         WHERE outbox_due_at < now() - make_interval(secs => $1) AND status = 'PENDING' \
                         ORDER BY outbox_due_at LIMIT $2 FOR UPDATE SKIP LOCKED) \

@@ -1,0 +1,372 @@
+//! The `/calls` routes: create, read, list, change, cancel.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use ebra_shared::domain::{CallStatus, InvalidValue};
+use ebra_shared::problem::Problem;
+use ebra_shared::queue::Enqueue;
+use ebra_shared::store::calls::{self as store, Changed, Created, ListCursor, ListPosition};
+use ebra_shared::store::{Call, DialAttempt};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{error_chain, ApiError};
+use crate::extract::{CallIdPath, JsonBody, QueryParams};
+use crate::requests::{idempotency_key, request_hash, CreateCallRequest, PatchCallRequest};
+use crate::AppState;
+
+/// Set on a create answered from an earlier request with the same `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// How long an API request waits for SQS before leaving the message to the outbox sweep: far
+/// above SQS's usual milliseconds, well below API Gateway's 29-second cap.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// A call with its dial attempts (`GET /calls/{id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallWithDials {
+    #[serde(flatten)]
+    pub call: Call,
+    /// Every dial made, oldest first.
+    pub dials: Vec<DialAttempt>,
+}
+
+/// One page of calls, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallList {
+    pub items: Vec<Call>,
+    /// The page number asked for; null in cursor mode.
+    pub page: Option<u32>,
+    pub page_size: u32,
+    /// Calls matching the filter; counted in page mode only (null in cursor mode).
+    pub total: Option<i64>,
+    /// Pass as `cursor` for the next page; null when this page is the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /calls` query. Values are taken as text and parsed here so that a malformed one is
+/// a clear 400, never a silent default.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct ListCallsParams {
+    /// Only calls in this status.
+    #[param(value_type = Option<CallStatus>)]
+    pub status: Option<String>,
+    /// 1-based page number (offset paging, with `total`). Not with `cursor`.
+    #[param(value_type = Option<u32>, minimum = 1)]
+    pub page: Option<String>,
+    /// Calls per page, 1–100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub page_size: Option<String>,
+    /// `nextCursor` of the previous page (keyset paging, fast on any table size). Not with
+    /// `page`.
+    pub cursor: Option<String>,
+}
+
+struct ListRequest {
+    status: Option<CallStatus>,
+    position: ListPosition,
+    page_size: u32,
+}
+
+impl ListCallsParams {
+    fn parse(self) -> Result<ListRequest, ApiError> {
+        let status = self.status.map(|raw| raw.parse::<CallStatus>()).transpose();
+        let page = self
+            .page
+            .map(|raw| {
+                raw.parse::<u32>()
+                    .ok()
+                    .filter(|page| *page >= 1)
+                    .ok_or_else(|| {
+                        InvalidValue::new(
+                            "page",
+                            format!("must be a whole number ≥ 1, got {raw:?}"),
+                        )
+                    })
+            })
+            .transpose();
+        let page_size = self
+            .page_size
+            .map(|raw| {
+                raw.parse::<u32>()
+                    .ok()
+                    .filter(|size| (1..=MAX_PAGE_SIZE).contains(size))
+                    .ok_or_else(|| {
+                        InvalidValue::new(
+                            "pageSize",
+                            format!(
+                                "must be a whole number from 1 to {MAX_PAGE_SIZE}, got {raw:?}"
+                            ),
+                        )
+                    })
+            })
+            .transpose();
+        let cursor = self
+            .cursor
+            .map(|raw| {
+                ListCursor::decode(&raw).ok_or_else(|| {
+                    InvalidValue::new("cursor", "is not a cursor this API returned (nextCursor)")
+                })
+            })
+            .transpose();
+        match (status, page, page_size, cursor) {
+            (Ok(status), Ok(page), Ok(page_size), Ok(cursor)) => {
+                let position = match (page, cursor) {
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::InvalidQuery(vec![InvalidValue::new(
+                            "cursor",
+                            "cannot be combined with page: use one paging mode",
+                        )]))
+                    }
+                    (page, None) => ListPosition::Page(page.unwrap_or(1)),
+                    (None, Some(cursor)) => ListPosition::After(cursor),
+                };
+                Ok(ListRequest {
+                    status,
+                    position,
+                    page_size: page_size.unwrap_or(DEFAULT_PAGE_SIZE),
+                })
+            }
+            (status, page, page_size, cursor) => Err(ApiError::InvalidQuery(
+                [status.err(), page.err(), page_size.err(), cursor.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            )),
+        }
+    }
+}
+
+fn location(id: Uuid) -> Result<HeaderValue, ApiError> {
+    HeaderValue::try_from(format!("/calls/{id}"))
+        .map_err(|e| ApiError::Internal(format!("building the Location header: {e}")))
+}
+
+/// Sends a call's dial message after its commit. A failure is not the client's problem: the
+/// call keeps its outbox mark and the reclaimer re-sends it (invariant 4).
+async fn send_dial_message(state: &AppState, enqueue: Enqueue) {
+    let call_id = enqueue.call_id;
+    let Some(queue) = &state.queue else {
+        tracing::error!(%call_id, "no calls queue configured; the outbox sweep will send the dial message");
+        return;
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, queue.send(enqueue)).await {
+        Ok(Ok(())) => {
+            tracing::debug!(%call_id, delay_seconds = enqueue.delay.as_secs(), "dial message sent")
+        }
+        Ok(Err(error)) => tracing::warn!(
+            %call_id,
+            error = %error_chain(error.as_ref()),
+            "dial message not sent; the outbox sweep will send it"
+        ),
+        Err(_) => tracing::warn!(
+            %call_id,
+            timeout_seconds = SEND_TIMEOUT.as_secs(),
+            "dial message timed out; the outbox sweep will send it"
+        ),
+    }
+}
+
+/// Enqueue a call.
+///
+/// The call and its outbox mark are committed together, then the dial message is sent; if
+/// the send fails the call is still accepted and the outbox sweep delivers it.
+#[utoipa::path(
+    post,
+    path = "/calls",
+    tag = "calls",
+    operation_id = "createCall",
+    request_body(content = CreateCallRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1–255 printable ASCII characters. A retry with the same key and the same request returns the original call; with a different request, 422."),
+    ),
+    responses(
+        (status = 201, description = "The call, PENDING with 0 attempts.", body = Call,
+            headers(("Location" = String, description = "/calls/{id}"))),
+        (status = 200, description = "A retry: the call created by the first request with this Idempotency-Key.", body = Call,
+            headers(
+                ("Location" = String, description = "/calls/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true`"),
+            )),
+        (status = 400, description = "Malformed JSON, unknown field, wrong type or bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<CreateCallRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let mut new = request.validate(Utc::now())?;
+    new.idempotency = key.map(|key| {
+        let hash = request_hash(&new);
+        (key, hash)
+    });
+    match store::create_call(&state.pool, &new, state.config.max_attempts).await? {
+        Created::New { call, enqueue } => {
+            tracing::info!(call_id = %call.id, scheduled_at = ?call.scheduled_at, "call accepted");
+            send_dial_message(&state, enqueue).await;
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location(call.id)?)],
+                Json(call),
+            )
+                .into_response())
+        }
+        Created::Replayed(call) => {
+            tracing::info!(call_id = %call.id, "create replayed for its Idempotency-Key");
+            let headers = [
+                (header::LOCATION, location(call.id)?),
+                (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+            ];
+            Ok((StatusCode::OK, headers, Json(call)).into_response())
+        }
+        Created::KeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+/// List calls, newest first.
+///
+/// Page mode (`page`, default) counts `total`; cursor mode (`cursor` = the previous page's
+/// `nextCursor`) stays fast on any table size and leaves `total` null.
+#[utoipa::path(
+    get,
+    path = "/calls",
+    tag = "calls",
+    operation_id = "listCalls",
+    params(ListCallsParams),
+    responses(
+        (status = 200, description = "One page of calls.", body = CallList),
+        (status = 400, description = "Unknown status, pageSize outside 1–100, malformed page or cursor, page with cursor, or an unknown parameter.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_calls(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<ListCallsParams>,
+) -> Result<Json<CallList>, ApiError> {
+    let list = params.parse()?;
+    let found = store::list_calls(&state.pool, list.status, &list.position, list.page_size).await?;
+    Ok(Json(CallList {
+        items: found.items,
+        page: match list.position {
+            ListPosition::Page(page) => Some(page),
+            ListPosition::After(_) => None,
+        },
+        page_size: list.page_size,
+        total: found.total,
+        next_cursor: found.next_cursor,
+    }))
+}
+
+/// A call and its dial attempts.
+#[utoipa::path(
+    get,
+    path = "/calls/{id}",
+    tag = "calls",
+    operation_id = "getCall",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses(
+        (status = 200, description = "The call, with `dials`.", body = CallWithDials),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such call.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_call(
+    State(state): State<AppState>,
+    CallIdPath(id): CallIdPath,
+) -> Result<Json<CallWithDials>, ApiError> {
+    let (call, dials) = store::get_call(&state.pool, id)
+        .await?
+        .ok_or(ApiError::CallNotFound(id))?;
+    Ok(Json(CallWithDials { call, dials }))
+}
+
+/// Change a PENDING call's `to`, `scriptId`, `metadata` or `scheduledAt`.
+#[utoipa::path(
+    patch,
+    path = "/calls/{id}",
+    tag = "calls",
+    operation_id = "updateCall",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    request_body(content = PatchCallRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The changed call.", body = Call),
+        (status = 400, description = "Malformed JSON, unknown or read-only field, wrong type, or an id that is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such call.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The call is no longer PENDING.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`), nothing to change, or scheduledAt not before expiresAt.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch_call(
+    State(state): State<AppState>,
+    CallIdPath(id): CallIdPath,
+    JsonBody(request): JsonBody<PatchCallRequest>,
+) -> Result<Json<Call>, ApiError> {
+    let patch = request.validate()?;
+    match store::patch_call(&state.pool, id, &patch).await? {
+        Changed::Done { call, enqueue } => {
+            tracing::info!(call_id = %id, "call updated");
+            // A new schedule needs a message that arrives on time, sent like a create's.
+            if let Some(enqueue) = enqueue {
+                send_dial_message(&state, enqueue).await;
+            }
+            Ok(Json(call))
+        }
+        Changed::NotFound => Err(ApiError::CallNotFound(id)),
+        Changed::NotPending(status) => Err(ApiError::NotPending { id, status }),
+        Changed::ScheduleAfterExpiry => Err(ApiError::Invalid(vec![InvalidValue::new(
+            "scheduledAt",
+            "must be before the call's expiresAt",
+        )])),
+    }
+}
+
+/// Cancel a PENDING call.
+#[utoipa::path(
+    post,
+    path = "/calls/{id}/cancel",
+    tag = "calls",
+    operation_id = "cancelCall",
+    params(("id" = Uuid, Path, description = "The call's id.")),
+    responses(
+        (status = 200, description = "The call, now CANCELED.", body = Call),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such call.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The call is no longer PENDING.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_call(
+    State(state): State<AppState>,
+    CallIdPath(id): CallIdPath,
+) -> Result<Json<Call>, ApiError> {
+    match store::cancel_call(&state.pool, id).await? {
+        Changed::Done { call, .. } => {
+            tracing::info!(call_id = %id, "call canceled");
+            Ok(Json(call))
+        }
+        Changed::NotFound => Err(ApiError::CallNotFound(id)),
+        Changed::NotPending(status) => Err(ApiError::NotPending { id, status }),
+        // Canceling changes no schedule, so the store never answers this for a cancel.
+        Changed::ScheduleAfterExpiry => Err(ApiError::Internal(format!(
+            "cancel_call answered ScheduleAfterExpiry for call {id}"
+        ))),
+    }
+}

@@ -1,0 +1,133 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers' annotations.
+//! A test checks that its operations are exactly the routes the router serves.
+
+use std::sync::LazyLock;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ebra_shared::problem::{FieldError, Problem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::{calls, metrics};
+
+pub const PATH: &str = "/openapi.json";
+/// The security scheme's name (also spelled out in `#[openapi(security(..))]`).
+const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ebra",
+        description = "Enqueue outbound AI phone calls and follow them to their outcome. Every error is an RFC 9457 `application/problem+json` body."
+    ),
+    paths(
+        calls::create_call,
+        calls::list_calls,
+        calls::get_call,
+        calls::patch_call,
+        calls::cancel_call,
+        metrics::metrics,
+        openapi_json,
+    ),
+    components(schemas(Problem, FieldError)),
+    modifiers(&CommonResponses),
+    security(("bearer" = [])),
+    tags(
+        (name = "calls", description = "Enqueue, inspect, change and cancel calls."),
+        (name = "operations", description = "Metrics and this document."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds what every route shares, so the handlers' annotations list only their own answers:
+/// the bearer scheme, 401 on every route behind it, and 500/503 wherever the database is
+/// read.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The API_TOKEN, required when the deployment sets one.",
+                    ))
+                    .build(),
+            ),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    ebra_shared::problem::CONTENT_TYPE,
+                    Content::new(Some(RefOr::Ref(Ref::from_schema_name("Problem")))),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == PATH {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "401".to_owned(),
+                    RefOr::T(problem(
+                        "Missing or wrong bearer token (when API_TOKEN is set).",
+                    )),
+                );
+                responses.insert(
+                    "500".to_owned(),
+                    RefOr::T(problem("An error on our side; logged, never detailed.")),
+                );
+                responses.insert(
+                    "503".to_owned(),
+                    RefOr::T(problem("The database is unavailable; retry.")),
+                );
+            }
+        }
+    }
+}
+
+/// The document, rendered once per process.
+static DOCUMENT: LazyLock<Result<String, String>> =
+    LazyLock::new(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()));
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "getOpenApi",
+    security(()),
+    responses((status = 200, description = "This OpenAPI 3.1 document.", body = Object)),
+)]
+pub async fn openapi_json() -> Response {
+    match &*DOCUMENT {
+        Ok(json) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json.clone(),
+        )
+            .into_response(),
+        Err(error) => {
+            crate::error::ApiError::Internal(format!("rendering the OpenAPI document: {error}"))
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Request bodies and headers, and their parsing into domain values.
+//!
+//! Two kinds of bad input, two answers: JSON that does not fit the shape (syntax, a missing
+//! required field, an unknown field, a wrong type) is refused by serde → 400; values of the
+//! right type that break a rule (phone, script id, metadata, dates) are collected here, every
+//! bad field at once → 422.
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use ebra_shared::domain::{InvalidValue, Metadata, PhoneNumber, ScriptId};
+use ebra_shared::store::calls::{CallPatch, NewCall};
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// `POST /calls`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateCallRequest {
+    /// The number to dial, in E.164 form.
+    #[schema(example = "+14155550100")]
+    pub to: String,
+    /// The provider's script: 1–128 printable characters.
+    #[schema(example = "welcome-v1", min_length = 1, max_length = 128)]
+    pub script_id: String,
+    /// A JSON object of at most 16 KiB (serialised), handed to the provider. Absent or null
+    /// means `{}`.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    /// RFC 3339 date-time with an offset: the call is not dialed before it.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2030-01-01T09:00:00Z")]
+    pub scheduled_at: Option<String>,
+    /// RFC 3339 date-time with an offset, in the future and after `scheduledAt`: the call
+    /// is EXPIRED if it has not been dialed by then.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2030-01-01T18:00:00Z")]
+    pub expires_at: Option<String>,
+}
+
+/// `PATCH /calls/{id}`: only these fields, only while the call is PENDING. An absent field is
+/// left as it is.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchCallRequest {
+    /// The number to dial, in E.164 form.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, example = "+14155550100")]
+    pub to: Option<Option<String>>,
+    /// The provider's script: 1–128 printable characters.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
+    pub script_id: Option<Option<String>>,
+    /// Replaces the whole metadata object; null resets it to `{}`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Option<serde_json::Value>>,
+    /// RFC 3339 date-time with an offset, before the call's `expiresAt`; null clears the
+    /// schedule (the call is due now).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub scheduled_at: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`, by `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// An RFC 3339 instant, truncated to the microseconds Postgres stores (so the idempotency
+/// hash and the stored value agree).
+fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, InvalidValue> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|at| at.with_timezone(&Utc).trunc_subsecs(6))
+        .map_err(|_| {
+            InvalidValue::new(
+                field,
+                "must be an RFC 3339 date-time with an offset, e.g. 2030-01-01T09:00:00Z",
+            )
+        })
+}
+
+/// `expiresAt` must lie ahead, and after `scheduledAt` (when that parsed).
+fn check_expiry(
+    expiry: Option<DateTime<Utc>>,
+    scheduled: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, InvalidValue> {
+    match expiry {
+        Some(expiry) if expiry <= now => {
+            Err(InvalidValue::new("expiresAt", "must be in the future"))
+        }
+        Some(expiry) if scheduled.is_some_and(|scheduled| expiry <= scheduled) => {
+            Err(InvalidValue::new("expiresAt", "must be after scheduledAt"))
+        }
+        _ => Ok(expiry),
+    }
+}
+
+fn metadata_or_empty(value: Option<serde_json::Value>) -> Result<Metadata, InvalidValue> {
+    value.map_or_else(|| Ok(Metadata::empty()), Metadata::parse)
+}
+
+fn every_error<const N: usize>(errors: [Option<InvalidValue>; N]) -> ApiError {
+    ApiError::Invalid(errors.into_iter().flatten().collect())
+}
+
+impl CreateCallRequest {
+    /// The validated call (without its idempotency key), or every invalid field.
+    pub fn validate(self, now: DateTime<Utc>) -> Result<NewCall, ApiError> {
+        let phone = PhoneNumber::parse(&self.to);
+        let script_id = ScriptId::parse(&self.script_id);
+        let metadata = metadata_or_empty(self.metadata);
+        let scheduled_at = self
+            .scheduled_at
+            .map(|raw| parse_instant("scheduledAt", &raw))
+            .transpose();
+        let expires_at = self
+            .expires_at
+            .map(|raw| parse_instant("expiresAt", &raw))
+            .transpose()
+            .and_then(|expiry| {
+                check_expiry(expiry, scheduled_at.as_ref().ok().copied().flatten(), now)
+            });
+        match (phone, script_id, metadata, scheduled_at, expires_at) {
+            (Ok(phone), Ok(script_id), Ok(metadata), Ok(scheduled_at), Ok(expires_at)) => {
+                Ok(NewCall {
+                    phone,
+                    script_id,
+                    metadata,
+                    scheduled_at,
+                    expires_at,
+                    idempotency: None,
+                })
+            }
+            (phone, script_id, metadata, scheduled_at, expires_at) => Err(every_error([
+                phone.err(),
+                script_id.err(),
+                metadata.err(),
+                scheduled_at.err(),
+                expires_at.err(),
+            ])),
+        }
+    }
+}
+
+impl PatchCallRequest {
+    /// The validated change, or every invalid field.
+    pub fn validate(self) -> Result<CallPatch, ApiError> {
+        if self.to.is_none()
+            && self.script_id.is_none()
+            && self.metadata.is_none()
+            && self.scheduled_at.is_none()
+        {
+            return Err(ApiError::NothingToChange);
+        }
+        let not_null = |field| InvalidValue::new(field, "must not be null");
+        let phone = self
+            .to
+            .map(|to| {
+                to.ok_or_else(|| not_null("to"))
+                    .and_then(|raw| PhoneNumber::parse(&raw))
+            })
+            .transpose();
+        let script_id = self
+            .script_id
+            .map(|script| {
+                script
+                    .ok_or_else(|| not_null("scriptId"))
+                    .and_then(|raw| ScriptId::parse(&raw))
+            })
+            .transpose();
+        let metadata = self.metadata.map(metadata_or_empty).transpose();
+        let scheduled_at = self
+            .scheduled_at
+            .map(|scheduled| {
+                scheduled
+                    .map(|raw| parse_instant("scheduledAt", &raw))
+                    .transpose()
+            })
+            .transpose();
+        match (phone, script_id, metadata, scheduled_at) {
+            (Ok(phone), Ok(script_id), Ok(metadata), Ok(scheduled_at)) => Ok(CallPatch {
+                phone,
+                script_id,
+                metadata,
+                scheduled_at,
+            }),
+            (phone, script_id, metadata, scheduled_at) => Err(every_error([
+                phone.err(),
+                script_id.err(),
+                metadata.err(),
+                scheduled_at.err(),
+            ])),
+        }
+    }
+}
+
+/// The `Idempotency-Key` header: 1–255 printable ASCII characters.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "invalid-idempotency-key",
+            "Send one Idempotency-Key header, not several.",
+        ));
+    }
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|key| {
+            (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-idempotency-key",
+                "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// SHA-256 (hex) of the request as parsed: the same call asked for twice hashes the same,
+/// whatever the JSON's key order, whitespace or time-zone offsets.
+pub fn request_hash(call: &NewCall) -> String {
+    let instant = |at: Option<DateTime<Utc>>| {
+        at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let canonical = serde_json::json!({
+        "to": call.phone.as_str(),
+        "scriptId": call.script_id.as_str(),
+        "metadata": sorted_keys(&call.metadata.to_value()),
+        "scheduledAt": instant(call.scheduled_at),
+        "expiresAt": instant(call.expires_at),
+    });
+    let digest = Sha256::digest(sorted_keys(&canonical).to_string().as_bytes());
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The value with every object's keys in sorted order (whatever the map's own ordering).
+fn sorted_keys(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key.clone(), sorted_keys(value)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted_keys).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(body: serde_json::Value) -> Result<NewCall, ApiError> {
+        serde_json::from_value::<CreateCallRequest>(body)
+            .expect("shape")
+            .validate(Utc::now())
+    }
+
+    fn invalid_fields(result: Result<impl std::fmt::Debug, ApiError>) -> Vec<&'static str> {
+        match result {
+            Err(ApiError::Invalid(errors)) => errors.iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_lists_every_invalid_field() {
+        let fields = invalid_fields(create(json!({
+            "to": "555", "scriptId": "", "metadata": [1], "scheduledAt": "tomorrow", "expiresAt": "2001-01-01T00:00:00Z"
+        })));
+        assert_eq!(
+            fields,
+            ["to", "scriptId", "metadata", "scheduledAt", "expiresAt"]
+        );
+    }
+
+    #[test]
+    fn expiry_must_follow_schedule() {
+        let fields = invalid_fields(create(json!({
+            "to": "+14155550100", "scriptId": "s",
+            "scheduledAt": "2100-01-02T00:00:00Z", "expiresAt": "2100-01-01T00:00:00Z"
+        })));
+        assert_eq!(fields, ["expiresAt"]);
+    }
+
+    #[test]
+    fn hash_ignores_key_order_and_offsets() {
+        let a = create(json!({"to": "+14155550100", "scriptId": "s", "metadata": {"a": 1, "b": {"x": 1, "y": 2}},
+            "scheduledAt": "2100-01-01T01:00:00+01:00"}))
+        .unwrap();
+        let b = create(json!({"scheduledAt": "2100-01-01T00:00:00Z", "metadata": {"b": {"y": 2, "x": 1}, "a": 1},
+            "scriptId": "s", "to": "+14155550100"}))
+        .unwrap();
+        let c = create(json!({"to": "+14155550100", "scriptId": "s", "metadata": {"a": 2, "b": {"x": 1, "y": 2}},
+            "scheduledAt": "2100-01-01T00:00:00Z"}))
+        .unwrap();
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&c));
+    }
+
+    #[test]
+    fn patch_tells_null_from_absent() {
+        let patch: PatchCallRequest = serde_json::from_value(json!({"scheduledAt": null})).unwrap();
+        let patch = patch.validate().unwrap();
+        assert_eq!(patch.scheduled_at, Some(None));
+        assert!(patch.phone.is_none());
+        let patch: PatchCallRequest =
+            serde_json::from_value(json!({"to": null, "scriptId": null})).unwrap();
+        assert_eq!(invalid_fields(patch.validate()), ["to", "scriptId"]);
+        let patch: PatchCallRequest = serde_json::from_value(json!({})).unwrap();
+        assert!(matches!(patch.validate(), Err(ApiError::NothingToChange)));
+    }
+}

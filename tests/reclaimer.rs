@@ -1,0 +1,618 @@
+//! The reclaimer function against real Postgres and SQS: nothing lost (invariant 4: stale
+//! calls, lost messages, expiry), nothing reclaimed twice, free slots refilled (invariant 8),
+//! and the log line and response the metrics read.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::TestEnv;
+use ebra_reclaimer::{handle_scheduled_event, run_pass, ReclaimReport, ReclaimerState};
+use ebra_shared::domain::{CallOutcome, CallStatus, Metadata, PhoneNumber, ScriptId};
+use ebra_shared::provider::DialResult;
+use ebra_shared::store::calls::{cancel_call, create_call, get_call, Changed, Created, NewCall};
+use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
+use ebra_shared::store::dial::{record_dial, RetryPolicy};
+use ebra_shared::store::settle::{settle_from_webhook, ProviderReport};
+use ebra_shared::store::{sweep, Call, DialAttempt};
+use ebra_shared::Config;
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+use tracing::instrument::WithSubscriber as _;
+use uuid::Uuid;
+
+struct Reclaimer {
+    env: TestEnv,
+    config: Config,
+    state: ReclaimerState,
+}
+
+impl Reclaimer {
+    async fn new(overrides: &[(&str, &str)]) -> Self {
+        let env = TestEnv::new().await;
+        let config = env.config(overrides);
+        let state = ReclaimerState::new(
+            env.pool.clone(),
+            env.queue.clone(),
+            Arc::new(config.clone()),
+        );
+        Self { env, config, state }
+    }
+
+    /// Another reclaimer over the same database and queue, with other settings.
+    fn with_settings(&self, overrides: &[(&str, &str)]) -> ReclaimerState {
+        ReclaimerState::new(
+            self.env.pool.clone(),
+            self.env.queue.clone(),
+            Arc::new(self.env.config(overrides)),
+        )
+    }
+
+    async fn pass(&self) -> ReclaimReport {
+        run_pass(&self.state).await.expect("reclaimer pass")
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy::from(&self.config)
+    }
+
+    /// A PENDING call, due now; its message deliberately not sent (the outbox mark is set).
+    async fn pending_call(&self, phone: &str) -> Uuid {
+        self.create(phone, None).await
+    }
+
+    async fn create(&self, phone: &str, expires_at: Option<DateTime<Utc>>) -> Uuid {
+        let new = NewCall {
+            phone: PhoneNumber::parse(phone).expect("test phone"),
+            script_id: ScriptId::parse("welcome-v1").expect("script id"),
+            metadata: Metadata::empty(),
+            scheduled_at: None,
+            expires_at,
+            idempotency: None,
+        };
+        match create_call(&self.env.pool, &new, self.config.max_attempts)
+            .await
+            .expect("create")
+        {
+            Created::New { call, .. } => call.id,
+            other => panic!("expected a new call, got {other:?}"),
+        }
+    }
+
+    /// Claimed: IN_PROGRESS, its dial in flight (DIALING).
+    async fn claimed_call(&self, phone: &str) -> ClaimedCall {
+        let id = self.pending_call(phone).await;
+        self.claim(id).await
+    }
+
+    async fn claim(&self, id: Uuid) -> ClaimedCall {
+        match claim_call(&self.env.pool, id, self.config.global_concurrency, None)
+            .await
+            .expect("claim")
+        {
+            Claim::Claimed(claimed) => claimed,
+            other => panic!("expected a claim of {id}, got {other:?}"),
+        }
+    }
+
+    /// Claimed and dialed: IN_PROGRESS, its dial ACCEPTED as `provider_call_id`.
+    async fn dialed_call(&self, phone: &str, provider_call_id: &str) -> ClaimedCall {
+        let claimed = self.claimed_call(phone).await;
+        self.accept(&claimed, provider_call_id).await;
+        claimed
+    }
+
+    async fn accept(&self, claimed: &ClaimedCall, provider_call_id: &str) {
+        let accepted = DialResult::Accepted {
+            provider_call_id: provider_call_id.to_owned(),
+        };
+        record_dial(&self.env.pool, claimed, &accepted, &self.policy())
+            .await
+            .expect("record dial");
+    }
+
+    async fn call(&self, id: Uuid) -> (Call, Vec<DialAttempt>) {
+        get_call(&self.env.pool, id)
+            .await
+            .expect("get call")
+            .expect("call exists")
+    }
+
+    async fn status(&self, id: Uuid) -> CallStatus {
+        self.call(id).await.0.status
+    }
+
+    /// Moves a call's start into the past, as if its dial had been silent since.
+    async fn started_ago(&self, id: Uuid, seconds: i64) {
+        self.env.execute(&format!("UPDATE calls SET started_at = now() - make_interval(secs => {seconds}) WHERE id = '{id}'")).await;
+    }
+
+    /// The calls' lifecycle columns, as one text (a nudge's `nudged_at` is left out).
+    async fn lifecycle(&self, ids: &[Uuid]) -> String {
+        let client = self.env.pool.get().await.expect("pool");
+        client
+            .query_one(
+                "SELECT json_agg(json_build_array(id, status, attempts, updated_at, ended_at, last_error, outbox_due_at) ORDER BY id)::text \
+                   FROM calls WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .expect("lifecycle")
+            .get(0)
+    }
+
+    async fn uuid_column(&self, sql: &str) -> Option<Uuid> {
+        let client = self.env.pool.get().await.expect("pool");
+        client.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    /// Call ids of the messages that arrive on the calls queue within `wait`.
+    async fn queued_call_ids(&self, wait: Duration) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            for message in self.env.drain(&self.env.queue_url).await {
+                let body: Value =
+                    serde_json::from_str(message.body().expect("body")).expect("message json");
+                ids.push(
+                    body["callId"]
+                        .as_str()
+                        .expect("callId")
+                        .parse()
+                        .expect("uuid"),
+                );
+            }
+            if !ids.is_empty() || tokio::time::Instant::now() >= deadline {
+                ids.sort();
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A valid North American number per index (libphonenumber accepts 201-220-xxxx).
+fn phone(i: usize) -> String {
+    format!("+1201220{i:04}")
+}
+
+fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reclaimers_at_once_reclaim_each_stale_call_exactly_once() {
+    // More stale calls than one pass takes, so both reclaimers have work at the same time.
+    let total = sweep::BATCH as usize + 100;
+    let r = Reclaimer::new(&[
+        ("GLOBAL_CONCURRENCY", "1000"),
+        ("STALE_INPROG_SECONDS", "60"),
+    ])
+    .await;
+    let claimed: Vec<ClaimedCall> = futures::stream::iter(0..total)
+        .map(|i| {
+            let r = &r;
+            async move {
+                let claimed = r.claimed_call(&phone(i)).await;
+                // Half were accepted by the provider, half never heard back from.
+                if i % 2 == 0 {
+                    r.accept(&claimed, &format!("pc-stale-{i}")).await;
+                }
+                claimed
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    r.env
+        .execute("UPDATE calls SET started_at = now() - interval '1 hour'")
+        .await;
+
+    let (a, b) = (
+        r.state.clone(),
+        r.with_settings(&[
+            ("GLOBAL_CONCURRENCY", "1000"),
+            ("STALE_INPROG_SECONDS", "60"),
+        ]),
+    );
+    let first = tokio::spawn(async move { run_pass(&a).await });
+    let second = tokio::spawn(async move { run_pass(&b).await });
+    let (first, second) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+
+    assert_eq!(
+        first.stale_retried + second.stale_retried,
+        total as u64,
+        "{first:?} {second:?}"
+    );
+    assert_eq!((first.stale_failed, second.stale_failed), (0, 0));
+    assert!(
+        first.stale_retried > 0 && second.stale_retried > 0,
+        "one reclaimer did everything: {first:?} {second:?}"
+    );
+    assert_eq!(r.env.count("SELECT count(*) FROM calls WHERE status = 'PENDING' AND attempts = 1 AND outbox_due_at IS NOT NULL").await, total as i64);
+    assert_eq!(
+        r.env
+            .count("SELECT count(*) FROM call_attempts WHERE ended_at IS NOT NULL")
+            .await,
+        total as i64
+    );
+    assert_eq!(
+        r.env.count("SELECT count(*) FROM call_attempts").await,
+        total as i64
+    );
+    assert_eq!(
+        r.env
+            .count("SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL")
+            .await,
+        0
+    );
+
+    // A later pass finds nothing left to reclaim; every call is redialed once, as attempt 2.
+    let again = r.pass().await;
+    assert_eq!(
+        (again.stale_retried, again.stale_failed, again.in_progress),
+        (0, 0, 0)
+    );
+    r.env.execute("UPDATE calls SET next_run_at = now()").await;
+    for c in claimed.iter().take(10) {
+        assert_eq!(r.claim(c.call_id).await.attempt_no, 2);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_call_with_no_attempts_left_fails_with_no_outcome_reported() {
+    let r = Reclaimer::new(&[("MAX_ATTEMPTS", "1"), ("STALE_INPROG_SECONDS", "60")]).await;
+    let stale = r.dialed_call(&phone(1), "pc-silent").await;
+    let recent = r.dialed_call(&phone(2), "pc-talking").await;
+    r.started_ago(stale.call_id, 61).await;
+    r.started_ago(recent.call_id, 50).await;
+
+    let report = r.pass().await;
+    assert_eq!((report.stale_failed, report.stale_retried), (1, 0));
+    let (call, dials) = r.call(stale.call_id).await;
+    assert_eq!(call.status, CallStatus::Failed);
+    assert!(call.ended_at.is_some());
+    assert!(
+        call.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no outcome reported")),
+        "{:?}",
+        call.last_error
+    );
+    assert!(dials[0].ended_at.is_some());
+    assert_eq!(
+        r.env
+            .count(&format!(
+                "SELECT count(*) FROM call_slots WHERE call_id = '{}'",
+                stale.call_id
+            ))
+            .await,
+        0
+    );
+
+    // Within the limit: untouched, slot still held.
+    let (call, _) = r.call(recent.call_id).await;
+    assert_eq!(
+        (call.status, call.last_error),
+        (CallStatus::InProgress, None)
+    );
+    assert_eq!(report.in_progress, 1);
+    assert_eq!(
+        r.env
+            .count(&format!(
+                "SELECT count(*) FROM call_slots WHERE call_id = '{}'",
+                recent.call_id
+            ))
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_dial_of_unknown_fate_keeps_its_key_and_an_accepted_one_gets_a_new_key() {
+    let r = Reclaimer::new(&[("STALE_INPROG_SECONDS", "60"), ("MAX_ATTEMPTS", "3")]).await;
+    // The worker died mid-dial: the provider may or may not have placed it.
+    let unknown = r.claimed_call(&phone(1)).await;
+    // The provider placed it, then never called back.
+    let accepted = r.dialed_call(&phone(2), "pc-placed").await;
+    r.started_ago(unknown.call_id, 3600).await;
+    r.started_ago(accepted.call_id, 3600).await;
+
+    let report = r.pass().await;
+    assert_eq!(report.stale_retried, 2);
+    let retry_key = |id: Uuid| format!("SELECT retry_dial_key FROM calls WHERE id = '{id}'");
+    assert_eq!(
+        r.uuid_column(&retry_key(unknown.call_id)).await,
+        Some(unknown.idempotency_key)
+    );
+    assert_eq!(r.uuid_column(&retry_key(accepted.call_id)).await, None);
+    let (call, dials) = r.call(unknown.call_id).await;
+    assert_eq!((call.status, call.attempts), (CallStatus::Pending, 1));
+    assert!(call.next_run_at > Utc::now(), "retried with backoff");
+    assert_eq!(dials[0].dial_state, "UNKNOWN");
+
+    r.env.execute("UPDATE calls SET next_run_at = now()").await;
+    let redial = r.claim(unknown.call_id).await;
+    assert_eq!(
+        (redial.attempt_no, redial.idempotency_key),
+        (2, unknown.idempotency_key)
+    );
+    let redial = r.claim(accepted.call_id).await;
+    assert_eq!(redial.attempt_no, 2);
+    assert_ne!(redial.idempotency_key, accepted.idempotency_key);
+}
+
+#[tokio::test]
+async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
+    // One slot, held: the refill cannot cover the lost message, only the outbox sweep can.
+    let r = Reclaimer::new(&[("GLOBAL_CONCURRENCY", "1"), ("OUTBOX_GRACE_SECONDS", "30")]).await;
+    let busy = r.dialed_call(&phone(1), "pc-holding").await;
+    let lost = r.pending_call(&phone(2)).await;
+    // The API committed, then SQS refused the send.
+    assert!(r
+        .env
+        .broken_queue()
+        .send(ebra_shared::queue::Enqueue::now(lost))
+        .await
+        .is_err());
+
+    let within_grace = r.pass().await;
+    assert_eq!((within_grace.outbox_resent, within_grace.nudged), (0, 0));
+    assert!(r.queued_call_ids(Duration::ZERO).await.is_empty());
+
+    // Past the grace, while SQS is still down: the send fails and the mark stays.
+    r.env
+        .execute(&format!(
+            "UPDATE calls SET outbox_due_at = now() - interval '31 seconds' WHERE id = '{lost}'"
+        ))
+        .await;
+    let broken = ReclaimerState::new(
+        r.env.pool.clone(),
+        r.env.broken_queue(),
+        Arc::new(r.config.clone()),
+    );
+    let failed = run_pass(&broken).await.unwrap();
+    assert_eq!((failed.outbox_resent, failed.send_failures), (1, 1));
+    assert_eq!(
+        r.env
+            .count(&format!(
+                "SELECT count(*) FROM calls WHERE id = '{lost}' AND outbox_due_at IS NOT NULL"
+            ))
+            .await,
+        1
+    );
+
+    // The next pass past the grace sends it.
+    r.env
+        .execute(&format!(
+            "UPDATE calls SET outbox_due_at = now() - interval '31 seconds' WHERE id = '{lost}'"
+        ))
+        .await;
+    let swept = r.pass().await;
+    assert_eq!(
+        (swept.outbox_resent, swept.send_failures, swept.nudged),
+        (1, 0, 0)
+    );
+    assert_eq!(r.queued_call_ids(Duration::from_secs(3)).await, [lost]);
+    // Re-sent once per grace period, not on every pass.
+    assert_eq!(r.pass().await.outbox_resent, 0);
+
+    // The worker takes it: the slot frees (the provider reports the other call), it claims.
+    let report = ProviderReport {
+        webhook_id: "msg_holding".to_owned(),
+        provider_call_id: "pc-holding".to_owned(),
+        status: CallOutcome::Completed,
+        duration_sec: Some(3),
+        completed_at: None,
+    };
+    settle_from_webhook(&r.env.pool, &report, &r.policy())
+        .await
+        .unwrap();
+    assert_eq!(r.status(busy.call_id).await, CallStatus::Completed);
+    let dialed = r.claim(lost).await;
+    assert_eq!((dialed.call_id, dialed.attempt_no), (lost, 1));
+    assert_eq!(
+        r.env
+            .count(&format!(
+                "SELECT count(*) FROM calls WHERE id = '{lost}' AND outbox_due_at IS NULL"
+            ))
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn expiry_moves_due_pending_calls_to_expired_and_never_touches_others() {
+    let r = Reclaimer::new(&[]).await;
+    let in_an_hour = Some(Utc::now() + chrono::Duration::hours(1));
+    let past_expiry = r.create(&phone(1), in_an_hour).await;
+    let before_expiry = r.create(&phone(2), in_an_hour).await;
+    let too_old = r.pending_call(&phone(3)).await;
+    let not_too_old = r.pending_call(&phone(4)).await;
+    let in_progress = r.create(&phone(5), in_an_hour).await;
+    r.claim(in_progress).await;
+    let canceled = r.create(&phone(6), in_an_hour).await;
+    assert!(matches!(
+        cancel_call(&r.env.pool, canceled).await.unwrap(),
+        Changed::Done { .. }
+    ));
+    let failed = r.create(&phone(7), in_an_hour).await;
+    let claimed = r.claim(failed).await;
+    record_dial(
+        &r.env.pool,
+        &claimed,
+        &DialResult::Permanent {
+            error: "400 bad number".into(),
+        },
+        &r.policy(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(failed).await, CallStatus::Failed);
+
+    // Rows just either side of the cutoffs; the in-progress and final calls are long past both.
+    r.env
+        .execute(&format!(
+            "UPDATE calls SET expires_at = now() - interval '1 second' WHERE id IN ('{past_expiry}', '{in_progress}', '{canceled}', '{failed}');
+             UPDATE calls SET expires_at = now() + interval '1 minute' WHERE id = '{before_expiry}';
+             UPDATE calls SET created_at = now() - interval '1 hour 5 seconds' WHERE id IN ('{too_old}', '{in_progress}', '{canceled}', '{failed}');
+             UPDATE calls SET created_at = now() - interval '59 minutes' WHERE id = '{not_too_old}';"
+        ))
+        .await;
+    let others = [before_expiry, not_too_old, in_progress, canceled, failed];
+    let before = r.lifecycle(&others).await;
+
+    // Without MAX_PENDING_AGE_SECONDS only expiresAt counts.
+    let report = r.pass().await;
+    assert_eq!(report.expired, 1);
+    assert_eq!(r.status(past_expiry).await, CallStatus::Expired);
+    assert_eq!(r.status(too_old).await, CallStatus::Pending);
+
+    let with_max_age = r.with_settings(&[("MAX_PENDING_AGE_SECONDS", "3600")]);
+    let report = run_pass(&with_max_age).await.unwrap();
+    assert_eq!(report.expired, 1);
+    let (call, _) = r.call(too_old).await;
+    assert_eq!(call.status, CallStatus::Expired);
+    assert!(call.ended_at.is_some());
+    assert!(
+        call.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("expired")),
+        "{:?}",
+        call.last_error
+    );
+    assert_eq!(
+        r.env
+            .count(&format!(
+                "SELECT count(*) FROM calls WHERE id = '{too_old}' AND outbox_due_at IS NULL"
+            ))
+            .await,
+        1
+    );
+
+    assert_eq!(
+        r.lifecycle(&others).await,
+        before,
+        "a call that was not due for expiry changed"
+    );
+    assert_eq!(run_pass(&with_max_age).await.unwrap().expired, 0);
+}
+
+#[tokio::test]
+async fn free_slots_are_refilled_from_the_oldest_waiting_calls() {
+    let r = Reclaimer::new(&[("GLOBAL_CONCURRENCY", "3")]).await;
+    r.dialed_call(&phone(1), "pc-refill").await;
+    let mut waiting = Vec::new();
+    for i in 2..6 {
+        waiting.push(r.pending_call(&phone(i)).await);
+    }
+
+    let report = r.pass().await;
+    assert_eq!((report.nudged, report.in_progress, report.cap), (2, 1, 3));
+    assert_eq!(
+        r.queued_call_ids(Duration::from_secs(3)).await,
+        sorted(waiting[..2].to_vec())
+    );
+    // A nudged call is not nudged again within the quiet window (its message is on the
+    // way); the next pass nudges the others, and then nobody.
+    assert_eq!(r.pass().await.nudged, 2);
+    assert_eq!(
+        r.queued_call_ids(Duration::from_secs(3)).await,
+        sorted(waiting[2..].to_vec())
+    );
+    assert_eq!(r.pass().await.nudged, 0);
+    assert!(r.queued_call_ids(Duration::ZERO).await.is_empty());
+}
+
+/// Captures what a subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_pass_logs_one_reclaimer_pass_line_and_returns_its_counts() {
+    let r = Reclaimer::new(&[
+        ("GLOBAL_CONCURRENCY", "4"),
+        ("STALE_INPROG_SECONDS", "60"),
+        ("MAX_ATTEMPTS", "1"),
+    ])
+    .await;
+    let stale = r.dialed_call(&phone(1), "pc-log-stale").await;
+    r.dialed_call(&phone(2), "pc-log-live").await;
+    r.pending_call(&phone(3)).await;
+    r.started_ago(stale.call_id, 3600).await;
+
+    // The JSON lines `telemetry::init` writes in Lambda, which the template's metric filters read.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_target(false)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .finish();
+    // tracing caches each callsite's interest process-wide, computed by the first thread to
+    // reach it; while at most one dispatcher is registered, that thread's own default decides,
+    // so a sibling test's pass (no subscriber) could cache "never" for "reclaimer pass". A
+    // second registered dispatcher makes every callsite ask all of them.
+    let capture = tracing::Dispatch::new(subscriber);
+    let _anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    tracing::callsite::rebuild_interest_cache();
+    let event = json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2025-03-01T10:00:00Z", "region": "eu-west-1",
+        "resources": ["arn:aws:events:eu-west-1:123456789012:rule/ebra-reclaimer"], "detail": {}
+    });
+    let lambda_event = lambda_runtime::LambdaEvent::new(event, lambda_runtime::Context::default());
+    let report = handle_scheduled_event(&r.state, lambda_event)
+        .with_subscriber(capture)
+        .await
+        .expect("pass");
+
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+        .collect();
+    let passes: Vec<&Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "reclaimer pass")
+        .collect();
+    assert_eq!(passes.len(), 1, "{output}");
+    let line = passes[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["in_progress"], json!(1));
+    assert_eq!(line["cap"], json!(4));
+    assert_eq!(line["stale_failed"], json!(1));
+    assert_eq!(
+        line["nudged"],
+        json!(1),
+        "the waiting call, into the freed slot"
+    );
+
+    // The Lambda's response: the same counts, camelCase.
+    assert_eq!(
+        serde_json::to_value(&report).unwrap(),
+        json!({"staleRetried": 0, "staleFailed": 1, "expired": 0, "outboxResent": 0, "nudged": line["nudged"],
+               "sendFailures": 0, "inProgress": 1, "cap": 4})
+    );
+}
