@@ -132,7 +132,7 @@ impl CallsQueue {
 
     /// Hides a received message for `delay` (capped at SQS's 12 hours).
     pub async fn change_visibility(&self, receipt_handle: &str, delay: Duration) -> anyhow::Result<()> {
-        let seconds = delay.min(MAX_VISIBILITY).as_secs().max(0) as i32;
+        let seconds = delay.min(MAX_VISIBILITY).as_secs() as i32;
         self.client
             .change_message_visibility()
             .queue_url(&self.url)

@@ -1,1 +1,439 @@
-//! placeholder
+//! The worker Lambda: turns messages of the SQS calls queue into provider dials, holding
+//! invariants 1, 2, 3, 6, 7 and 8 of the design.
+//!
+//! [`handle_batch`] takes the SQS event the event source mapping delivers and processes
+//! every message on its own, concurrently; one bad message never fails the batch. It
+//! returns the messages that should come back as batch item failures
+//! (`ReportBatchItemFailures`); every other message is acknowledged (deleted).
+//!
+//! For each message, [`process_message`]:
+//! 1. parses the body as a [`DialRequest`]. A body that is not one is *poison*: it is
+//!    reported as a failure without touching its visibility, so after the queue's
+//!    `maxReceiveCount` receives it lands in the DLQ, the only messages that should.
+//! 2. claims the call ([`claim_call`]): under the global cap, one call per
+//!    phone, only when due. An unknown, finished or already in-progress call is
+//!    acknowledged: the database is the truth, the message was only a nudge.
+//! 3. dials the provider outside any transaction, with the attempt's `Idempotency-Key`,
+//!    inside a `tracing` span that carries `call_id` and `attempt`, so every log line of the
+//!    dial names them.
+//! 4. records the answer ([`record_dial`]) and sends, after that commit, the
+//!    messages of waiting calls nudged into the freed slot (invariant 8).
+//!
+//! # Waiting (invariant 6)
+//!
+//! A call that cannot be dialed yet (not due, its phone busy, no free slot, a retry
+//! backing off, the database unreachable) is *deferred*: its message is hidden with
+//! `ChangeMessageVisibility` until it can next succeed (at most 12 h at a time; a longer
+//! wait simply comes back and defers again) and reported as a batch item failure.
+//!
+//! Every receive counts toward the DLQ's `maxReceiveCount`, also those the event source
+//! mapping makes while Lambda is throttled, which this handler never sees. So a message is
+//! deferred in place only while its `ApproximateReceiveCount` is below half of
+//! `MAX_RECEIVE_COUNT` ([`recycle_threshold`]); from there on it is *recycled*: a fresh
+//! message for the call is sent with `DelaySeconds` = the wait (at most 15 min) and the old
+//! one is acknowledged. The fresh message starts again at receive count 1, so a backlog can
+//! wait for any length of time without a message nearing the DLQ. If that send fails, the
+//! old message is deferred in place instead (one more receive is still far from the limit);
+//! if changing its visibility fails too, it is still reported as a failure and comes back
+//! after the queue's visibility timeout.
+//!
+//! A database error while claiming defers the message 5–15 s the same way: the message
+//! comes back and the claim is tried again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use ebra_shared::backoff;
+use ebra_shared::config::ConfigError;
+use ebra_shared::domain::{CallStatus, DialRequest};
+use ebra_shared::provider::{Dial, DialResult, Provider};
+use ebra_shared::queue::{CallsQueue, Enqueue};
+use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
+use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
+use ebra_shared::store::{Pool, StoreError};
+use ebra_shared::Config;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+mod redelivery;
+
+pub use redelivery::{receive_count, recycle_threshold};
+
+/// What the worker needs, built once per Lambda instance (outside the handler).
+pub struct WorkerState {
+    pub pool: Pool,
+    pub queue: CallsQueue,
+    pub provider: Arc<dyn Provider>,
+    pub config: Arc<Config>,
+}
+
+impl WorkerState {
+    /// Checks what the worker cannot dial without (the webhook URL handed to the provider),
+    /// so a misconfigured instance fails at start rather than on every message.
+    pub fn new(
+        pool: Pool,
+        queue: CallsQueue,
+        provider: Arc<dyn Provider>,
+        config: Arc<Config>,
+    ) -> Result<Self, ConfigError> {
+        config.require_webhook_url()?;
+        Ok(Self {
+            pool,
+            queue,
+            provider,
+            config,
+        })
+    }
+}
+
+/// What became of one message. [`MessageOutcome::returns_message`] tells which outcomes are
+/// reported as batch item failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// The provider accepted the dial; the call is IN_PROGRESS until its webhook.
+    Dialed,
+    /// The message was hidden for `delay` and is reported as a failure: it comes back then.
+    Deferred {
+        delay: Duration,
+        reason: DeferReason,
+    },
+    /// The wait continues in a fresh message sent with `delay` (at most 15 min); this one
+    /// is acknowledged.
+    Recycled {
+        delay: Duration,
+        reason: DeferReason,
+    },
+    /// The call is FAILED (a permanent refusal, or its attempts are spent).
+    Failed { error: String },
+    /// Nothing to do for this message: it is deleted.
+    Acknowledged(AckReason),
+    /// The body is not a dial request: reported as a failure, visibility untouched, so the
+    /// queue's redrive policy moves it to the DLQ.
+    Poison { error: String },
+    /// The provider answered but the answer could not be recorded. The call stays
+    /// IN_PROGRESS with its attempt DIALING; the reclaimer retries it with the same
+    /// `Idempotency-Key` once it is stale, so a redelivery of this message could add nothing.
+    Unrecorded { error: String },
+}
+
+impl MessageOutcome {
+    /// Whether the message is reported as a batch item failure (it comes back).
+    pub fn returns_message(&self) -> bool {
+        matches!(
+            self,
+            MessageOutcome::Deferred { .. } | MessageOutcome::Poison { .. }
+        )
+    }
+}
+
+/// Why a call's message waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeferReason {
+    /// Scheduled for later, or backing off after a failed dial.
+    NotDue,
+    /// Another call to the same phone is in progress (invariant 2).
+    PhoneBusy,
+    /// All `GLOBAL_CONCURRENCY` slots are held (invariant 1).
+    NoFreeSlot,
+    /// This dial failed in a way worth retrying; the retry is due after the backoff.
+    RetryScheduled,
+    /// The database could not be reached or answered with an error.
+    StoreUnavailable,
+    /// The worker lacks a setting it needs to dial (no webhook URL).
+    Misconfigured,
+}
+
+/// Why a message was acknowledged without a dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckReason {
+    /// The call is in progress or finished: a duplicate or stale delivery.
+    NotPending(CallStatus),
+    /// The call passed its expiry and is now EXPIRED.
+    Expired,
+    /// No such call.
+    UnknownCall,
+    /// The call moved on while the dial was in flight (the reclaimer took it back).
+    Superseded,
+}
+
+/// Processes an SQS batch: each message on its own, all of them concurrently. Returns the
+/// messages to redeliver; everything else is acknowledged.
+pub async fn handle_batch(state: &WorkerState, event: SqsEvent) -> SqsBatchResponse {
+    let outcomes = futures::future::join_all(
+        event
+            .records
+            .iter()
+            .map(|message| process_message(state, message)),
+    )
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for (message, outcome) in event.records.iter().zip(outcomes) {
+        if !outcome.returns_message() {
+            continue;
+        }
+        match &message.message_id {
+            Some(message_id) => response.add_failure(message_id.clone()),
+            // Lambda always sends an id; without one the failure cannot be reported and the
+            // message is deleted with the batch. A deferred call is still covered: its row
+            // is PENDING and the reclaimer or a nudge sends it again.
+            None => tracing::error!(?outcome, "a message without a messageId cannot be returned"),
+        }
+    }
+    response
+}
+
+/// Processes one message: parse, claim, dial, record; or defer, recycle, acknowledge.
+pub async fn process_message(state: &WorkerState, message: &SqsMessage) -> MessageOutcome {
+    let message_id = message.message_id.as_deref().unwrap_or("-");
+    let request = match parse_dial_request(message) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::error!(message_id, %error, "poison message: not a dial request; left for the DLQ");
+            return MessageOutcome::Poison { error };
+        }
+    };
+    let span = tracing::info_span!(
+        "call",
+        call_id = %request.call_id,
+        attempt = tracing::field::Empty,
+        message_id,
+        receive_count = receive_count(message),
+    );
+    process_call(state, message, request.call_id)
+        .instrument(span)
+        .await
+}
+
+fn parse_dial_request(message: &SqsMessage) -> Result<DialRequest, String> {
+    let body = message.body.as_deref().ok_or("the message has no body")?;
+    serde_json::from_str(body)
+        .map_err(|error| format!("body is not a dial request ({error}): {}", snippet(body)))
+}
+
+fn snippet(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+async fn process_call(state: &WorkerState, message: &SqsMessage, call_id: Uuid) -> MessageOutcome {
+    let config = &state.config;
+    // Checked before the claim: a call must never hold a slot it cannot dial with.
+    let Some(webhook_url) = config.webhook_url.clone() else {
+        tracing::error!("WEBHOOK_URL is not configured; the call cannot be dialed");
+        let delay = backoff::wait_recheck_delay(config.wait_recheck_seconds);
+        return redelivery::defer(state, message, call_id, delay, DeferReason::Misconfigured).await;
+    };
+
+    let claim = match claim_call(
+        &state.pool,
+        call_id,
+        config.global_concurrency,
+        config.max_pending_age_seconds,
+    )
+    .await
+    {
+        Ok(claim) => claim,
+        Err(error) => {
+            let delay = store_error_delay();
+            tracing::warn!(error = %error, delay_secs = delay.as_secs(), "claim failed; the message comes back shortly");
+            return redelivery::defer(
+                state,
+                message,
+                call_id,
+                delay,
+                DeferReason::StoreUnavailable,
+            )
+            .await;
+        }
+    };
+
+    let (delay, reason) = match claim {
+        Claim::Claimed(claimed) => {
+            return dial_claimed(state, message, &claimed, webhook_url).await
+        }
+        Claim::NotDue { until } => {
+            // A floor of a second: a clock slightly behind the database's must not spin.
+            let wait = (until - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1));
+            (wait, DeferReason::NotDue)
+        }
+        Claim::PhoneBusy => (
+            backoff::wait_recheck_delay(config.wait_recheck_seconds),
+            DeferReason::PhoneBusy,
+        ),
+        Claim::NoFreeSlot => (
+            backoff::wait_recheck_delay(config.wait_recheck_seconds),
+            DeferReason::NoFreeSlot,
+        ),
+        Claim::NotPending(status) => {
+            tracing::info!(
+                status = status.as_str(),
+                "call is not pending; message acknowledged"
+            );
+            return MessageOutcome::Acknowledged(AckReason::NotPending(status));
+        }
+        Claim::Expired => {
+            tracing::info!("call expired before it could be dialed");
+            return MessageOutcome::Acknowledged(AckReason::Expired);
+        }
+        Claim::Unknown => {
+            tracing::warn!("no such call; message acknowledged");
+            return MessageOutcome::Acknowledged(AckReason::UnknownCall);
+        }
+    };
+    tracing::debug!(?reason, delay_secs = delay.as_secs(), "call waits");
+    redelivery::defer(state, message, call_id, delay, reason).await
+}
+
+/// How long a message waits after a database error: long enough for a blip to pass, short
+/// enough that the call is not held up for long (5–15 s, jittered so a batch spreads out).
+fn store_error_delay() -> Duration {
+    backoff::wait_recheck_delay(10)
+}
+
+/// Grace on top of the dial timeout before the worker stops waiting for a provider that
+/// does not enforce one itself.
+const DIAL_GUARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// Tries to record a dial's result this many times: the provider has answered, and losing
+/// the answer leaves the call to the reclaimer.
+const RECORD_TRIES: u32 = 3;
+
+async fn dial_claimed(
+    state: &WorkerState,
+    message: &SqsMessage,
+    claimed: &ClaimedCall,
+    webhook_url: String,
+) -> MessageOutcome {
+    tracing::Span::current().record("attempt", claimed.attempt_no);
+    let dial = Dial {
+        to: claimed.phone.clone(),
+        script_id: claimed.script_id.clone(),
+        webhook_url,
+        metadata: claimed.metadata.clone(),
+        idempotency_key: claimed.idempotency_key,
+    };
+    tracing::info!(
+        slot = claimed.slot_no,
+        idempotency_key = %claimed.idempotency_key,
+        max_attempts = claimed.max_attempts,
+        "dialing"
+    );
+    let result = dial_with_guard(state, &dial).await;
+    match &result {
+        DialResult::Accepted { provider_call_id } => {
+            tracing::info!(provider_call_id, "provider accepted the dial")
+        }
+        DialResult::Retryable {
+            error,
+            maybe_placed,
+            ..
+        } => {
+            tracing::warn!(error, maybe_placed, "dial failed; retryable")
+        }
+        DialResult::Permanent { error } => tracing::warn!(error, "provider refused the call"),
+    }
+
+    let policy = RetryPolicy::from(&*state.config);
+    let (recorded, nudges, retried) = match record_with_retries(
+        &state.pool,
+        claimed,
+        &result,
+        &policy,
+    )
+    .await
+    {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            tracing::error!(
+                error = %error,
+                "the dial's result could not be recorded; the reclaimer will retry it with the same key"
+            );
+            return MessageOutcome::Unrecorded {
+                error: error.to_string(),
+            };
+        }
+    };
+    // After the commit (invariant 8): waiting calls nudged into the slot this dial freed.
+    state.queue.send_best_effort(&nudges).await;
+
+    match recorded {
+        DialRecorded::Dialed { early_webhooks } => {
+            if !early_webhooks.is_empty() {
+                tracing::info!(applied = ?early_webhooks, "applied webhooks that arrived before the dial was recorded");
+            }
+            MessageOutcome::Dialed
+        }
+        DialRecorded::RetryScheduled { next_run_at, delay } => {
+            tracing::info!(%next_run_at, delay_secs = delay.as_secs(), "retry scheduled");
+            redelivery::defer(
+                state,
+                message,
+                claimed.call_id,
+                delay,
+                DeferReason::RetryScheduled,
+            )
+            .await
+        }
+        DialRecorded::Failed { error } => {
+            tracing::warn!(error, "call failed");
+            MessageOutcome::Failed { error }
+        }
+        DialRecorded::Superseded if retried => {
+            // A retried record may find its own earlier, committed write: let the message
+            // come back so the claim sees what the call's row says now.
+            redelivery::defer(
+                state,
+                message,
+                claimed.call_id,
+                store_error_delay(),
+                DeferReason::StoreUnavailable,
+            )
+            .await
+        }
+        DialRecorded::Superseded => {
+            tracing::info!("the call moved on while the dial was in flight");
+            MessageOutcome::Acknowledged(AckReason::Superseded)
+        }
+    }
+}
+
+/// Dials, and stops waiting a little after the dial timeout whatever the provider does: an
+/// answer that never comes is treated like a timeout (it may have been placed).
+async fn dial_with_guard(state: &WorkerState, dial: &Dial) -> DialResult {
+    let limit = state.config.dial_timeout + DIAL_GUARD_MARGIN;
+    match tokio::time::timeout(limit, state.provider.dial(dial)).await {
+        Ok(result) => result,
+        Err(_) => DialResult::Retryable {
+            error: format!("provider did not answer within {} ms", limit.as_millis()),
+            retry_after: None,
+            maybe_placed: true,
+        },
+    }
+}
+
+/// Records the dial's result, retrying a failed write a few times. Returns whether the
+/// result came from a retry (an earlier try may have committed before failing to answer).
+async fn record_with_retries(
+    pool: &Pool,
+    claimed: &ClaimedCall,
+    result: &DialResult,
+    policy: &RetryPolicy,
+) -> Result<(DialRecorded, Vec<Enqueue>, bool), StoreError> {
+    let mut pause = Duration::from_millis(200);
+    let mut tries = 1;
+    loop {
+        match record_dial(pool, claimed, result, policy).await {
+            Ok((recorded, nudges)) => return Ok((recorded, nudges, tries > 1)),
+            Err(error) if tries < RECORD_TRIES => {
+                tracing::warn!(error = %error, tries, "recording the dial failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+                tries += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
