@@ -20,7 +20,11 @@ pub fn base_delay(base_retry_seconds: u64, failed_attempt: u32) -> Duration {
 
 /// The delay to wait after `failed_attempt` failed: the base delay plus up to 25 % jitter,
 /// and never less than `retry_after`.
-pub fn retry_delay(base_retry_seconds: u64, failed_attempt: u32, retry_after: Option<Duration>) -> Duration {
+pub fn retry_delay(
+    base_retry_seconds: u64,
+    failed_attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
     let base = base_delay(base_retry_seconds, failed_attempt);
     let jitter = base.mul_f64(rand::rng().random_range(0.0..0.25));
     let delay = (base + jitter).min(MAX_BACKOFF);

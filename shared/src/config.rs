@@ -73,7 +73,10 @@ impl fmt::Debug for Config {
             .field("provider_base_url", &self.provider_base_url)
             .field("use_simulator", &self.use_simulator)
             .field("webhook_url", &self.webhook_url)
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<set>"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<set>"),
+            )
             .field("api_token", &self.api_token.as_ref().map(|_| "<set>"))
             .field("port", &self.port)
             .field("redial_outcomes", &self.redial_outcomes)
@@ -145,7 +148,8 @@ impl Config {
 
         let webhook_secret = get("WEBHOOK_SECRET")
             .map(|raw| {
-                WebhookSecret::parse(&raw).map_err(|e| ConfigError::new("WEBHOOK_SECRET", e.to_string()))
+                WebhookSecret::parse(&raw)
+                    .map_err(|e| ConfigError::new("WEBHOOK_SECRET", e.to_string()))
             })
             .transpose()?;
 
@@ -212,7 +216,10 @@ impl Config {
 
     pub fn require_webhook_url(&self) -> Result<&str, ConfigError> {
         self.webhook_url.as_deref().ok_or_else(|| {
-            ConfigError::new("WEBHOOK_URL", "is required (or PUBLIC_BASE_URL to derive it)")
+            ConfigError::new(
+                "WEBHOOK_URL",
+                "is required (or PUBLIC_BASE_URL to derive it)",
+            )
         })
     }
 }
@@ -234,9 +241,10 @@ impl Env<'_> {
         let Some(raw) = (self.get)(name) else {
             return Ok(default);
         };
-        let value: T = raw.trim().parse().map_err(|_| {
-            ConfigError::new(name, format!("must be a whole number, got {raw:?}"))
-        })?;
+        let value: T = raw
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(name, format!("must be a whole number, got {raw:?}")))?;
         if !range.contains(&value) {
             return Err(ConfigError::new(
                 name,
@@ -301,7 +309,10 @@ fn parse_http_url(name: &'static str, raw: &str) -> Result<String, ConfigError> 
         .or_else(|| raw.strip_prefix("http://"))
         .ok_or_else(|| ConfigError::new(name, format!("must be an http(s) URL, got {raw:?}")))?;
     if rest.is_empty() || rest.starts_with('/') || raw.contains(char::is_whitespace) {
-        return Err(ConfigError::new(name, format!("must be an http(s) URL with a host, got {raw:?}")));
+        return Err(ConfigError::new(
+            name,
+            format!("must be an http(s) URL with a host, got {raw:?}"),
+        ));
     }
     Ok(raw.to_owned())
 }
@@ -331,7 +342,13 @@ mod tests {
 
     #[test]
     fn database_url_from_seed_parts() {
-        let c = config(&[("DB_HOST", "db"), ("DB_USER", "u"), ("DB_PASS", "p@ss"), ("DB_NAME", "calls")]).unwrap();
+        let c = config(&[
+            ("DB_HOST", "db"),
+            ("DB_USER", "u"),
+            ("DB_PASS", "p@ss"),
+            ("DB_NAME", "calls"),
+        ])
+        .unwrap();
         assert_eq!(c.database_url, "postgres://u:p%40ss@db:5432/calls");
         assert!(!format!("{c:?}").contains("p%40ss"));
     }
@@ -340,21 +357,48 @@ mod tests {
     fn errors_name_the_variable() {
         let err = config(&[]).unwrap_err();
         assert_eq!(err.name, "DATABASE_URL");
-        let err = config(&[("DATABASE_URL", "postgres://x/y"), ("GLOBAL_CONCURRENCY", "lots")]).unwrap_err();
+        let err = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("GLOBAL_CONCURRENCY", "lots"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "GLOBAL_CONCURRENCY");
-        let err = config(&[("DATABASE_URL", "postgres://x/y"), ("GLOBAL_CONCURRENCY", "0")]).unwrap_err();
+        let err = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("GLOBAL_CONCURRENCY", "0"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "GLOBAL_CONCURRENCY");
-        let err = config(&[("DATABASE_URL", "postgres://x/y"), ("USE_SIMULATOR", "false")]).unwrap_err();
+        let err = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("USE_SIMULATOR", "false"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "PROVIDER_BASE_URL");
-        let err = config(&[("DATABASE_URL", "postgres://x/y"), ("WEBHOOK_SECRET", "nope")]).unwrap_err();
+        let err = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("WEBHOOK_SECRET", "nope"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "WEBHOOK_SECRET");
-        let err = config(&[("DATABASE_URL", "postgres://x/y"), ("REDIAL_OUTCOMES", "BUSY,MAYBE")]).unwrap_err();
+        let err = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("REDIAL_OUTCOMES", "BUSY,MAYBE"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "REDIAL_OUTCOMES");
     }
 
     #[test]
     fn webhook_url_derives_from_public_base_url() {
-        let c = config(&[("DATABASE_URL", "postgres://x/y"), ("PUBLIC_BASE_URL", "https://ebra.example.com/")]).unwrap();
-        assert_eq!(c.webhook_url.as_deref(), Some("https://ebra.example.com/callbacks/call-status"));
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("PUBLIC_BASE_URL", "https://ebra.example.com/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_url.as_deref(),
+            Some("https://ebra.example.com/callbacks/call-status")
+        );
     }
 }

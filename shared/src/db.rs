@@ -49,7 +49,9 @@ pub fn pool_size_from_env(default: usize) -> anyhow::Result<usize> {
                 .parse()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
-                .with_context(|| format!("configuration: DB_POOL_SIZE must be between 1 and 1000, got {raw:?}"))?;
+                .with_context(|| {
+                    format!("configuration: DB_POOL_SIZE must be between 1 and 1000, got {raw:?}")
+                })?;
             Ok(size)
         }
         _ => Ok(default),
@@ -58,7 +60,10 @@ pub fn pool_size_from_env(default: usize) -> anyhow::Result<usize> {
 
 /// Applies every pending migration, under an advisory lock so concurrent starters agree.
 pub async fn migrate(pool: &Pool) -> anyhow::Result<usize> {
-    let mut client = pool.get().await.context("connecting to Postgres to migrate")?;
+    let mut client = pool
+        .get()
+        .await
+        .context("connecting to Postgres to migrate")?;
     client
         .execute("SELECT pg_advisory_lock(7219470301)", &[])
         .await
@@ -99,7 +104,10 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
         .is_some();
     if !exists {
         let quoted = name.replace('"', "\"\"");
-        match client.batch_execute(&format!("CREATE DATABASE \"{quoted}\"")).await {
+        match client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await
+        {
             Ok(()) => tracing::info!(database = %name, "created database"),
             // Someone else created it between our check and our create.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}

@@ -103,7 +103,8 @@ impl CallsQueue {
             {
                 Ok(output) => {
                     for entry in output.failed() {
-                        if let Some(m) = entry.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                        if let Some(m) = entry.id().parse::<usize>().ok().and_then(|i| chunk.get(i))
+                        {
                             tracing::warn!(call_id = %m.call_id, code = entry.code(), "SQS refused a dial message");
                             failed.push(m.call_id);
                         }
@@ -126,12 +127,19 @@ impl CallsQueue {
         }
         let failed = self.send_all(messages).await;
         if !failed.is_empty() {
-            tracing::warn!(count = failed.len(), "dial messages not sent; the reclaimer will cover them");
+            tracing::warn!(
+                count = failed.len(),
+                "dial messages not sent; the reclaimer will cover them"
+            );
         }
     }
 
     /// Hides a received message for `delay` (capped at SQS's 12 hours).
-    pub async fn change_visibility(&self, receipt_handle: &str, delay: Duration) -> anyhow::Result<()> {
+    pub async fn change_visibility(
+        &self,
+        receipt_handle: &str,
+        delay: Duration,
+    ) -> anyhow::Result<()> {
         let seconds = delay.min(MAX_VISIBILITY).as_secs() as i32;
         self.client
             .change_message_visibility()
@@ -145,7 +153,10 @@ impl CallsQueue {
     }
 
     /// Receives up to ten messages with their receive counts (long poll of `wait`).
-    pub async fn receive(&self, wait: Duration) -> anyhow::Result<Vec<aws_sdk_sqs::types::Message>> {
+    pub async fn receive(
+        &self,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<aws_sdk_sqs::types::Message>> {
         let output = self
             .client
             .receive_message()

@@ -60,7 +60,14 @@ impl WebhookSecret {
 
     /// Signs as a provider would, with the first key: the `webhook-signature` value.
     pub fn sign(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-        format!("v1,{}", BASE64.encode(mac(&self.keys[0], webhook_id, timestamp, body).finalize().into_bytes()))
+        format!(
+            "v1,{}",
+            BASE64.encode(
+                mac(&self.keys[0], webhook_id, timestamp, body)
+                    .finalize()
+                    .into_bytes()
+            )
+        )
     }
 
     /// Verifies the three headers against the raw body at time `now` (Unix seconds).
@@ -105,7 +112,10 @@ impl WebhookSecret {
             any_well_formed = true;
             for key in &self.keys {
                 // `verify_slice` compares in constant time.
-                if mac(key, webhook_id, timestamp, body).verify_slice(&expected).is_ok() {
+                if mac(key, webhook_id, timestamp, body)
+                    .verify_slice(&expected)
+                    .is_ok()
+                {
                     return Ok(());
                 }
             }
@@ -143,7 +153,16 @@ mod tests {
     fn accepts_own_signature() {
         let s = secret();
         let sig = s.sign("msg_1", NOW, b"{}");
-        assert_eq!(s.verify(Some("msg_1"), Some(&NOW.to_string()), Some(&sig), b"{}", NOW), Ok(()));
+        assert_eq!(
+            s.verify(
+                Some("msg_1"),
+                Some(&NOW.to_string()),
+                Some(&sig),
+                b"{}",
+                NOW
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -151,33 +170,66 @@ mod tests {
         let s = secret();
         let ts = NOW.to_string();
         let sig = s.sign("msg_1", NOW, b"{}");
-        assert!(s.verify(Some("msg_1"), Some(&ts), Some(&sig), b"{ }", NOW).is_err(), "body changed");
-        assert!(s.verify(Some("msg_2"), Some(&ts), Some(&sig), b"{}", NOW).is_err(), "id changed");
-        assert!(s.verify(Some("msg_1"), Some(&ts), Some("v1,"), b"{}", NOW).is_err(), "empty signature");
-        assert!(s.verify(Some("msg_1"), Some(&ts), Some("v1"), b"{}", NOW).is_err());
-        assert!(s.verify(Some("msg_1"), Some(&ts), Some("v2,abc"), b"{}", NOW).is_err());
-        assert!(s.verify(Some("msg_1"), Some(&ts), None, b"{}", NOW).is_err());
+        assert!(
+            s.verify(Some("msg_1"), Some(&ts), Some(&sig), b"{ }", NOW)
+                .is_err(),
+            "body changed"
+        );
+        assert!(
+            s.verify(Some("msg_2"), Some(&ts), Some(&sig), b"{}", NOW)
+                .is_err(),
+            "id changed"
+        );
+        assert!(
+            s.verify(Some("msg_1"), Some(&ts), Some("v1,"), b"{}", NOW)
+                .is_err(),
+            "empty signature"
+        );
+        assert!(s
+            .verify(Some("msg_1"), Some(&ts), Some("v1"), b"{}", NOW)
+            .is_err());
+        assert!(s
+            .verify(Some("msg_1"), Some(&ts), Some("v2,abc"), b"{}", NOW)
+            .is_err());
+        assert!(s
+            .verify(Some("msg_1"), Some(&ts), None, b"{}", NOW)
+            .is_err());
         assert!(s.verify(None, Some(&ts), Some(&sig), b"{}", NOW).is_err());
         assert_eq!(
-            s.verify(Some("msg_1"), Some(&ts), Some(&sig), b"{}", NOW + TOLERANCE_SECONDS + 1),
+            s.verify(
+                Some("msg_1"),
+                Some(&ts),
+                Some(&sig),
+                b"{}",
+                NOW + TOLERANCE_SECONDS + 1
+            ),
             Err(VerifyError::StaleTimestamp)
         );
         let other = WebhookSecret::parse("whsec_b3RoZXIta2V5LWZvci10ZXN0cw==").unwrap();
-        assert!(other.verify(Some("msg_1"), Some(&ts), Some(&sig), b"{}", NOW).is_err());
+        assert!(other
+            .verify(Some("msg_1"), Some(&ts), Some(&sig), b"{}", NOW)
+            .is_err());
     }
 
     #[test]
     fn rotation_accepts_either_key_and_either_signature() {
         let old = secret();
         let new = WebhookSecret::parse("whsec_bmV3LWtleS1mb3ItdGVzdHM=").unwrap();
-        let both = WebhookSecret::parse(&format!("whsec_bmV3LWtleS1mb3ItdGVzdHM= {SECRET}")).unwrap();
+        let both =
+            WebhookSecret::parse(&format!("whsec_bmV3LWtleS1mb3ItdGVzdHM= {SECRET}")).unwrap();
         let ts = NOW.to_string();
         let by_old = old.sign("m", NOW, b"x");
         let by_new = new.sign("m", NOW, b"x");
-        assert!(both.verify(Some("m"), Some(&ts), Some(&by_old), b"x", NOW).is_ok());
-        assert!(both.verify(Some("m"), Some(&ts), Some(&by_new), b"x", NOW).is_ok());
+        assert!(both
+            .verify(Some("m"), Some(&ts), Some(&by_old), b"x", NOW)
+            .is_ok());
+        assert!(both
+            .verify(Some("m"), Some(&ts), Some(&by_new), b"x", NOW)
+            .is_ok());
         let header = format!("v1,AAAA {by_old}");
-        assert!(old.verify(Some("m"), Some(&ts), Some(&header), b"x", NOW).is_ok());
+        assert!(old
+            .verify(Some("m"), Some(&ts), Some(&header), b"x", NOW)
+            .is_ok());
     }
 
     #[test]

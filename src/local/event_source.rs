@@ -26,7 +26,9 @@ impl EventSourceMapping {
             if *shutdown.borrow() {
                 break;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let received = tokio::select! {
                 received = self.queue.receive(Duration::from_secs(2)) => received,
                 _ = shutdown.changed() => break,
@@ -34,7 +36,10 @@ impl EventSourceMapping {
             let messages = match received {
                 Ok(messages) => messages,
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "event source: receive failed; retrying");
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "event source: receive failed; retrying"
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -60,14 +65,20 @@ impl EventSourceMapping {
                 for (message_id, receipt_handle) in handles {
                     if !failed.contains(&message_id) {
                         if let Err(error) = queue.delete(&receipt_handle).await {
-                            tracing::warn!(error = format!("{error:#}"), message_id, "event source: delete failed");
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                message_id,
+                                "event source: delete failed"
+                            );
                         }
                     }
                 }
             });
         }
         // Wait for every invocation in flight to finish.
-        let _ = permits.acquire_many(self.max_concurrency.max(1) as u32).await;
+        let _ = permits
+            .acquire_many(self.max_concurrency.max(1) as u32)
+            .await;
     }
 }
 

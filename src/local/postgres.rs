@@ -26,9 +26,21 @@ struct Cluster {
 impl LocalPostgres {
     pub async fn start_or_connect(database_url: Option<String>) -> anyhow::Result<Self> {
         let url = database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        match tokio::time::timeout(Duration::from_secs(5), ebra_shared::db::ensure_database(&url)).await {
-            Ok(Ok(())) => return Ok(Self { database_url: url, cluster: None }),
-            Ok(Err(error)) => tracing::info!(error = format!("{error:#}"), "no Postgres at DATABASE_URL"),
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            ebra_shared::db::ensure_database(&url),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                return Ok(Self {
+                    database_url: url,
+                    cluster: None,
+                })
+            }
+            Ok(Err(error)) => {
+                tracing::info!(error = format!("{error:#}"), "no Postgres at DATABASE_URL")
+            }
             Err(_) => tracing::info!("Postgres at DATABASE_URL did not answer within 5 s"),
         }
         let Some(bin_dir) = find_server_binaries() else {
@@ -39,7 +51,10 @@ impl LocalPostgres {
         };
         let (cluster, port) = Cluster::start(bin_dir).await?;
         let database_url = format!("postgres://postgres@127.0.0.1:{port}/ebra");
-        let local = Self { database_url, cluster: Some(cluster) };
+        let local = Self {
+            database_url,
+            cluster: Some(cluster),
+        };
         ebra_shared::db::ensure_database(&local.database_url)
             .await
             .context("creating the database in the throwaway cluster")?;
@@ -76,7 +91,8 @@ fn find_server_binaries() -> Option<PathBuf> {
 impl Cluster {
     async fn start(bin_dir: PathBuf) -> anyhow::Result<(Self, u16)> {
         let port = super::sqs::free_port()?;
-        let data_dir = std::env::temp_dir().join(format!("ebra-dev-pg-{}", uuid::Uuid::new_v4().simple()));
+        let data_dir =
+            std::env::temp_dir().join(format!("ebra-dev-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&data_dir).context("creating the throwaway cluster's directory")?;
         // initdb refuses to run as root: hand the directory to the postgres user.
         let as_postgres_user = is_root();
@@ -91,14 +107,44 @@ impl Cluster {
                 bail!("could not give {} to the postgres user", data_dir.display());
             }
         }
-        let cluster = Self { bin_dir, data_dir, as_postgres_user };
+        let cluster = Self {
+            bin_dir,
+            data_dir,
+            as_postgres_user,
+        };
         let pgdata = cluster.data_dir.join("data");
         cluster
-            .run("initdb", &["-D", path(&pgdata), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .run(
+                "initdb",
+                &[
+                    "-D",
+                    path(&pgdata),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ],
+            )
             .await?;
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", cluster.data_dir.display());
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            cluster.data_dir.display()
+        );
         cluster
-            .run("pg_ctl", &["-D", path(&pgdata), "-o", &options, "-l", path(&cluster.data_dir.join("log")), "-w", "start"])
+            .run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path(&pgdata),
+                    "-o",
+                    &options,
+                    "-l",
+                    path(&cluster.data_dir.join("log")),
+                    "-w",
+                    "start",
+                ],
+            )
             .await?;
         tracing::info!(port, dir = %cluster.data_dir.display(), "started a throwaway Postgres cluster");
         Ok((cluster, port))
@@ -131,8 +177,14 @@ impl Cluster {
 
     async fn stop(self) {
         let pgdata = self.data_dir.join("data");
-        if let Err(error) = self.run("pg_ctl", &["-D", path(&pgdata), "-m", "fast", "-w", "stop"]).await {
-            tracing::warn!(error = format!("{error:#}"), "stopping the throwaway Postgres cluster");
+        if let Err(error) = self
+            .run("pg_ctl", &["-D", path(&pgdata), "-m", "fast", "-w", "stop"])
+            .await
+        {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "stopping the throwaway Postgres cluster"
+            );
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }

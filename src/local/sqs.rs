@@ -18,7 +18,10 @@ impl LocalSqs {
     pub async fn start_or_connect() -> anyhow::Result<Self> {
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL_SQS") {
             if !endpoint.trim().is_empty() {
-                return Ok(Self { endpoint, child: None });
+                return Ok(Self {
+                    endpoint,
+                    child: None,
+                });
             }
         }
         let port = free_port()?;
@@ -35,7 +38,10 @@ impl LocalSqs {
                 )
             })?;
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut sqs = Self { endpoint, child: Some(child) };
+        let mut sqs = Self {
+            endpoint,
+            child: Some(child),
+        };
         sqs.wait_ready().await?;
         Ok(sqs)
     }
@@ -53,7 +59,10 @@ impl LocalSqs {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("moto_server did not answer on {} within 10 s", self.endpoint)
+        bail!(
+            "moto_server did not answer on {} within 10 s",
+            self.endpoint
+        )
     }
 
     pub fn started_here(&self) -> bool {
@@ -104,7 +113,10 @@ pub async fn ensure_queues(
         .create_queue()
         .queue_name(name)
         .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(QueueAttributeName::VisibilityTimeout, visibility_seconds.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_seconds.to_string(),
+        )
         .attributes(QueueAttributeName::MessageRetentionPeriod, "1209600")
         .send()
         .await

@@ -27,7 +27,10 @@ pub struct DevOptions {
 
 impl Default for DevOptions {
     fn default() -> Self {
-        Self { reclaim_every: Duration::from_secs(10), queue_name: "ebra-calls".to_owned() }
+        Self {
+            reclaim_every: Duration::from_secs(10),
+            queue_name: "ebra-calls".to_owned(),
+        }
     }
 }
 
@@ -56,47 +59,82 @@ async fn serve(
     sqs: &LocalSqs,
 ) -> anyhow::Result<()> {
     let sqs_client = local_sqs_client(&sqs.endpoint);
-    let probe = Config::from_lookup(|name| lookup(env, name).or_else(|| (name == "DATABASE_URL").then(|| postgres.database_url.clone())))?;
-    let (queue_url, dlq_url) = ensure_queues(&sqs_client, &options.queue_name, probe.max_receive_count, VISIBILITY_SECONDS)
-        .await
-        .with_context(|| format!("creating the queues on {}", sqs.endpoint))?;
+    let probe = Config::from_lookup(|name| {
+        lookup(env, name)
+            .or_else(|| (name == "DATABASE_URL").then(|| postgres.database_url.clone()))
+    })?;
+    let (queue_url, dlq_url) = ensure_queues(
+        &sqs_client,
+        &options.queue_name,
+        probe.max_receive_count,
+        VISIBILITY_SECONDS,
+    )
+    .await
+    .with_context(|| format!("creating the queues on {}", sqs.endpoint))?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", probe.port))
         .await
-        .with_context(|| format!("listening on 127.0.0.1:{} (set PORT to use another port)", probe.port))?;
+        .with_context(|| {
+            format!(
+                "listening on 127.0.0.1:{} (set PORT to use another port)",
+                probe.port
+            )
+        })?;
     let port = listener.local_addr()?.port();
     let local_webhook = format!("http://127.0.0.1:{port}{WEBHOOK_PATH}");
-    let generated_secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes()));
+    let generated_secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
+    );
 
     let config = Arc::new(Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(postgres.database_url.clone()),
         "CALLS_QUEUE_URL" => Some(queue_url.clone()),
         "WEBHOOK_URL" => lookup(env, "WEBHOOK_URL").or_else(|| {
-            lookup(env, "PUBLIC_BASE_URL").is_none().then(|| local_webhook.clone())
+            lookup(env, "PUBLIC_BASE_URL")
+                .is_none()
+                .then(|| local_webhook.clone())
         }),
         "WEBHOOK_SECRET" => lookup(env, name).or_else(|| Some(generated_secret.clone())),
         _ => lookup(env, name),
     })?);
 
-    let pool = ebra_shared::db::pool(&config.database_url, ebra_shared::db::pool_size_from_env(20)?)?;
+    let pool = ebra_shared::db::pool(
+        &config.database_url,
+        ebra_shared::db::pool_size_from_env(20)?,
+    )?;
     let applied = ebra_shared::db::migrate(&pool).await?;
     tracing::info!(applied, "migrations applied");
 
     let queue = CallsQueue::new(sqs_client.clone(), queue_url.clone());
     let secret = config.require_webhook_secret()?.clone();
     let provider: Arc<dyn Provider> = if config.use_simulator {
-        Arc::new(Simulator::new(SimulatorSettings::from_env()?, secret.clone())?)
+        Arc::new(Simulator::new(
+            SimulatorSettings::from_env()?,
+            secret.clone(),
+        )?)
     } else {
-        let base = config.provider_base_url.as_deref().context("PROVIDER_BASE_URL is required when USE_SIMULATOR=false")?;
+        let base = config
+            .provider_base_url
+            .as_deref()
+            .context("PROVIDER_BASE_URL is required when USE_SIMULATOR=false")?;
         Arc::new(HttpProvider::new(base, config.dial_timeout)?)
     };
 
     let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
     let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
-    let app = ebra_api::routes(api).merge(ebra_webhook::routes(webhook)).fallback(ebra_api::not_found);
+    let app = ebra_api::routes(api)
+        .merge(ebra_webhook::routes(webhook))
+        .fallback(ebra_api::not_found);
 
-    let worker = Arc::new(ebra_worker::WorkerState::new(pool.clone(), queue.clone(), provider, config.clone())?);
-    let reclaimer = ebra_reclaimer::ReclaimerState::new(pool.clone(), queue.clone(), config.clone());
+    let worker = Arc::new(ebra_worker::WorkerState::new(
+        pool.clone(),
+        queue.clone(),
+        provider,
+        config.clone(),
+    )?);
+    let reclaimer =
+        ebra_reclaimer::ReclaimerState::new(pool.clone(), queue.clone(), config.clone());
 
     let (stop, stopped) = watch::channel(false);
     let mut server_stop = stopped.clone();
@@ -107,7 +145,11 @@ async fn serve(
             })
             .await
     });
-    let mapping = EventSourceMapping { queue: queue.clone(), worker, max_concurrency: config.global_concurrency as usize };
+    let mapping = EventSourceMapping {
+        queue: queue.clone(),
+        worker,
+        max_concurrency: config.global_concurrency as usize,
+    };
     let event_source = tokio::spawn(mapping.run(stopped.clone()));
     let mut reclaim_stop = stopped.clone();
     let reclaim_every = options.reclaim_every;
@@ -124,15 +166,48 @@ async fn serve(
     });
 
     let base = format!("http://127.0.0.1:{port}");
-    let auth = if config.api_token.is_some() { " -H \"Authorization: Bearer $API_TOKEN\"" } else { "" };
+    let auth = if config.api_token.is_some() {
+        " -H \"Authorization: Bearer $API_TOKEN\""
+    } else {
+        ""
+    };
     println!();
     println!("Ebra is running.");
     println!("  API + webhook   {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)");
-    println!("  webhook URL     {}", config.webhook_url.as_deref().unwrap_or(&local_webhook));
-    println!("  Postgres        {}{}", redact(&config.database_url), if postgres.started_here() { "  (throwaway cluster)" } else { "" });
-    println!("  SQS             {}{}  queue {queue_url}, DLQ {dlq_url}", sqs.endpoint, if sqs.started_here() { "  (moto_server started here)" } else { "" });
-    println!("  provider        {}", if config.use_simulator { "simulator (calls back after SIM_CALL_SECONDS)".to_owned() } else { config.provider_base_url.clone().unwrap_or_default() });
-    println!("  cap             {} calls in progress", config.global_concurrency);
+    println!(
+        "  webhook URL     {}",
+        config.webhook_url.as_deref().unwrap_or(&local_webhook)
+    );
+    println!(
+        "  Postgres        {}{}",
+        redact(&config.database_url),
+        if postgres.started_here() {
+            "  (throwaway cluster)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  SQS             {}{}  queue {queue_url}, DLQ {dlq_url}",
+        sqs.endpoint,
+        if sqs.started_here() {
+            "  (moto_server started here)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  provider        {}",
+        if config.use_simulator {
+            "simulator (calls back after SIM_CALL_SECONDS)".to_owned()
+        } else {
+            config.provider_base_url.clone().unwrap_or_default()
+        }
+    );
+    println!(
+        "  cap             {} calls in progress",
+        config.global_concurrency
+    );
     println!();
     println!("Try:  curl -s{auth} -X POST {base}/calls -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"scriptId\":\"welcome\"}}'");
     println!("Then: curl -s{auth} {base}/calls/<id>        Stop with Ctrl-C.");

@@ -39,9 +39,12 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh database and queue pair.
     pub async fn new() -> Self {
-        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
         let db_name = format!("ebra_test_{}", Uuid::new_v4().simple());
-        let mut config: tokio_postgres::Config = admin_url.parse().expect("TEST_DATABASE_URL is not a Postgres URL");
+        let mut config: tokio_postgres::Config = admin_url
+            .parse()
+            .expect("TEST_DATABASE_URL is not a Postgres URL");
         config.dbname(&db_name);
         let database_url = with_dbname(&admin_url, &db_name);
         if let Err(error) = ebra_shared::db::ensure_database(&database_url).await {
@@ -52,9 +55,12 @@ impl TestEnv {
             );
         }
         let pool = ebra_shared::db::pool(&database_url, 16).expect("building the pool");
-        ebra_shared::db::migrate(&pool).await.expect("migrating the test database");
+        ebra_shared::db::migrate(&pool)
+            .await
+            .expect("migrating the test database");
 
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS").unwrap_or_else(|_| DEFAULT_SQS_ENDPOINT.to_owned());
+        let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS")
+            .unwrap_or_else(|_| DEFAULT_SQS_ENDPOINT.to_owned());
         let sqs = sqs_client(&endpoint);
         let (queue_url, dlq_url) = create_queues(&sqs, &db_name, 30).await.unwrap_or_else(|error| {
             panic!(
@@ -63,7 +69,16 @@ impl TestEnv {
             )
         });
         let queue = CallsQueue::new(sqs.clone(), queue_url.clone());
-        Self { database_url, pool, sqs, queue, queue_url, dlq_url, db_name, admin_url }
+        Self {
+            database_url,
+            pool,
+            sqs,
+            queue,
+            queue_url,
+            dlq_url,
+            db_name,
+            admin_url,
+        }
     }
 
     /// A configuration pointing at this environment; `overrides` replace defaults.
@@ -86,7 +101,10 @@ impl TestEnv {
 
     /// A queue handle whose sends always fail (a queue that does not exist).
     pub fn broken_queue(&self) -> CallsQueue {
-        CallsQueue::new(self.sqs.clone(), format!("{}-does-not-exist", self.queue_url))
+        CallsQueue::new(
+            self.sqs.clone(),
+            format!("{}-does-not-exist", self.queue_url),
+        )
     }
 
     /// Receives what is visible on the calls queue now (short poll, a few rounds).
@@ -131,11 +149,22 @@ impl Drop for TestEnv {
         let urls = [self.queue_url.clone(), self.dlq_url.clone()];
         // Async cleanup from Drop: on a thread of its own, with its own runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
                     tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)")).await;
+                    let _ = client
+                        .batch_execute(&format!(
+                            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+                        ))
+                        .await;
                 }
                 for url in urls {
                     let _ = sqs.delete_queue().queue_url(url).send().await;
@@ -157,7 +186,11 @@ pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
 }
 
 /// Creates `<name>-dlq` and `<name>` with a redrive policy to it.
-pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_seconds: u32) -> Result<(String, String), String> {
+pub async fn create_queues(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_seconds: u32,
+) -> Result<(String, String), String> {
     let dlq = tokio::time::timeout(
         Duration::from_secs(60),
         sqs.create_queue().queue_name(format!("{name}-dlq")).send(),
@@ -182,7 +215,10 @@ pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_sec
         .create_queue()
         .queue_name(name)
         .attributes(QueueAttributeName::RedrivePolicy, redrive)
-        .attributes(QueueAttributeName::VisibilityTimeout, visibility_seconds.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility_seconds.to_string(),
+        )
         .send()
         .await
         .map_err(describe)?;
@@ -191,7 +227,9 @@ pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str, visibility_sec
 
 /// An SDK error with its causes, for the harness's messages (generic: each operation has
 /// its own error type).
-fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(error: aws_sdk_sqs::error::SdkError<E, R>) -> String {
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    error: aws_sdk_sqs::error::SdkError<E, R>,
+) -> String {
     aws_sdk_sqs::error::DisplayErrorContext(error).to_string()
 }
 
@@ -202,7 +240,10 @@ fn with_dbname(url: &str, db_name: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
     let mut out = format!("{}/{db_name}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');

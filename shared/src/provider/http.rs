@@ -58,7 +58,10 @@ impl HttpProvider {
             Ok(body) => body,
             Err(error) => {
                 return DialResult::Retryable {
-                    error: format!("provider answered {status} but the body failed: {}", describe(&error)),
+                    error: format!(
+                        "provider answered {status} but the body failed: {}",
+                        describe(&error)
+                    ),
                     retry_after: None,
                     maybe_placed: true,
                 }
@@ -75,12 +78,21 @@ impl Provider for HttpProvider {
 }
 
 /// Maps the provider's answer to a [`DialResult`] (invariant 7).
-pub(crate) fn classify(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &[u8]) -> DialResult {
+pub(crate) fn classify(
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> DialResult {
     let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     match status.as_u16() {
-        200..=299 => match serde_json::from_slice::<Accepted>(body).ok().and_then(|a| a.call_id) {
+        200..=299 => match serde_json::from_slice::<Accepted>(body)
+            .ok()
+            .and_then(|a| a.call_id)
+        {
             Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= 255 => {
-                DialResult::Accepted { provider_call_id: id }
+                DialResult::Accepted {
+                    provider_call_id: id,
+                }
             }
             _ => DialResult::Retryable {
                 error: format!("provider answered {status} without a callId: {}", snippet()),
@@ -110,7 +122,11 @@ pub(crate) fn classify(status: reqwest::StatusCode, retry_after: Option<Duration
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(seconds) = raw.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -142,16 +158,36 @@ mod tests {
     fn classifies_answers() {
         assert_eq!(
             classify(StatusCode::ACCEPTED, None, br#"{"callId":"p-1"}"#),
-            DialResult::Accepted { provider_call_id: "p-1".into() }
+            DialResult::Accepted {
+                provider_call_id: "p-1".into()
+            }
         );
-        assert!(matches!(classify(StatusCode::OK, None, b"{}"), DialResult::Retryable { maybe_placed: true, .. }));
-        assert!(matches!(classify(StatusCode::OK, None, br#"{"callId":""}"#), DialResult::Retryable { .. }));
+        assert!(matches!(
+            classify(StatusCode::OK, None, b"{}"),
+            DialResult::Retryable {
+                maybe_placed: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(StatusCode::OK, None, br#"{"callId":""}"#),
+            DialResult::Retryable { .. }
+        ));
         assert!(matches!(
             classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(7)), b""),
             DialResult::Retryable { retry_after: Some(d), maybe_placed: false, .. } if d == Duration::from_secs(7)
         ));
-        assert!(matches!(classify(StatusCode::BAD_GATEWAY, None, b""), DialResult::Retryable { .. }));
-        assert!(matches!(classify(StatusCode::UNPROCESSABLE_ENTITY, None, b"bad number"), DialResult::Permanent { .. }));
-        assert!(matches!(classify(StatusCode::NOT_FOUND, None, b""), DialResult::Permanent { .. }));
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, None, b""),
+            DialResult::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::UNPROCESSABLE_ENTITY, None, b"bad number"),
+            DialResult::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, None, b""),
+            DialResult::Permanent { .. }
+        ));
     }
 }

@@ -57,7 +57,11 @@ impl SimulatorSettings {
                 .parse()
                 .ok()
                 .filter(|s: &f64| s.is_finite() && (0.0..=3600.0).contains(s))
-                .ok_or_else(|| anyhow::anyhow!("configuration: SIM_CALL_SECONDS must be 0 to 3600, got {raw:?}"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "configuration: SIM_CALL_SECONDS must be 0 to 3600, got {raw:?}"
+                    )
+                })?;
             settings.call_duration = Duration::from_secs_f64(seconds);
         }
         if let Some(raw) = var("SIM_OUTCOMES") {
@@ -95,7 +99,9 @@ fn parse_weights(raw: &str) -> anyhow::Result<Vec<(CallOutcome, u32)>> {
                 anyhow::anyhow!("configuration: SIM_OUTCOMES has unknown outcome {name:?}")
             })?;
             let weight: u32 = weight.trim().parse().map_err(|_| {
-                anyhow::anyhow!("configuration: SIM_OUTCOMES weight for {name} must be a whole number")
+                anyhow::anyhow!(
+                    "configuration: SIM_OUTCOMES weight for {name} must be a whole number"
+                )
             })?;
             Ok((outcome, weight))
         })
@@ -118,7 +124,9 @@ impl Simulator {
         Ok(Self {
             settings,
             secret,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
             placed: Arc::default(),
         })
     }
@@ -186,7 +194,9 @@ impl Simulator {
                 duration_sec: duration.as_secs() as u32,
                 completed_at: chrono::Utc::now(),
             };
-            let Ok(body) = serde_json::to_vec(&report) else { return };
+            let Ok(body) = serde_json::to_vec(&report) else {
+                return;
+            };
             let webhook_id = format!("msg_{}", Uuid::new_v4().simple());
             // Providers retry webhooks that did not get a 2xx.
             for attempt in 0..5u32 {
@@ -203,8 +213,12 @@ impl Simulator {
                     .await;
                 match sent {
                     Ok(response) if response.status().is_success() => return,
-                    Ok(response) => tracing::warn!(provider_call_id, status = %response.status(), "simulator webhook refused"),
-                    Err(error) => tracing::warn!(provider_call_id, %error, "simulator webhook failed"),
+                    Ok(response) => {
+                        tracing::warn!(provider_call_id, status = %response.status(), "simulator webhook refused")
+                    }
+                    Err(error) => {
+                        tracing::warn!(provider_call_id, %error, "simulator webhook failed")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
             }

@@ -80,7 +80,10 @@ pub async fn create_call(pool: &Pool, new: &NewCall, max_attempts: u32) -> Store
     .await?;
     if let Some(row) = inserted {
         let call = call_from_row(&row)?;
-        let enqueue = Enqueue { call_id: call.id, delay };
+        let enqueue = Enqueue {
+            call_id: call.id,
+            delay,
+        };
         return Ok(Created::New { call, enqueue });
     }
     // The key exists: ON CONFLICT waited for its transaction, so the row is visible now.
@@ -138,7 +141,11 @@ pub struct ListCursor {
 
 impl ListCursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}.{}", self.created_at.timestamp_micros(), self.id))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}.{}",
+            self.created_at.timestamp_micros(),
+            self.id
+        ))
     }
 
     pub fn decode(raw: &str) -> Option<Self> {
@@ -190,7 +197,9 @@ pub async fn list_calls(
                 ),
             };
             let rows = query(&client, &list_sql, &[&status_filter, &limit, &offset]).await?;
-            let total: i64 = query_one(&client, count_sql, &[&status_filter]).await?.try_get(0)?;
+            let total: i64 = query_one(&client, count_sql, &[&status_filter])
+                .await?
+                .try_get(0)?;
             (rows, Some(total))
         }
         ListPosition::After(cursor) => {
@@ -204,16 +213,34 @@ pub async fn list_calls(
                      ORDER BY created_at DESC, id DESC LIMIT $4"
                 ),
             };
-            let rows = query(&client, &sql, &[&status_filter, &cursor.created_at, &cursor.id, &limit]).await?;
+            let rows = query(
+                &client,
+                &sql,
+                &[&status_filter, &cursor.created_at, &cursor.id, &limit],
+            )
+            .await?;
             (rows, None)
         }
     };
-    let items = rows.iter().map(call_from_row).collect::<StoreResult<Vec<_>>>()?;
+    let items = rows
+        .iter()
+        .map(call_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     let next_cursor = (items.len() as u32 == page_size)
         .then(|| items.last())
         .flatten()
-        .map(|last| ListCursor { created_at: last.created_at, id: last.id }.encode());
-    Ok(CallsPage { items, total, next_cursor })
+        .map(|last| {
+            ListCursor {
+                created_at: last.created_at,
+                id: last.id,
+            }
+            .encode()
+        });
+    Ok(CallsPage {
+        items,
+        total,
+        next_cursor,
+    })
 }
 
 /// The fields a PATCH may change; `None` leaves a field as it is.
@@ -230,7 +257,10 @@ pub struct CallPatch {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Changed {
-    Done { call: Call, enqueue: Option<Enqueue> },
+    Done {
+        call: Call,
+        enqueue: Option<Enqueue>,
+    },
     NotFound,
     /// The call is no longer PENDING.
     NotPending(CallStatus),
@@ -268,7 +298,11 @@ pub async fn patch_call(pool: &Pool, id: Uuid, patch: &CallPatch) -> StoreResult
             }
             let wanted = scheduled.unwrap_or(now).max(now);
             // A call backing off keeps its backoff; a fresh one follows the schedule.
-            let next = if attempts == 0 { wanted } else { wanted.max(next_run_at) };
+            let next = if attempts == 0 {
+                wanted
+            } else {
+                wanted.max(next_run_at)
+            };
             (true, scheduled, next)
         }
     };
@@ -311,7 +345,10 @@ pub async fn cancel_call(pool: &Pool, id: Uuid) -> StoreResult<Changed> {
          WHERE id = $1 AND status = 'PENDING' RETURNING {CALL_COLUMNS}"
     );
     if let Some(row) = query_opt(&client, &sql, &[&id]).await? {
-        return Ok(Changed::Done { call: call_from_row(&row)?, enqueue: None });
+        return Ok(Changed::Done {
+            call: call_from_row(&row)?,
+            enqueue: None,
+        });
     }
     match query_opt(&client, "SELECT status FROM calls WHERE id = $1", &[&id]).await? {
         None => Ok(Changed::NotFound),
@@ -333,7 +370,12 @@ pub struct Metrics {
 
 pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
     let client = pool.get().await?;
-    let rows = query(&client, "SELECT status, count(*) FROM calls GROUP BY status", &[]).await?;
+    let rows = query(
+        &client,
+        "SELECT status, count(*) FROM calls GROUP BY status",
+        &[],
+    )
+    .await?;
     let mut by_status: BTreeMap<CallStatus, i64> =
         CallStatus::ALL.into_iter().map(|s| (s, 0)).collect();
     for row in &rows {
@@ -363,7 +405,10 @@ mod tests {
 
     #[test]
     fn cursor_round_trips() {
-        let cursor = ListCursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::now_v7() };
+        let cursor = ListCursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::now_v7(),
+        };
         assert_eq!(ListCursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(ListCursor::decode("garbage!"), None);
         assert_eq!(ListCursor::decode(""), None);

@@ -40,7 +40,9 @@ pub struct ClaimedCall {
 pub enum Claim {
     Claimed(ClaimedCall),
     /// Scheduled or backing off: try again at `until`.
-    NotDue { until: DateTime<Utc> },
+    NotDue {
+        until: DateTime<Utc>,
+    },
     /// Another call to the same phone is in progress.
     PhoneBusy,
     /// All `GLOBAL_CONCURRENCY` slots are held.
@@ -96,11 +98,18 @@ pub async fn claim_call(
     if !row.try_get::<_, bool>("due")? {
         clear_outbox(&tx, call_id, outbox_marked).await?;
         tx.commit().await?;
-        return Ok(Claim::NotDue { until: row.try_get("next_run_at")? });
+        return Ok(Claim::NotDue {
+            until: row.try_get("next_run_at")?,
+        });
     }
 
     let phone: String = row.try_get("phone")?;
-    execute(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&phone]).await?;
+    execute(
+        &tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&phone],
+    )
+    .await?;
     let phone_busy = query_opt(
         &tx,
         "SELECT 1 FROM calls WHERE phone = $1 AND status = 'IN_PROGRESS'",
@@ -131,7 +140,9 @@ pub async fn claim_call(
     };
     let slot_no: i32 = slot.try_get(0)?;
     let attempt_id = Uuid::now_v7();
-    let idempotency_key: Uuid = row.try_get::<_, Option<Uuid>>("retry_dial_key")?.unwrap_or(attempt_id);
+    let idempotency_key: Uuid = row
+        .try_get::<_, Option<Uuid>>("retry_dial_key")?
+        .unwrap_or(attempt_id);
     let attempt_no: i32 = row.try_get::<_, i32>("attempts")? + 1;
     execute(
         &tx,
@@ -160,7 +171,12 @@ pub async fn claim_call(
 
 async fn clear_outbox(tx: &Transaction<'_>, call_id: Uuid, marked: bool) -> StoreResult<()> {
     if marked {
-        execute(tx, "UPDATE calls SET outbox_due_at = NULL WHERE id = $1", &[&call_id]).await?;
+        execute(
+            tx,
+            "UPDATE calls SET outbox_due_at = NULL WHERE id = $1",
+            &[&call_id],
+        )
+        .await?;
     }
     Ok(())
 }

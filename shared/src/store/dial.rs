@@ -37,7 +37,10 @@ pub enum DialRecorded {
     /// had arrived before this record are applied now.
     Dialed { early_webhooks: Vec<Settlement> },
     /// A retryable failure: the call is PENDING again, due at `next_run_at`.
-    RetryScheduled { next_run_at: DateTime<Utc>, delay: Duration },
+    RetryScheduled {
+        next_run_at: DateTime<Utc>,
+        delay: Duration,
+    },
     /// Permanent failure, or attempts exhausted: FAILED.
     Failed { error: String },
     /// The call moved on while the dial was in flight (reclaimed): only the attempt's
@@ -59,10 +62,23 @@ pub async fn record_dial(
         DialResult::Accepted { provider_call_id } => {
             record_accepted(&tx, claimed, provider_call_id, policy).await?
         }
-        DialResult::Retryable { error, retry_after, maybe_placed } => {
-            record_failure(&tx, claimed, error, Some((*retry_after, *maybe_placed)), policy).await?
+        DialResult::Retryable {
+            error,
+            retry_after,
+            maybe_placed,
+        } => {
+            record_failure(
+                &tx,
+                claimed,
+                error,
+                Some((*retry_after, *maybe_placed)),
+                policy,
+            )
+            .await?
         }
-        DialResult::Permanent { error } => record_failure(&tx, claimed, error, None, policy).await?,
+        DialResult::Permanent { error } => {
+            record_failure(&tx, claimed, error, None, policy).await?
+        }
     };
     tx.commit().await?;
     Ok(outcome)
@@ -78,7 +94,12 @@ async fn record_accepted(
     // see its held report.
     lock_provider_call(tx, provider_call_id).await?;
     // Lock order everywhere: the call's row, then its attempts and slot.
-    execute(tx, "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE", &[&claimed.call_id]).await?;
+    execute(
+        tx,
+        "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE",
+        &[&claimed.call_id],
+    )
+    .await?;
     execute(
         tx,
         "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, dialed_at = now(), error = NULL \
@@ -108,7 +129,11 @@ async fn record_failure(
     execute(
         tx,
         "UPDATE call_attempts SET dial_state = $2, ended_at = now(), error = $3 WHERE id = $1",
-        &[&claimed.attempt_id, &if maybe_placed { "UNKNOWN" } else { "REJECTED" }, &error],
+        &[
+            &claimed.attempt_id,
+            &if maybe_placed { "UNKNOWN" } else { "REJECTED" },
+            &error,
+        ],
     )
     .await?;
     let Some(current) = current else {
@@ -124,7 +149,8 @@ async fn record_failure(
     let nudges = nudge_waiting_calls(tx, 1).await?;
     let recorded = match retry {
         Some((retry_after, _)) if attempts < max_attempts => {
-            let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
+            let delay =
+                backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
             let retry_key: Option<Uuid> = maybe_placed.then_some(claimed.idempotency_key);
             let next_run_at: DateTime<Utc> = super::query_one(
                 tx,

@@ -55,7 +55,10 @@ impl Settlement {
     }
 }
 
-pub(crate) async fn lock_provider_call(tx: &Transaction<'_>, provider_call_id: &str) -> StoreResult<()> {
+pub(crate) async fn lock_provider_call(
+    tx: &Transaction<'_>,
+    provider_call_id: &str,
+) -> StoreResult<()> {
     execute(
         tx,
         "SELECT pg_advisory_xact_lock(hashtextextended('provider-call:' || $1, 0))",
@@ -146,7 +149,10 @@ struct AttemptRef {
     attempt_no: i32,
 }
 
-async fn find_attempt(tx: &Transaction<'_>, provider_call_id: &str) -> StoreResult<Option<AttemptRef>> {
+async fn find_attempt(
+    tx: &Transaction<'_>,
+    provider_call_id: &str,
+) -> StoreResult<Option<AttemptRef>> {
     let row = query_opt(
         tx,
         "SELECT id, call_id, attempt_no FROM call_attempts WHERE provider_call_id = $1 \
@@ -176,7 +182,9 @@ async fn apply_report(
         &[&attempt.call_id],
     )
     .await?
-    .ok_or_else(|| super::StoreError::Corrupt(format!("attempt {} without its call", attempt.id)))?;
+    .ok_or_else(|| {
+        super::StoreError::Corrupt(format!("attempt {} without its call", attempt.id))
+    })?;
     let status = super::parse_status(call.try_get("status")?)?;
     let attempts: i32 = call.try_get("attempts")?;
     let max_attempts: i32 = call.try_get("max_attempts")?;
@@ -187,7 +195,12 @@ async fn apply_report(
         tx,
         "UPDATE call_attempts SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()) \
           WHERE id = $1 AND outcome IS NULL",
-        &[&attempt.id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
+        &[
+            &attempt.id,
+            &report.status.as_str(),
+            &report.duration_sec,
+            &report.completed_at,
+        ],
     )
     .await?
         > 0;
@@ -234,7 +247,10 @@ async fn apply_report(
                     ],
                 )
                 .await?;
-                messages.push(Enqueue { call_id, delay: message_delay });
+                messages.push(Enqueue {
+                    call_id,
+                    delay: message_delay,
+                });
                 CallStatus::Pending
             }
             // A PENDING call (reclaimed, its redial not placed yet) that the provider now
@@ -242,7 +258,10 @@ async fn apply_report(
             _ if redial && attempts < max_attempts => CallStatus::Pending,
             _ => {
                 let error = if redial {
-                    format!("provider reported {} (after {attempts} attempts)", report.status)
+                    format!(
+                        "provider reported {} (after {attempts} attempts)",
+                        report.status
+                    )
                 } else {
                     format!("provider reported {}", report.status)
                 };
@@ -260,7 +279,10 @@ async fn apply_report(
             release_slot(tx, call_id).await?;
             messages.extend(nudge_waiting_calls(tx, 1).await?);
         }
-        Settlement::Applied { call_id, status: new_status }
+        Settlement::Applied {
+            call_id,
+            status: new_status,
+        }
     };
     execute(
         tx,

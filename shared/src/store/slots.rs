@@ -28,7 +28,10 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 
 /// Marks up to `count` waiting calls as nudged and returns their messages, to send after
 /// the commit.
-pub(crate) async fn nudge_waiting_calls(tx: &Transaction<'_>, count: i64) -> StoreResult<Vec<Enqueue>> {
+pub(crate) async fn nudge_waiting_calls(
+    tx: &Transaction<'_>,
+    count: i64,
+) -> StoreResult<Vec<Enqueue>> {
     if count <= 0 {
         return Ok(Vec::new());
     }
@@ -54,7 +57,11 @@ pub(crate) async fn nudge_waiting_calls(tx: &Transaction<'_>, count: i64) -> Sto
 /// Calls in progress as the cap counts them: slots held.
 pub async fn slots_in_use(pool: &Pool) -> StoreResult<i64> {
     let client = pool.get().await?;
-    Ok(query_one(&client, "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL", &[])
-        .await?
-        .try_get(0)?)
+    Ok(query_one(
+        &client,
+        "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL",
+        &[],
+    )
+    .await?
+    .try_get(0)?)
 }

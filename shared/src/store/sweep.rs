@@ -85,10 +85,18 @@ pub async fn reclaim_stale_calls(
                 &[&call_id, &seconds(delay), &seconds(message_delay), &error, &retry_key],
             )
             .await?;
-            messages.push(Enqueue { call_id, delay: message_delay });
+            messages.push(Enqueue {
+                call_id,
+                delay: message_delay,
+            });
             report.retried += 1;
         } else {
-            fail_call(&tx, call_id, &format!("{error} (after {attempts} attempts)")).await?;
+            fail_call(
+                &tx,
+                call_id,
+                &format!("{error} (after {attempts} attempts)"),
+            )
+            .await?;
             report.failed += 1;
         }
     }
@@ -102,7 +110,10 @@ pub async fn reclaim_stale_calls(
 /// PENDING calls whose SQS message was never confirmed within `grace` of when it was due:
 /// their messages, to send again (the mark moves on, so one lost send is re-sent once a
 /// grace period, not on every pass).
-pub async fn resend_unconfirmed_messages(pool: &Pool, grace: Duration) -> StoreResult<Vec<Enqueue>> {
+pub async fn resend_unconfirmed_messages(
+    pool: &Pool,
+    grace: Duration,
+) -> StoreResult<Vec<Enqueue>> {
     let client = pool.get().await?;
     let rows = query(
         &client,
@@ -129,7 +140,10 @@ pub async fn resend_unconfirmed_messages(pool: &Pool, grace: Duration) -> StoreR
 }
 
 /// PENDING calls past their `expiresAt`, or older than `max_pending_age`: EXPIRED.
-pub async fn expire_pending_calls(pool: &Pool, max_pending_age: Option<Duration>) -> StoreResult<u64> {
+pub async fn expire_pending_calls(
+    pool: &Pool,
+    max_pending_age: Option<Duration>,
+) -> StoreResult<u64> {
     let client = pool.get().await?;
     let rows = query(
         &client,
@@ -152,9 +166,13 @@ pub async fn expire_pending_calls(pool: &Pool, max_pending_age: Option<Duration>
 pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let in_progress: i64 = query_one(&tx, "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
+    let in_progress: i64 = query_one(
+        &tx,
+        "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL",
+        &[],
+    )
+    .await?
+    .try_get(0)?;
     let free = (i64::from(cap) - in_progress).clamp(0, BATCH);
     let messages = nudge_waiting_calls(&tx, free).await?;
     tx.commit().await?;
