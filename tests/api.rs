@@ -330,6 +330,22 @@ async fn create_without_metadata_stores_an_empty_object() {
 }
 
 #[tokio::test]
+async fn extreme_metadata_numbers_read_back_from_postgres() {
+    // jsonb hands f64::MAX back as 309 digits; found by scripts/fuzz when such a call could
+    // be written but never read again (every get, list and dial of it failed).
+    let api = Api::start().await;
+    let metadata =
+        json!({"max": f64::MAX, "min": f64::MIN, "tiny": 5e-324, "u": u64::MAX, "i": i64::MIN});
+    let call = api
+        .create(json!({"to": OTHER_PHONE, "scriptId": "s", "metadata": metadata}))
+        .await;
+    let id = id_of(&call);
+    let reply = api.get(&format!("/calls/{id}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["metadata"], metadata);
+}
+
+#[tokio::test]
 async fn create_answers_201_and_keeps_the_outbox_mark_when_the_send_fails() {
     let api = Api::with_broken_queue().await;
     let call = api.create(valid_call()).await;
