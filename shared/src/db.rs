@@ -1,10 +1,17 @@
 //! The Postgres pool and the schema migrations (refinery, SQL files in `migrations/`).
+//!
+//! TLS: with `sslmode=require` in `DATABASE_URL` the connection is encrypted with rustls and
+//! the server's certificate is verified against the system's roots (enough for RDS Proxy,
+//! whose certificates are public) plus the PEM bundle at `DB_CA_CERT_FILE` when set (the RDS
+//! CA bundle, for a direct RDS connection). Without it (local Postgres), no TLS.
 
 use anyhow::Context as _;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -13,6 +20,20 @@ mod embedded {
 /// Builds a small pool. No connection is opened until the first query, so a Lambda's init
 /// stays free of network round trips.
 pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let ca_file = std::env::var_os("DB_CA_CERT_FILE").filter(|p| !p.is_empty());
+    pool_with_ca_file(
+        database_url,
+        max_size,
+        ca_file.as_deref().map(std::path::Path::new),
+    )
+}
+
+/// [`pool`], with the extra CA bundle given rather than read from `DB_CA_CERT_FILE`.
+pub fn pool_with_ca_file(
+    database_url: &str,
+    max_size: usize,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<Pool> {
     let mut pg_config: tokio_postgres::Config = database_url
         .parse()
         .context("DATABASE_URL is not a valid Postgres connection string")?;
@@ -21,13 +42,15 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
     if pg_config.get_connect_timeout().is_none() {
         pg_config.connect_timeout(Duration::from_secs(5));
     }
-    let manager = Manager::from_config(
-        pg_config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match pg_config.get_ssl_mode() {
+        SslMode::Require => {
+            Manager::from_config(pg_config, tls_connector(ca_file)?, manager_config)
+        }
+        _ => Manager::from_config(pg_config, NoTls, manager_config),
+    };
     Pool::builder(manager)
         .max_size(max_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -38,6 +61,37 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<Pool> {
         })
         .build()
         .context("building the Postgres pool")
+}
+
+/// A rustls connector that verifies the server against the system roots and
+/// `DB_CA_CERT_FILE`.
+fn tls_connector(ca_file: Option<&std::path::Path>) -> anyhow::Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("configuration: DB_CA_CERT_FILE {path:?} cannot be read"))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| {
+                format!("configuration: DB_CA_CERT_FILE {path:?} is not a PEM bundle")
+            })?;
+        for cert in certs {
+            roots.add(cert).with_context(|| {
+                format!("configuration: DB_CA_CERT_FILE {path:?} has an unusable certificate")
+            })?;
+        }
+    } else if added == 0 {
+        anyhow::bail!("sslmode=require but no CA certificates were found: install the system's CA bundle or set DB_CA_CERT_FILE");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("configuring TLS for Postgres")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// The pool size for this process: `DB_POOL_SIZE`, else `default`.
