@@ -1213,6 +1213,16 @@ async fn a_timed_out_dial_is_retried_with_the_same_idempotency_key() {
         ),
         "a timeout should schedule a retry, got {outcome:?}"
     );
+    // The provider may be ringing the phone: the call keeps its slot and its phone.
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM calls c JOIN call_slots s ON s.call_id = c.id \
+              WHERE c.id = '{call}' AND c.status = 'IN_PROGRESS'"
+        ))
+        .await,
+        1,
+        "a dial of unknown fate must hold its slot (invariants 1 and 2)"
+    );
     let message = receive_one(&env, &arn, Duration::from_secs(5)).await;
     assert_eq!(
         deliver(&env, &state, &message).await,

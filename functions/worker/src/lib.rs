@@ -155,6 +155,8 @@ pub enum AckReason {
     UnknownCall,
     /// The call moved on while the dial was in flight (the reclaimer took it back).
     Superseded,
+    /// The last attempt may have been placed: the webhook or the reclaimer settles it.
+    OutcomeUnknown,
 }
 
 /// Processes an SQS batch: each message on its own, all of them concurrently. Returns the
@@ -376,6 +378,10 @@ async fn dial_claimed(
                 DeferReason::RetryScheduled,
             )
             .await
+        }
+        DialRecorded::OutcomeUnknown { error } => {
+            tracing::warn!(error, "last attempt's outcome unknown; the slot stays held until the provider reports or the call goes stale");
+            MessageOutcome::Acknowledged(AckReason::OutcomeUnknown)
         }
         DialRecorded::Failed { error } => {
             tracing::warn!(error, "call failed");

@@ -105,10 +105,12 @@ pub(crate) fn classify(
             retry_after,
             maybe_placed: false,
         },
+        // The provider answered that it failed: a definite failure, retried (with the same
+        // key, in case it placed the call all the same).
         408 | 500..=599 => DialResult::Retryable {
             error: format!("provider error {status}: {}", snippet()),
             retry_after,
-            maybe_placed: true,
+            maybe_placed: false,
         },
         400..=499 => DialResult::Permanent {
             error: format!("provider refused the call ({status}): {}", snippet()),

@@ -31,8 +31,9 @@ pub struct Dial {
 pub enum DialResult {
     /// The provider placed the call and named it.
     Accepted { provider_call_id: String },
-    /// Worth retrying. `maybe_placed`: the provider may have placed the call (timeout,
-    /// reset, 5xx), so the retry must reuse the same idempotency key.
+    /// Worth retrying. `maybe_placed`: the provider may have placed the call (a timeout, a
+    /// reset after sending, a 2xx without an id), so the call keeps its slot and its phone
+    /// and the retry reuses the same idempotency key.
     Retryable {
         error: String,
         retry_after: Option<Duration>,

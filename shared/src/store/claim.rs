@@ -78,6 +78,11 @@ pub async fn claim_call(
         return Ok(Claim::Unknown);
     };
     let status = super::parse_status(row.try_get("status")?)?;
+    if status == CallStatus::InProgress {
+        let claim = redial_unknown(&tx, call_id, &row).await?;
+        tx.commit().await?;
+        return Ok(claim);
+    }
     if status != CallStatus::Pending {
         return Ok(Claim::NotPending(status));
     }
@@ -166,6 +171,68 @@ pub async fn claim_call(
         phone,
         script_id: row.try_get("script_id")?,
         metadata: row.try_get("metadata")?,
+    }))
+}
+
+/// A call whose last dial's fate is unknown (a timeout) keeps its slot and its phone; once
+/// its backoff ends, the next delivery redials it in place, with the same idempotency key,
+/// so a provider that did place the first dial answers with that call instead of a new one.
+async fn redial_unknown(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    call: &tokio_postgres::Row,
+) -> StoreResult<Claim> {
+    let attempts: i32 = call.try_get("attempts")?;
+    let max_attempts: i32 = call.try_get("max_attempts")?;
+    let last = query_opt(
+        tx,
+        "SELECT dial_state, idempotency_key, slot_no FROM call_attempts \
+          WHERE call_id = $1 AND attempt_no = $2",
+        &[&call_id, &attempts],
+    )
+    .await?;
+    let Some(last) = last else {
+        return Ok(Claim::NotPending(CallStatus::InProgress));
+    };
+    let dial_state: String = last.try_get("dial_state")?;
+    if dial_state != "UNKNOWN" || attempts >= max_attempts {
+        return Ok(Claim::NotPending(CallStatus::InProgress));
+    }
+    if !call.try_get::<_, bool>("due")? {
+        return Ok(Claim::NotDue {
+            until: call.try_get("next_run_at")?,
+        });
+    }
+    let attempt_id = Uuid::now_v7();
+    let attempt_no = attempts + 1;
+    let idempotency_key: Uuid = last.try_get("idempotency_key")?;
+    let slot_no: i32 = last.try_get("slot_no")?;
+    execute(
+        tx,
+        "WITH redial AS ( \
+             UPDATE calls SET attempts = $3, started_at = now(), updated_at = now() \
+              WHERE id = $1 RETURNING id) \
+         INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
+         SELECT $2, id, $3, $4, $5 FROM redial",
+        &[
+            &call_id,
+            &attempt_id,
+            &attempt_no,
+            &idempotency_key,
+            &slot_no,
+        ],
+    )
+    .await?;
+    Ok(Claim::Claimed(ClaimedCall {
+        call_id,
+        attempt_id,
+        attempt_no,
+        max_attempts,
+        idempotency_key,
+        slot_no,
+        phone: call.try_get("phone")?,
+        script_id: call.try_get("script_id")?,
+        metadata: call.try_get("metadata")?,
     }))
 }
 

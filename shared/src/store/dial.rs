@@ -36,11 +36,15 @@ pub enum DialRecorded {
     /// The provider placed the call; it stays IN_PROGRESS until its webhook. Webhooks that
     /// had arrived before this record are applied now.
     Dialed { early_webhooks: Vec<Settlement> },
-    /// A retryable failure: the call is PENDING again, due at `next_run_at`.
+    /// A retryable failure: the call is redialed at `next_run_at` — PENDING again after a
+    /// definite failure, or still IN_PROGRESS (slot held) when the dial may have been placed.
     RetryScheduled {
         next_run_at: DateTime<Utc>,
         delay: Duration,
     },
+    /// The last attempt's fate is unknown: the call keeps its slot until the provider's
+    /// webhook or the reclaimer settles it.
+    OutcomeUnknown { error: String },
     /// Permanent failure, or attempts exhausted: FAILED.
     Failed { error: String },
     /// The call moved on while the dial was in flight (reclaimed): only the attempt's
@@ -145,19 +149,52 @@ async fn record_failure(
     if status != CallStatus::InProgress || attempts != claimed.attempt_no {
         return Ok((DialRecorded::Superseded, Vec::new()));
     }
+    if let Some((retry_after, true)) = retry {
+        // The dial's fate is unknown: the provider may be ringing the phone right now. The
+        // call keeps its slot and its phone (invariants 1 and 2) until the webhook, a redial
+        // with the same key (the claim's `redial_unknown`), or the reclaimer settles it.
+        if attempts < max_attempts {
+            let delay =
+                backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
+            let next_run_at: DateTime<Utc> = super::query_one(
+                tx,
+                "UPDATE calls SET next_run_at = now() + make_interval(secs => $2), last_error = $3, \
+                        updated_at = now() \
+                  WHERE id = $1 RETURNING next_run_at",
+                &[&claimed.call_id, &seconds(delay), &error],
+            )
+            .await?
+            .try_get(0)?;
+            return Ok((
+                DialRecorded::RetryScheduled { next_run_at, delay },
+                Vec::new(),
+            ));
+        }
+        let error = format!(
+            "{error} (after {attempts} attempts; holding the slot until the provider reports or the call goes stale)"
+        );
+        execute(
+            tx,
+            "UPDATE calls SET last_error = $2, updated_at = now() WHERE id = $1",
+            &[&claimed.call_id, &error],
+        )
+        .await?;
+        return Ok((DialRecorded::OutcomeUnknown { error }, Vec::new()));
+    }
     release_slot(tx, claimed.call_id).await?;
     let nudges = nudge_waiting_calls(tx, 1).await?;
     let recorded = match retry {
         Some((retry_after, _)) if attempts < max_attempts => {
             let delay =
                 backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
-            let retry_key: Option<Uuid> = maybe_placed.then_some(claimed.idempotency_key);
+            // The provider said no, but a provider that placed the call anyway recognises
+            // the same key: reusing it costs nothing.
             let next_run_at: DateTime<Utc> = super::query_one(
                 tx,
                 "UPDATE calls SET status = 'PENDING', next_run_at = now() + make_interval(secs => $2), \
                         last_error = $3, retry_dial_key = $4, updated_at = now() \
                   WHERE id = $1 RETURNING next_run_at",
-                &[&claimed.call_id, &seconds(delay), &error, &retry_key],
+                &[&claimed.call_id, &seconds(delay), &error, &claimed.idempotency_key],
             )
             .await?
             .try_get(0)?;
