@@ -17,10 +17,24 @@ pub struct EventSourceMapping {
     pub max_concurrency: usize,
 }
 
+/// Lambda's SQS event source starts with five concurrent pollers.
+const POLLERS: usize = 5;
+
 impl EventSourceMapping {
     /// Polls until `shutdown` turns true, then waits for invocations in flight.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(self.max_concurrency.max(1)));
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let max = self.max_concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(max));
+        let mapping = Arc::new(self);
+        let pollers: Vec<_> = (0..POLLERS.min(max))
+            .map(|_| tokio::spawn(mapping.clone().poll(permits.clone(), shutdown.clone())))
+            .collect();
+        futures::future::join_all(pollers).await;
+        // Wait for every invocation in flight to finish.
+        let _ = permits.acquire_many(max as u32).await;
+    }
+
+    async fn poll(self: Arc<Self>, permits: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
         let arn = queue_arn(self.queue.url());
         loop {
             if *shutdown.borrow() {
@@ -75,10 +89,6 @@ impl EventSourceMapping {
                 }
             });
         }
-        // Wait for every invocation in flight to finish.
-        let _ = permits
-            .acquire_many(self.max_concurrency.max(1) as u32)
-            .await;
     }
 }
 

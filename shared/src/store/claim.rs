@@ -66,7 +66,7 @@ pub async fn claim_call(
     let Some(row) = query_opt(
         &tx,
         "SELECT phone, status, next_run_at, attempts, max_attempts, script_id, metadata, retry_dial_key, \
-                outbox_due_at IS NOT NULL AS outbox_marked, \
+                outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
                 (COALESCE(expires_at <= now(), false) \
                  OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
                 next_run_at <= now() AS due \
@@ -98,10 +98,12 @@ pub async fn claim_call(
         tx.commit().await?;
         return Ok(Claim::Expired);
     }
-    // The message arrived: the outbox's job is done, whatever happens next.
-    let outbox_marked: bool = row.try_get("outbox_marked")?;
+    let marks = DeliveryMarks {
+        outbox: row.try_get("outbox_marked")?,
+        nudged: row.try_get("nudged")?,
+    };
     if !row.try_get::<_, bool>("due")? {
-        clear_outbox(&tx, call_id, outbox_marked).await?;
+        clear_delivery_marks(&tx, call_id, marks).await?;
         tx.commit().await?;
         return Ok(Claim::NotDue {
             until: row.try_get("next_run_at")?,
@@ -123,7 +125,7 @@ pub async fn claim_call(
     .await?
     .is_some();
     if phone_busy {
-        clear_outbox(&tx, call_id, outbox_marked).await?;
+        clear_delivery_marks(&tx, call_id, marks).await?;
         tx.commit().await?;
         return Ok(Claim::PhoneBusy);
     }
@@ -139,7 +141,7 @@ pub async fn claim_call(
     )
     .await?
     else {
-        clear_outbox(&tx, call_id, outbox_marked).await?;
+        clear_delivery_marks(&tx, call_id, marks).await?;
         tx.commit().await?;
         return Ok(Claim::NoFreeSlot);
     };
@@ -236,11 +238,26 @@ async fn redial_unknown(
     }))
 }
 
-async fn clear_outbox(tx: &Transaction<'_>, call_id: Uuid, marked: bool) -> StoreResult<()> {
-    if marked {
+/// What a delivery settles on a call that is not claimed: its outbox mark (the message
+/// arrived, the outbox's job is done) and its nudge mark (a call that must wait again is
+/// open to the next freed slot's nudge at once; keeping `nudged_at` would hide it from
+/// nudges for the quiet window while nothing else wakes it, and a backlog could stall with
+/// every slot free).
+#[derive(Clone, Copy)]
+struct DeliveryMarks {
+    outbox: bool,
+    nudged: bool,
+}
+
+async fn clear_delivery_marks(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    marks: DeliveryMarks,
+) -> StoreResult<()> {
+    if marks.outbox || marks.nudged {
         execute(
             tx,
-            "UPDATE calls SET outbox_due_at = NULL WHERE id = $1",
+            "UPDATE calls SET outbox_due_at = NULL, nudged_at = NULL WHERE id = $1",
             &[&call_id],
         )
         .await?;
