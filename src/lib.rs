@@ -6,4 +6,5 @@
 //! and a real SQS endpoint (`moto_server`), starting either itself when none is there.
 //! `ebra migrate` applies the schema; `ebra bench` measures.
 
+pub mod bench;
 pub mod local;

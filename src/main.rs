@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ebra", version, about = "Ebra: an orchestrator of outbound AI phone calls")]
+#[command(
+    name = "ebra",
+    version,
+    about = "Ebra: an orchestrator of outbound AI phone calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +34,8 @@ enum Command {
         #[arg(long)]
         create_database: bool,
     },
+    /// Measure throughput, slot utilisation, latency, commits, cold start and growth.
+    Bench(ebra::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -37,7 +43,10 @@ async fn main() -> ExitCode {
     ebra_shared::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev { reclaim_every, queue_name } => {
+        Command::Dev {
+            reclaim_every,
+            queue_name,
+        } => {
             ebra::local::run_dev(ebra::local::DevOptions {
                 reclaim_every: Duration::from_secs(reclaim_every.max(1)),
                 queue_name,
@@ -45,6 +54,7 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Migrate { create_database } => migrate(create_database).await,
+        Command::Bench(args) => ebra::bench::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

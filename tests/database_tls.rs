@@ -54,11 +54,9 @@ async fn sslmode_require_refuses_a_server_it_cannot_verify() {
     let pool =
         ebra_shared::db::pool_with_ca_file(&tls_url_for("127.0.0.1"), 1, Some(Path::new(SNAKEOIL)))
             .expect("building the pool");
-    let error = pool
-        .get()
-        .await
-        .err()
-        .expect("an unverifiable server must be refused");
+    let Err(error) = pool.get().await else {
+        panic!("an unverifiable server must be refused");
+    };
     let text = format!("{error:?}");
     assert!(
         text.to_lowercase().contains("certificate") || text.contains("Tls") || text.contains("tls"),
@@ -68,10 +66,11 @@ async fn sslmode_require_refuses_a_server_it_cannot_verify() {
 
 #[test]
 fn a_missing_ca_file_is_a_configuration_error() {
-    let error =
+    let Err(error) =
         ebra_shared::db::pool_with_ca_file(&tls_url(), 1, Some(Path::new("/nonexistent/ca.pem")))
-            .err()
-            .expect("a missing CA file must fail at start");
+    else {
+        panic!("a missing CA file must fail at start");
+    };
     assert!(
         format!("{error:#}").contains("DB_CA_CERT_FILE"),
         "{error:#}"
