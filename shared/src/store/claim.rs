@@ -17,7 +17,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{execute, query_opt, Pool, StoreResult, Transaction};
+use super::{execute, query_one, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 
 /// A call this worker now holds a slot for, ready to dial.
@@ -117,51 +117,52 @@ pub async fn claim_call(
         &[&phone],
     )
     .await?;
-    let phone_busy = query_opt(
-        &tx,
-        "SELECT 1 FROM calls WHERE phone = $1 AND status = 'IN_PROGRESS'",
-        &[&phone],
-    )
-    .await?
-    .is_some();
-    if phone_busy {
-        clear_delivery_marks(&tx, call_id, marks).await?;
-        tx.commit().await?;
-        return Ok(Claim::PhoneBusy);
-    }
-
-    let Some(slot) = query_opt(
-        &tx,
-        "UPDATE call_slots SET call_id = $1, claimed_at = now() \
-          WHERE slot_no = (SELECT slot_no FROM call_slots \
-                            WHERE call_id IS NULL AND slot_no <= $2 \
-                            ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED) \
-          RETURNING slot_no",
-        &[&call_id, &(cap as i32)],
-    )
-    .await?
-    else {
-        clear_delivery_marks(&tx, call_id, marks).await?;
-        tx.commit().await?;
-        return Ok(Claim::NoFreeSlot);
-    };
-    let slot_no: i32 = slot.try_get(0)?;
     let attempt_id = Uuid::now_v7();
     let idempotency_key: Uuid = row
         .try_get::<_, Option<Uuid>>("retry_dial_key")?
         .unwrap_or(attempt_id);
     let attempt_no: i32 = row.try_get::<_, i32>("attempts")? + 1;
-    execute(
+    // One statement, after the phone lock (so its snapshot sees every committed claim for
+    // this phone): is the phone busy; if not, take a free slot; if one was taken, mark the
+    // call IN_PROGRESS and record the attempt.
+    let taken = query_one(
         &tx,
-        "WITH started AS ( \
-             UPDATE calls SET status = 'IN_PROGRESS', attempts = $3, started_at = now(), updated_at = now(), \
+        "WITH busy AS ( \
+             SELECT EXISTS (SELECT 1 FROM calls WHERE phone = $2 AND status = 'IN_PROGRESS') AS phone_busy), \
+         slot AS ( \
+             UPDATE call_slots SET call_id = $1, claimed_at = now() \
+              WHERE slot_no = (SELECT slot_no FROM call_slots \
+                                WHERE call_id IS NULL AND slot_no <= $3 \
+                                ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                AND NOT (SELECT phone_busy FROM busy) \
+             RETURNING slot_no), \
+         started AS ( \
+             UPDATE calls SET status = 'IN_PROGRESS', attempts = $5, started_at = now(), updated_at = now(), \
                     outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL \
-              WHERE id = $1 RETURNING id) \
-         INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
-         SELECT $2, id, $3, $4, $5 FROM started",
-        &[&call_id, &attempt_id, &attempt_no, &idempotency_key, &slot_no],
+              WHERE id = $1 AND EXISTS (SELECT 1 FROM slot) RETURNING id), \
+         attempt AS ( \
+             INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
+             SELECT $4, started.id, $5, $6, slot.slot_no FROM started, slot RETURNING id) \
+         SELECT (SELECT phone_busy FROM busy) AS phone_busy, (SELECT slot_no FROM slot) AS slot_no, \
+                (SELECT count(*) FROM attempt) AS recorded",
+        &[&call_id, &phone, &(cap as i32), &attempt_id, &attempt_no, &idempotency_key],
     )
     .await?;
+    if taken.try_get::<_, bool>("phone_busy")? {
+        clear_delivery_marks(&tx, call_id, marks).await?;
+        tx.commit().await?;
+        return Ok(Claim::PhoneBusy);
+    }
+    let Some(slot_no) = taken.try_get::<_, Option<i32>>("slot_no")? else {
+        clear_delivery_marks(&tx, call_id, marks).await?;
+        tx.commit().await?;
+        return Ok(Claim::NoFreeSlot);
+    };
+    if taken.try_get::<_, i64>("recorded")? != 1 {
+        return Err(super::StoreError::Corrupt(format!(
+            "call {call_id} took slot {slot_no} but its attempt was not recorded"
+        )));
+    }
     tx.commit().await?;
     Ok(Claim::Claimed(ClaimedCall {
         call_id,
