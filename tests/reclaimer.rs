@@ -148,30 +148,6 @@ impl Reclaimer {
         let client = self.env.pool.get().await.expect("pool");
         client.query_one(sql, &[]).await.expect(sql).get(0)
     }
-
-    /// Call ids of the messages that arrive on the calls queue within `wait`.
-    async fn queued_call_ids(&self, wait: Duration) -> Vec<Uuid> {
-        let mut ids = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            for message in self.env.drain(&self.env.queue_url).await {
-                let body: Value =
-                    serde_json::from_str(message.body().expect("body")).expect("message json");
-                ids.push(
-                    body["callId"]
-                        .as_str()
-                        .expect("callId")
-                        .parse()
-                        .expect("uuid"),
-                );
-            }
-            if !ids.is_empty() || tokio::time::Instant::now() >= deadline {
-                ids.sort();
-                return ids;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 /// A valid North American number per index (libphonenumber accepts 201-220-xxxx).
@@ -365,7 +341,7 @@ async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
 
     let within_grace = r.pass().await;
     assert_eq!((within_grace.outbox_resent, within_grace.nudged), (0, 0));
-    assert!(r.queued_call_ids(Duration::ZERO).await.is_empty());
+    assert!(r.env.queued_call_ids(Duration::ZERO).await.is_empty());
 
     // Past the grace, while SQS is still down: the send fails and the mark stays.
     r.env
@@ -400,7 +376,7 @@ async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
         (swept.outbox_resent, swept.send_failures, swept.nudged),
         (1, 0, 0)
     );
-    assert_eq!(r.queued_call_ids(Duration::from_secs(3)).await, [lost]);
+    assert_eq!(r.env.queued_call_ids(Duration::from_secs(3)).await, [lost]);
     // Re-sent once per grace period, not on every pass.
     assert_eq!(r.pass().await.outbox_resent, 0);
 
@@ -517,18 +493,18 @@ async fn free_slots_are_refilled_from_the_oldest_waiting_calls() {
     let report = r.pass().await;
     assert_eq!((report.nudged, report.in_progress, report.cap), (2, 1, 3));
     assert_eq!(
-        r.queued_call_ids(Duration::from_secs(3)).await,
+        r.env.queued_call_ids(Duration::from_secs(3)).await,
         sorted(waiting[..2].to_vec())
     );
     // A nudged call is not nudged again within the quiet window (its message is on the
     // way); the next pass nudges the others, and then nobody.
     assert_eq!(r.pass().await.nudged, 2);
     assert_eq!(
-        r.queued_call_ids(Duration::from_secs(3)).await,
+        r.env.queued_call_ids(Duration::from_secs(3)).await,
         sorted(waiting[2..].to_vec())
     );
     assert_eq!(r.pass().await.nudged, 0);
-    assert!(r.queued_call_ids(Duration::ZERO).await.is_empty());
+    assert!(r.env.queued_call_ids(Duration::ZERO).await.is_empty());
 }
 
 /// Captures what a subscriber writes.

@@ -159,29 +159,6 @@ impl Webhook {
         ))
         .await
     }
-
-    /// Call ids of the messages that arrive on the calls queue within `wait`.
-    async fn queued_call_ids(&self, wait: Duration) -> Vec<Uuid> {
-        let mut ids = Vec::new();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            for message in self.env.drain(&self.env.queue_url).await {
-                let body: Value =
-                    serde_json::from_str(message.body().expect("body")).expect("message json");
-                ids.push(
-                    body["callId"]
-                        .as_str()
-                        .expect("callId")
-                        .parse()
-                        .expect("uuid"),
-                );
-            }
-            if !ids.is_empty() || tokio::time::Instant::now() >= deadline {
-                return ids;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
 }
 
 struct Answer {
@@ -424,7 +401,7 @@ async fn every_forged_form_is_refused_and_changes_nothing() {
         assert_eq!(hook.snapshot().await, before, "{name} changed the database");
     }
     assert!(
-        hook.queued_call_ids(Duration::ZERO).await.is_empty(),
+        hook.env.queued_call_ids(Duration::ZERO).await.is_empty(),
         "a forged webhook sent a message"
     );
 
@@ -657,7 +634,7 @@ async fn busy_with_attempts_left_is_redialed_after_a_backoff() {
     assert!(!hook.slot_holder(dialed.call_id).await);
     // The redial's message, held back by SQS for the backoff.
     assert_eq!(
-        hook.queued_call_ids(Duration::from_secs(8)).await,
+        hook.env.queued_call_ids(Duration::from_secs(8)).await,
         [dialed.call_id]
     );
     // And the redial is a new attempt with a new key.
@@ -693,7 +670,7 @@ async fn busy_at_max_attempts_fails_with_the_outcome_as_last_error() {
         call.last_error
     );
     assert!(!hook.slot_holder(dialed.call_id).await);
-    assert!(hook.queued_call_ids(Duration::ZERO).await.is_empty());
+    assert!(hook.env.queued_call_ids(Duration::ZERO).await.is_empty());
 }
 
 #[tokio::test]
@@ -923,7 +900,7 @@ async fn a_freed_slot_nudges_the_oldest_waiting_call() {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert!(!hook.slot_holder(dialed.call_id).await);
     assert_eq!(
-        hook.queued_call_ids(Duration::from_secs(3)).await,
+        hook.env.queued_call_ids(Duration::from_secs(3)).await,
         [oldest],
         "newer is {newer}"
     );

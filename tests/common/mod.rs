@@ -129,6 +129,30 @@ impl TestEnv {
         all
     }
 
+    /// Call ids of the messages that arrive on the calls queue within `wait` (sorted).
+    pub async fn queued_call_ids(&self, wait: Duration) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            for message in self.drain(&self.queue_url).await {
+                let body: serde_json::Value =
+                    serde_json::from_str(message.body().expect("body")).expect("message json");
+                ids.push(
+                    body["callId"]
+                        .as_str()
+                        .expect("callId")
+                        .parse()
+                        .expect("uuid"),
+                );
+            }
+            if !ids.is_empty() || tokio::time::Instant::now() >= deadline {
+                ids.sort();
+                return ids;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// One SQL query's first column as i64 (count helpers in tests).
     pub async fn count(&self, sql: &str) -> i64 {
         let client = self.pool.get().await.expect("pool");
