@@ -35,9 +35,12 @@ pub fn sqs_endpoint() -> String {
 
 /// A connection to the admin database, its driver running in the background.
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connecting to Postgres ({})", redact(url)))?;
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
+        format!(
+            "connecting to Postgres ({})",
+            ebra_shared::config::redact_url(url)
+        )
+    })?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "bench admin connection closed");
@@ -66,7 +69,7 @@ impl BenchDatabase {
             .with_context(|| {
                 format!(
                     "creating the bench database on {} (set TEST_DATABASE_URL)",
-                    redact(&admin_url)
+                    ebra_shared::config::redact_url(&admin_url)
                 )
             })?;
         let pool = ebra_shared::db::pool(&url, pool_size)?;
@@ -199,17 +202,6 @@ pub fn with_dbname(url: &str, name: &str) -> String {
     match query {
         Some(query) => format!("{server}/{name}?{query}"),
         None => format!("{server}/{name}"),
-    }
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
     }
 }
 

@@ -45,7 +45,7 @@ impl Machine {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned()),
             postgres_version,
-            postgres_server: harness::redact(&admin_url),
+            postgres_server: ebra_shared::config::redact_url(&admin_url),
             sqs_endpoint: harness::sqs_endpoint(),
             build: if cfg!(debug_assertions) {
                 "debug"

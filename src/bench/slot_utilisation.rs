@@ -103,14 +103,7 @@ async fn measure(
         config.clone(),
     )?);
     let (stop, stopped) = watch::channel(false);
-    let mut server_stop = stopped.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let server = crate::local::serve_until_stopped(listener, app, stopped.clone());
     let mapping = crate::local::EventSourceMapping {
         queue,
         worker,

@@ -8,4 +8,4 @@ mod stack;
 pub use event_source::{sqs_event, EventSourceMapping};
 pub use postgres::LocalPostgres;
 pub use sqs::{ensure_queues, local_sqs_client, LocalSqs};
-pub use stack::{run_dev, DevOptions};
+pub use stack::{run_dev, serve_until_stopped, DevOptions};

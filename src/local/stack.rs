@@ -137,14 +137,7 @@ async fn serve(
         ebra_reclaimer::ReclaimerState::new(pool.clone(), queue.clone(), config.clone());
 
     let (stop, stopped) = watch::channel(false);
-    let mut server_stop = stopped.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let server = serve_until_stopped(listener, app, stopped.clone());
     let mapping = EventSourceMapping {
         queue: queue.clone(),
         worker,
@@ -180,7 +173,7 @@ async fn serve(
     );
     println!(
         "  Postgres        {}{}",
-        redact(&config.database_url),
+        ebra_shared::config::redact_url(&config.database_url),
         if postgres.started_here() {
             "  (throwaway cluster)"
         } else {
@@ -229,14 +222,20 @@ fn lookup(env: &HashMap<String, String>, name: &str) -> Option<String> {
     env.get(name).filter(|v| !v.trim().is_empty()).cloned()
 }
 
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
+/// Serves `app` on `listener` until `stopped` turns true, then finishes the requests in
+/// flight.
+pub fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }
 
 async fn shutdown_signal() {

@@ -131,11 +131,6 @@ impl Simulator {
         })
     }
 
-    /// How many distinct calls the simulator has placed.
-    pub fn placed_count(&self) -> usize {
-        self.placed.lock().map(|p| p.len()).unwrap_or(0)
-    }
-
     fn pick_outcome(&self) -> CallOutcome {
         let total: u32 = self.settings.outcome_weights.iter().map(|(_, w)| w).sum();
         let mut roll = rand::rng().random_range(0..total.max(1));
