@@ -1,7 +1,7 @@
 //! Scenario 6: do claims and listings stay flat as `calls` grows? Claim latency
 //! (`store::claim::claim_call` on a due PENDING call) and list latency
 //! (`store::calls::list_calls`: the first page as the API asks for it by default — page 1,
-//! which counts the total — and a keyset page after a cursor) with 10 k and then 1 M rows.
+//! which counts the total up to 10,000 — and a keyset page after a cursor) with 10 k and then 1 M rows.
 //!
 //! Rows are bulk-inserted by one `INSERT … SELECT generate_series` statement each time:
 //! a realistic mix of finished calls (COMPLETED, FAILED, CANCELED, EXPIRED) and scheduled
@@ -102,7 +102,7 @@ async fn measure(db: &BenchDatabase, large: i64) -> anyhow::Result<ScenarioRepor
         ("claim", "store::claim::claim_call on a fresh due PENDING call (created untimed just before)", |a| &a.claim),
         (
             "list first page",
-            "store::calls::list_calls(page 1, 20 per page) — the API's default listing, which also counts the total",
+            "store::calls::list_calls(page 1, 20 per page) — the API's default listing, which counts the total up to 10,000",
             |a| &a.first_page,
         ),
         (

@@ -48,10 +48,22 @@ pub struct CallList {
     /// The page number asked for; null in cursor mode.
     pub page: Option<u32>,
     pub page_size: u32,
-    /// Calls matching the filter; counted in page mode only (null in cursor mode).
+    /// Calls matching the filter, counted in page mode only (null in cursor mode). Counting
+    /// stops at 10,000 so a listing costs the same on any table size: see `totalRelation`.
     pub total: Option<i64>,
+    /// `eq` when `total` is exact; `gte` when counting stopped at 10,000 and there are at
+    /// least that many. Null in cursor mode.
+    pub total_relation: Option<TotalRelation>,
     /// Pass as `cursor` for the next page; null when this page is the last.
     pub next_cursor: Option<String>,
+}
+
+/// Whether a listing's `total` is exact (`eq`) or a lower bound (`gte`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TotalRelation {
+    Eq,
+    Gte,
 }
 
 /// `GET /calls` query. Values are taken as text and parsed here so that a malformed one is
@@ -243,7 +255,7 @@ pub async fn create_call(
 
 /// List calls, newest first.
 ///
-/// Page mode (`page`, default) counts `total`; cursor mode (`cursor` = the previous page's
+/// Page mode (`page`, default) counts `total` (up to 10,000, see `totalRelation`); cursor mode (`cursor` = the previous page's
 /// `nextCursor`) stays fast on any table size and leaves `total` null.
 #[utoipa::path(
     get,
@@ -269,7 +281,14 @@ pub async fn list_calls(
             ListPosition::After(_) => None,
         },
         page_size: list.page_size,
-        total: found.total,
+        total: found.total.map(|total| total.value),
+        total_relation: found.total.map(|total| {
+            if total.exact {
+                TotalRelation::Eq
+            } else {
+                TotalRelation::Gte
+            }
+        }),
         next_cursor: found.next_cursor,
     }))
 }

@@ -160,17 +160,32 @@ impl ListCursor {
 
 #[derive(Debug, Clone)]
 pub enum ListPosition {
-    /// 1-based page number (offset paging; the total is counted).
+    /// 1-based page number (offset paging; the total is counted, up to
+    /// [`TOTAL_COUNT_LIMIT`]).
     Page(u32),
     /// After this call (keyset paging; stays fast on any table size).
     After(ListCursor),
+}
+
+/// Page-number listing counts the matching calls up to this many and stops there, so that
+/// listing costs the same on a table of 10 k or 100 M calls (an exact `count(*)` reads every
+/// matching row). Beyond it the total is reported as "at least" this many, as search
+/// engines do; cursor paging goes on to the end either way.
+pub const TOTAL_COUNT_LIMIT: i64 = 10_000;
+
+/// How many calls match a listing's filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Total {
+    pub value: i64,
+    /// False when counting stopped at [`TOTAL_COUNT_LIMIT`]: there are at least `value`.
+    pub exact: bool,
 }
 
 #[derive(Debug)]
 pub struct CallsPage {
     pub items: Vec<Call>,
     /// Counted only for page-number paging.
-    pub total: Option<i64>,
+    pub total: Option<Total>,
     pub next_cursor: Option<String>,
 }
 
@@ -189,17 +204,21 @@ pub async fn list_calls(
             let (list_sql, count_sql) = match status_filter {
                 Some(_) => (
                     format!("SELECT {CALL_COLUMNS} FROM calls WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
-                    "SELECT count(*) FROM calls WHERE status = $1",
+                    "SELECT count(*) FROM (SELECT 1 FROM calls WHERE status = $1 LIMIT $2) AS counted",
                 ),
                 None => (
                     format!("SELECT {CALL_COLUMNS} FROM calls WHERE $1::text IS NULL ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
-                    "SELECT count(*) FROM calls WHERE $1::text IS NULL",
+                    "SELECT count(*) FROM (SELECT 1 FROM calls WHERE $1::text IS NULL LIMIT $2) AS counted",
                 ),
             };
             let rows = query(&client, &list_sql, &[&status_filter, &limit, &offset]).await?;
-            let total: i64 = query_one(&client, count_sql, &[&status_filter])
+            let counted: i64 = query_one(&client, count_sql, &[&status_filter, &TOTAL_COUNT_LIMIT])
                 .await?
                 .try_get(0)?;
+            let total = Total {
+                value: counted,
+                exact: counted < TOTAL_COUNT_LIMIT,
+            };
             (rows, Some(total))
         }
         ListPosition::After(cursor) => {
