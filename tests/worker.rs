@@ -1308,7 +1308,7 @@ async fn a_rate_limited_dial_waits_at_least_retry_after() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_lettered() {
+async fn a_message_that_waits_for_its_phone_50_times_is_still_delivered_never_dead_lettered() {
     const WAITS: usize = 50;
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
@@ -1321,13 +1321,13 @@ async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_
     let threshold = recycle_threshold(state.config.max_receive_count);
     assert!(threshold < common::MAX_RECEIVE_COUNT);
 
-    // The only slot is held by another call for the whole wait.
-    let holder = insert_call(&env, "+14155550188", -1.0).await;
+    // Another call to the same phone is in progress for the whole wait.
+    let waiting_to = "+14155550199";
+    let holder = insert_call(&env, waiting_to, -1.0).await;
     assert_eq!(
         deliver_new_message(&env, &state, &arn, holder).await,
         MessageOutcome::Dialed
     );
-    let waiting_to = "+14155550199";
     let waiting = insert_call(&env, waiting_to, -1.0).await;
     send_dial_requests(&env, &[waiting]).await;
 
@@ -1340,7 +1340,7 @@ async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_
         highest_count = highest_count.max(count);
         match deliver(&env, &state, &message).await {
             MessageOutcome::Deferred {
-                reason: DeferReason::NoFreeSlot,
+                reason: DeferReason::PhoneBusy,
                 ..
             } => {
                 deferred += 1;
@@ -1348,7 +1348,7 @@ async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_
                 make_visible(&env, &message).await;
             }
             MessageOutcome::Recycled {
-                reason: DeferReason::NoFreeSlot,
+                reason: DeferReason::PhoneBusy,
                 ..
             } => recycled += 1,
             other => panic!("wait {wait}: expected the call to keep waiting, got {other:?}"),
@@ -1365,14 +1365,18 @@ async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_
         "a waiting message's receive count must stay below the DLQ's limit"
     );
     assert_eq!(dlq_depth(&env).await, 0);
-    assert!(provider.dials_to(waiting_to).is_empty());
+    assert_eq!(
+        provider.dials_to(waiting_to).len(),
+        1,
+        "only the holder was dialed"
+    );
     let row = call_row(&env, waiting).await;
     assert_eq!(
         (row.status.as_str(), row.attempts, row.last_error),
         ("PENDING", 0, None)
     );
 
-    // The slot frees: the waiting call is dialed.
+    // The phone frees: the waiting call is dialed.
     complete_call(&env, holder).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while call_row(&env, waiting).await.status == "PENDING" {
@@ -1385,8 +1389,49 @@ async fn a_message_that_waits_for_a_slot_50_times_is_still_delivered_never_dead_
         }
     }
     assert_eq!(call_row(&env, waiting).await.status, "IN_PROGRESS");
-    assert_eq!(provider.dials_to(waiting_to).len(), 1);
+    assert_eq!(provider.dials_to(waiting_to).len(), 2);
     assert_eq!(dlq_depth(&env).await, 0);
+}
+
+#[tokio::test]
+async fn a_batch_hides_each_waiting_message_for_its_own_wait() {
+    let env = TestEnv::new().await;
+    let provider = FakeProvider::start().await;
+    let state = worker(&env, &provider, &[]);
+    let arn = queue_arn(&env).await;
+    let soon = insert_call(&env, "+14155550411", 2.0).await;
+    let later = insert_call(&env, "+14155550412", 600.0).await;
+    let now = insert_call(&env, "+14155550413", -1.0).await;
+    send_dial_requests(&env, &[soon, later, now]).await;
+    let messages = receive_exactly(&env, &arn, 3, Duration::from_secs(5)).await;
+
+    let mut event = SqsEvent::default();
+    event.records = messages.clone();
+    let response = handle_batch(&state, event).await;
+    let mut returned: Vec<Uuid> = response
+        .batch_item_failures
+        .iter()
+        .map(|failure| {
+            let message = messages
+                .iter()
+                .find(|m| m.message_id.as_deref() == Some(failure.item_identifier.as_str()))
+                .expect("a returned message is one of the batch");
+            call_id_of(message)
+        })
+        .collect();
+    returned.sort();
+    let mut waiting = vec![soon, later];
+    waiting.sort();
+    assert_eq!(returned, waiting, "the two calls not yet due come back");
+    assert_eq!(call_row(&env, now).await.status, "IN_PROGRESS");
+
+    // Each comes back after its own wait, not after the queue's visibility timeout (180 s).
+    let back = receive_one(&env, &arn, Duration::from_secs(6)).await;
+    assert_eq!(call_id_of(&back), soon);
+    assert!(
+        receive(&env, &arn, Duration::from_secs(1)).await.is_empty(),
+        "the call due in ten minutes stays hidden"
+    );
 }
 
 #[tokio::test]
@@ -1628,15 +1673,9 @@ async fn the_outbox_mark_is_cleared_on_first_receipt() {
     assert!(!call_row(&env, dialed).await.outbox_marked);
 
     let outcome = deliver_new_message(&env, &state, &arn, waiting).await;
-    assert!(
-        matches!(
-            outcome,
-            MessageOutcome::Deferred {
-                reason: DeferReason::NoFreeSlot,
-                ..
-            }
-        ),
-        "{outcome:?}"
+    assert_eq!(
+        outcome,
+        MessageOutcome::Acknowledged(AckReason::WaitingForSlot)
     );
     assert!(
         !call_row(&env, waiting).await.outbox_marked,
@@ -1664,7 +1703,7 @@ async fn the_outbox_mark_is_cleared_on_first_receipt() {
 async fn a_slot_freed_by_a_failed_dial_nudges_the_oldest_waiting_call() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
-    // Waiting messages sleep for minutes: only a nudge can bring one back quickly.
+    // Waiting calls keep no message: only a nudge brings one back.
     let state = worker(
         &env,
         &provider,
@@ -1690,17 +1729,23 @@ async fn a_slot_freed_by_a_failed_dial_nudges_the_oldest_waiting_call() {
         (outcome, Instant::now())
     };
     let meanwhile = async {
-        // While the holder's dial is in flight, both calls find no free slot.
+        // While the holder's dial is in flight, both calls find no free slot: they wait,
+        // PENDING, with no message on the queue.
         while call_row(&env, holder).await.status != "IN_PROGRESS" {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for call in [oldest, newer] {
             let outcome = deliver_new_message(&env, &state, &arn, call).await;
-            assert!(
-                matches!(outcome, MessageOutcome::Deferred { reason: DeferReason::NoFreeSlot, delay } if delay >= Duration::from_secs(150)),
-                "{outcome:?}"
+            assert_eq!(
+                outcome,
+                MessageOutcome::Acknowledged(AckReason::WaitingForSlot)
             );
+            assert_eq!(call_row(&env, call).await.status, "PENDING");
         }
+        assert!(
+            receive(&env, &arn, Duration::ZERO).await.is_empty(),
+            "waiting for a slot keeps no message"
+        );
     };
     let ((holder_outcome, freed_at), ()) = tokio::join!(holder_dial, meanwhile);
     assert!(
@@ -1715,11 +1760,7 @@ async fn a_slot_freed_by_a_failed_dial_nudges_the_oldest_waiting_call() {
         oldest,
         "the oldest waiting call is nudged"
     );
-    assert_eq!(
-        receive_count_of(&nudge),
-        1,
-        "a fresh message, not the hidden one"
-    );
+    assert_eq!(receive_count_of(&nudge), 1, "a fresh message");
     assert_eq!(deliver(&env, &state, &nudge).await, MessageOutcome::Dialed);
     assert!(
         receive(&env, &arn, Duration::from_millis(300))

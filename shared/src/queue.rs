@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
 use uuid::Uuid;
 
 use crate::domain::DialRequest;
@@ -152,6 +155,52 @@ impl CallsQueue {
         Ok(())
     }
 
+    /// Hides many received messages, each for its own time (capped at 12 hours), ten per
+    /// `ChangeMessageVisibilityBatch` request. Returns how many could not be changed (they
+    /// come back after the queue's visibility timeout); failures are logged.
+    pub async fn change_visibility_all(&self, messages: &[(&str, Duration)]) -> usize {
+        let mut failed = 0;
+        for chunk in messages.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (receipt_handle, delay))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt_handle)
+                        .visibility_timeout((*delay).min(MAX_VISIBILITY).as_secs() as i32)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            match self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(output) => {
+                    for entry in output.failed() {
+                        tracing::warn!(
+                            entry = entry.id(),
+                            code = entry.code(),
+                            message = entry.message(),
+                            "SQS refused to change a message's visibility"
+                        );
+                        failed += 1;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "changing messages' visibility failed");
+                    failed += chunk.len();
+                }
+            }
+        }
+        failed
+    }
+
     /// Receives up to ten messages with their receive counts (long poll of `wait`).
     pub async fn receive(
         &self,
@@ -169,6 +218,51 @@ impl CallsQueue {
             .await
             .context("receiving from the calls queue")?;
         Ok(output.messages.unwrap_or_default())
+    }
+
+    /// Deletes many received messages, ten per `DeleteMessageBatch` request (as Lambda's
+    /// event source mapping does). Returns how many could not be deleted; failures are
+    /// logged.
+    pub async fn delete_all(&self, receipt_handles: &[&str]) -> usize {
+        let mut failed = 0;
+        for chunk in receipt_handles.chunks(10) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, receipt_handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*receipt_handle)
+                        .build()
+                        .ok()
+                })
+                .collect();
+            match self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(output) => {
+                    for entry in output.failed() {
+                        tracing::warn!(
+                            entry = entry.id(),
+                            code = entry.code(),
+                            message = entry.message(),
+                            "SQS refused to delete a message"
+                        );
+                        failed += 1;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "deleting messages failed");
+                    failed += chunk.len();
+                }
+            }
+        }
+        failed
     }
 
     pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {

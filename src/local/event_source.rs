@@ -1,9 +1,10 @@
 //! A local emulation of Lambda's SQS event source mapping: receive batches of up to ten,
 //! invoke the worker's handler with the same `SqsEvent` Lambda would build, delete what
-//! succeeded and leave the reported failures to their visibility timeout — with at most
-//! `max_concurrency` invocations at once, like `ScalingConfig.MaximumConcurrency`.
+//! succeeded (one `DeleteMessageBatch`) and leave the reported failures to their visibility
+//! timeout — with at most `max_concurrency` invocations at once, like
+//! `ScalingConfig.MaximumConcurrency`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,26 +67,24 @@ impl EventSourceMapping {
             let worker = self.worker.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let handles: HashMap<String, String> = messages
-                    .iter()
-                    .filter_map(|m| Some((m.message_id.clone()?, m.receipt_handle.clone()?)))
-                    .collect();
                 let response = ebra_worker::handle_batch(&worker, event).await;
-                let failed: Vec<String> = response
+                let failed: HashSet<&str> = response
                     .batch_item_failures
                     .iter()
-                    .map(|f| f.item_identifier.clone())
+                    .map(|f| f.item_identifier.as_str())
                     .collect();
-                for (message_id, receipt_handle) in handles {
-                    if !failed.contains(&message_id) {
-                        if let Err(error) = queue.delete(&receipt_handle).await {
-                            tracing::warn!(
-                                error = format!("{error:#}"),
-                                message_id,
-                                "event source: delete failed"
-                            );
-                        }
-                    }
+                // What succeeded is deleted together, as Lambda's poller does.
+                let succeeded: Vec<&str> = messages
+                    .iter()
+                    .filter(|m| !m.message_id().is_some_and(|id| failed.contains(id)))
+                    .filter_map(|m| m.receipt_handle())
+                    .collect();
+                let not_deleted = queue.delete_all(&succeeded).await;
+                if not_deleted > 0 {
+                    tracing::warn!(
+                        not_deleted,
+                        "event source: some processed messages were not deleted; they come back"
+                    );
                 }
             });
         }

@@ -19,12 +19,25 @@
 //! 4. records the answer ([`record_dial`]) and sends, after that commit, the
 //!    messages of waiting calls nudged into the freed slot (invariant 8).
 //!
-//! # Waiting (invariant 6)
+//! # Waiting for a slot (invariant 8)
 //!
-//! A call that cannot be dialed yet (not due, its phone busy, no free slot, a retry
+//! A call whose claim finds every slot held is *parked*: it stays PENDING and its message
+//! is acknowledged. A slot is only ever freed by a transaction that moves its call on (a
+//! webhook, a failed dial, the reclaimer), and that transaction nudges the oldest waiting
+//! calls into it ([`ebra_shared::store::slots`]); the reclaimer's refill pass nudges
+//! waiting calls into any slot found free, should a nudge be lost. So a waiting call
+//! needs no message of its own: a backlog of any size costs no SQS receives while it
+//! waits, and a freed slot is refilled by one fresh message instead of competing with
+//! thousands of sleeping ones.
+//!
+//! # Waiting for anything else (invariant 6)
+//!
+//! A call that cannot be dialed yet for another reason (not due, its phone busy, a retry
 //! backing off, the database unreachable) is *deferred*: its message is hidden with
 //! `ChangeMessageVisibility` until it can next succeed (at most 12 h at a time; a longer
-//! wait simply comes back and defers again) and reported as a batch item failure.
+//! wait simply comes back and defers again) and reported as a batch item failure. The
+//! deferred messages of one batch are hidden together, ten per
+//! `ChangeMessageVisibilityBatch` request, once every message of the batch is decided.
 //!
 //! Every receive counts toward the DLQ's `maxReceiveCount`, also those the event source
 //! mapping makes while Lambda is throttled, which this handler never sees. So a message is
@@ -41,7 +54,7 @@
 //! comes back and the claim is tried again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ebra_shared::backoff;
@@ -57,6 +70,8 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 mod redelivery;
+
+use redelivery::Decided;
 
 pub use redelivery::{receive_count, recycle_threshold};
 
@@ -93,7 +108,8 @@ impl WorkerState {
 pub enum MessageOutcome {
     /// The provider accepted the dial; the call is IN_PROGRESS until its webhook.
     Dialed,
-    /// The message was hidden for `delay` and is reported as a failure: it comes back then.
+    /// The message is hidden for `delay` (whole seconds, from the decision) and reported as
+    /// a failure: it comes back then.
     Deferred {
         delay: Duration,
         reason: DeferReason,
@@ -134,8 +150,6 @@ pub enum DeferReason {
     NotDue,
     /// Another call to the same phone is in progress (invariant 2).
     PhoneBusy,
-    /// All `GLOBAL_CONCURRENCY` slots are held (invariant 1).
-    NoFreeSlot,
     /// This dial failed in a way worth retrying; the retry is due after the backoff.
     RetryScheduled,
     /// The database could not be reached or answered with an error.
@@ -157,20 +171,36 @@ pub enum AckReason {
     Superseded,
     /// The last attempt may have been placed: the webhook or the reclaimer settles it.
     OutcomeUnknown,
+    /// Every slot is held: the call waits, PENDING, for the nudge the next freed slot sends
+    /// (invariant 8), with the reclaimer's refill pass as the safety net.
+    WaitingForSlot,
 }
 
-/// Processes an SQS batch: each message on its own, all of them concurrently. Returns the
-/// messages to redeliver; everything else is acknowledged.
+/// Processes an SQS batch: each message on its own, all of them concurrently; then hides
+/// every deferred message in as few requests as SQS allows. Returns the messages to
+/// redeliver; everything else is acknowledged.
 pub async fn handle_batch(state: &WorkerState, event: SqsEvent) -> SqsBatchResponse {
-    let outcomes = futures::future::join_all(
-        event
-            .records
-            .iter()
-            .map(|message| process_message(state, message)),
-    )
+    let outcomes = futures::future::join_all(event.records.iter().map(|message| async move {
+        let outcome = decide_message(state, message).await;
+        (outcome, Instant::now())
+    }))
     .await;
+    let decided: Vec<Decided<'_>> = event
+        .records
+        .iter()
+        .zip(&outcomes)
+        .map(|(message, (outcome, decided))| Decided {
+            message,
+            outcome,
+            decided: *decided,
+        })
+        .collect();
+    redelivery::hide_deferred(state, &decided).await;
     let mut response = SqsBatchResponse::default();
-    for (message, outcome) in event.records.iter().zip(outcomes) {
+    for Decided {
+        message, outcome, ..
+    } in decided
+    {
         if !outcome.returns_message() {
             continue;
         }
@@ -185,8 +215,21 @@ pub async fn handle_batch(state: &WorkerState, event: SqsEvent) -> SqsBatchRespo
     response
 }
 
-/// Processes one message: parse, claim, dial, record; or defer, recycle, acknowledge.
+/// Processes one message: parse, claim, dial, record; or defer (hiding the message until
+/// its call can next succeed), recycle, acknowledge.
 pub async fn process_message(state: &WorkerState, message: &SqsMessage) -> MessageOutcome {
+    let outcome = decide_message(state, message).await;
+    let decided = Decided {
+        message,
+        outcome: &outcome,
+        decided: Instant::now(),
+    };
+    redelivery::hide_deferred(state, std::slice::from_ref(&decided)).await;
+    outcome
+}
+
+/// [`process_message`] but for hiding a deferred message, which the caller does.
+async fn decide_message(state: &WorkerState, message: &SqsMessage) -> MessageOutcome {
     let message_id = message.message_id.as_deref().unwrap_or("-");
     let request = match parse_dial_request(message) {
         Ok(request) => request,
@@ -265,10 +308,10 @@ async fn process_call(state: &WorkerState, message: &SqsMessage, call_id: Uuid) 
             backoff::wait_recheck_delay(config.wait_recheck_seconds),
             DeferReason::PhoneBusy,
         ),
-        Claim::NoFreeSlot => (
-            backoff::wait_recheck_delay(config.wait_recheck_seconds),
-            DeferReason::NoFreeSlot,
-        ),
+        Claim::NoFreeSlot => {
+            tracing::info!("every slot is held; the call waits for a freed slot's nudge");
+            return MessageOutcome::Acknowledged(AckReason::WaitingForSlot);
+        }
         Claim::NotPending(status) => {
             tracing::info!(
                 status = status.as_str(),

@@ -1,7 +1,7 @@
 //! Deferring a message until its call can next succeed, without letting the wait count
 //! toward the DLQ (invariant 6). See the crate documentation for the scheme.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsMessage;
 use ebra_shared::queue::{Enqueue, MAX_DELAY, MAX_VISIBILITY};
@@ -28,8 +28,9 @@ pub fn recycle_threshold(max_receive_count: u32) -> u32 {
     (max_receive_count / 2).max(1)
 }
 
-/// Makes `message` come back after `delay`: hidden in place (reported as a failure) while
-/// its receive count is low, recycled into a fresh message (acknowledged) once it is not.
+/// Decides how `message` comes back after `delay`: recycled into a fresh message
+/// (acknowledged) once its receive count is high, else [`MessageOutcome::Deferred`] with
+/// the visibility to set; [`hide_deferred`] then sets it (for a whole batch in one request).
 pub(crate) async fn defer(
     state: &WorkerState,
     message: &SqsMessage,
@@ -65,10 +66,8 @@ pub(crate) async fn defer(
     }
     // Whole seconds, rounded up: a message back a moment before its call is due would only
     // be received (and counted) once more for nothing.
-    let visibility = whole_seconds_up(delay).min(MAX_VISIBILITY);
-    hide(state, message, visibility).await;
     MessageOutcome::Deferred {
-        delay: visibility,
+        delay: whole_seconds_up(delay).min(MAX_VISIBILITY),
         reason,
     }
 }
@@ -77,23 +76,46 @@ fn whole_seconds_up(delay: Duration) -> Duration {
     Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
 }
 
-/// Sets when the message comes back. A failure is logged only: the message is reported as
-/// failed either way and then returns after the queue's visibility timeout.
-async fn hide(state: &WorkerState, message: &SqsMessage, visibility: Duration) {
-    let Some(receipt_handle) = message.receipt_handle.as_deref() else {
-        tracing::warn!(
-            "the message has no receipt handle; it returns after the queue's visibility timeout"
-        );
+/// A message whose outcome was decided at `decided`: when it is deferred, how long it
+/// should stay hidden counting from that moment.
+pub(crate) struct Decided<'a> {
+    pub message: &'a SqsMessage,
+    pub outcome: &'a MessageOutcome,
+    pub decided: Instant,
+}
+
+/// Sets when every deferred message comes back, ten per `ChangeMessageVisibilityBatch`
+/// request. The time already spent since each decision (other messages of the batch may
+/// have been dialing) is taken off its wait. A failure is logged only: the message is
+/// reported as failed either way and then returns after the queue's visibility timeout.
+pub(crate) async fn hide_deferred(state: &WorkerState, decided: &[Decided<'_>]) {
+    let now = Instant::now();
+    let mut hides = Vec::new();
+    for entry in decided {
+        let MessageOutcome::Deferred { delay, .. } = entry.outcome else {
+            continue;
+        };
+        let Some(receipt_handle) = entry.message.receipt_handle.as_deref() else {
+            tracing::warn!(
+                message_id = entry.message.message_id.as_deref().unwrap_or("-"),
+                "the message has no receipt handle; it returns after the queue's visibility timeout"
+            );
+            continue;
+        };
+        let spent = now.saturating_duration_since(entry.decided);
+        hides.push((
+            receipt_handle,
+            whole_seconds_up(delay.saturating_sub(spent)),
+        ));
+    }
+    if hides.is_empty() {
         return;
-    };
-    if let Err(error) = state
-        .queue
-        .change_visibility(receipt_handle, visibility)
-        .await
-    {
+    }
+    let failed = state.queue.change_visibility_all(&hides).await;
+    if failed > 0 {
         tracing::warn!(
-            error = format!("{error:#}"),
-            "changing the message's visibility failed; it returns after the queue's visibility timeout"
+            failed,
+            "some deferred messages keep the queue's visibility timeout instead of their wait"
         );
     }
 }
