@@ -15,8 +15,8 @@ use common::{TestEnv, WEBHOOK_SECRET};
 use ebra_shared::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
 use ebra_shared::provider::DialResult;
 use ebra_shared::store::calls::{create_call, get_call, Created, NewCall};
-use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
-use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
+use ebra_shared::store::claim::{claim_call, claim_calls, Claim, ClaimedCall};
+use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::settle::Settlement;
 use ebra_shared::store::{sweep, Call, DialAttempt};
 use ebra_shared::webhook_signature::WebhookSecret;
@@ -866,6 +866,62 @@ async fn an_early_webhook_is_held_until_the_worker_records_the_provider_id() {
 }
 
 #[tokio::test]
+async fn a_batch_record_applies_each_held_webhook_to_its_own_dial_only() {
+    let hook = Webhook::new(&[]).await;
+    let plain = hook.claimed_call("+14155550125").await;
+    let early = hook.claimed_call("+14155550126").await;
+    let at = completed_at();
+    let held = hook
+        .post_report(
+            "msg_batch_early",
+            &report("pc-batch-early", "COMPLETED", 7, at),
+        )
+        .await;
+    assert_eq!(held.body, json!({"result": "held"}));
+
+    let recorded = record_accepted_dials(
+        &hook.env.pool,
+        &[(&plain, "pc-batch-plain"), (&early, "pc-batch-early")],
+        &hook.policy(),
+    )
+    .await
+    .expect("batch record");
+    let early_webhooks: Vec<_> = recorded
+        .iter()
+        .map(|(recorded, _)| match recorded {
+            DialRecorded::Dialed { early_webhooks } => early_webhooks.clone(),
+            other => panic!("expected Dialed, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        early_webhooks,
+        [
+            vec![],
+            vec![Settlement::Applied {
+                call_id: early.call_id,
+                status: CallStatus::Completed
+            }]
+        ]
+    );
+    let (call, dials) = hook.call(plain.call_id).await;
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(
+        (
+            dials[0].dial_state.as_str(),
+            dials[0].provider_call_id.as_deref()
+        ),
+        ("ACCEPTED", Some("pc-batch-plain"))
+    );
+    assert!(hook.slot_holder(plain.call_id).await);
+    let (call, _) = hook.call(early.call_id).await;
+    assert_eq!(
+        (call.status, call.ended_at, call.duration_sec),
+        (CallStatus::Completed, Some(at), Some(7))
+    );
+    assert!(!hook.slot_holder(early.call_id).await);
+}
+
+#[tokio::test]
 async fn provider_call_id_is_accepted_as_an_alias_of_call_id() {
     let hook = Webhook::new(&[]).await;
     let dialed = hook.dialed_call("+14155550116", "pc-alias").await;
@@ -908,6 +964,67 @@ async fn a_freed_slot_nudges_the_oldest_waiting_call() {
         claim_call(&hook.env.pool, oldest, 1, None).await.unwrap(),
         Claim::Claimed(_)
     ));
+}
+
+#[tokio::test]
+async fn one_batch_claims_in_order_within_the_cap_and_never_two_calls_to_one_phone() {
+    let hook = Webhook::new(&[("GLOBAL_CONCURRENCY", "3")]).await;
+    let first = hook.pending_call("+14155550131").await;
+    let same_phone = hook.pending_call("+14155550131").await;
+    let second = hook.pending_call("+14155550132").await;
+    let third = hook.pending_call("+14155550133").await;
+    let no_slot = hook.pending_call("+14155550134").await;
+    let missing = Uuid::now_v7();
+
+    let claims = claim_calls(
+        &hook.env.pool,
+        &[first, same_phone, second, first, missing, third, no_slot],
+        3,
+        None,
+    )
+    .await
+    .expect("batch claim");
+    let kinds: Vec<String> = claims
+        .iter()
+        .map(|claim| match claim {
+            Claim::Claimed(claimed) => format!("claimed slot {}", claimed.slot_no),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "claimed slot 1",
+            "PhoneBusy",
+            "claimed slot 2",
+            "Duplicate",
+            "Unknown",
+            "claimed slot 3",
+            "NoFreeSlot"
+        ]
+    );
+    assert_eq!(
+        hook.env
+            .count("SELECT count(*) FROM calls WHERE status = 'IN_PROGRESS'")
+            .await,
+        3
+    );
+    assert_eq!(
+        hook.env.count("SELECT count(*) FROM call_attempts").await,
+        3,
+        "one attempt per claimed call"
+    );
+    for call in [same_phone, no_slot] {
+        assert_eq!(hook.call(call).await.0.status, CallStatus::Pending);
+    }
+    // The same batch again: nothing more can go.
+    let again = claim_calls(&hook.env.pool, &[same_phone, no_slot], 3, None)
+        .await
+        .expect("batch claim");
+    assert!(
+        matches!(again[..], [Claim::PhoneBusy, Claim::NoFreeSlot]),
+        "{again:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,23 +1,27 @@
 //! The worker Lambda: turns messages of the SQS calls queue into provider dials, holding
 //! invariants 1, 2, 3, 6, 7 and 8 of the design.
 //!
-//! [`handle_batch`] takes the SQS event the event source mapping delivers and processes
-//! every message on its own, concurrently; one bad message never fails the batch. It
-//! returns the messages that should come back as batch item failures
-//! (`ReportBatchItemFailures`); every other message is acknowledged (deleted).
+//! [`handle_batch`] takes the SQS event the event source mapping delivers. It returns the
+//! messages that should come back as batch item failures (`ReportBatchItemFailures`);
+//! every other message is acknowledged (deleted). Each message gets its own outcome: one
+//! bad message never fails the batch.
 //!
-//! For each message, [`process_message`]:
-//! 1. parses the body as a [`DialRequest`]. A body that is not one is *poison*: it is
+//! For a batch (and [`process_message`] for a batch of one):
+//! 1. parses each body as a [`DialRequest`]. A body that is not one is *poison*: it is
 //!    reported as a failure without touching its visibility, so after the queue's
 //!    `maxReceiveCount` receives it lands in the DLQ, the only messages that should.
-//! 2. claims the call ([`claim_call`]): under the global cap, one call per
-//!    phone, only when due. An unknown, finished or already in-progress call is
-//!    acknowledged: the database is the truth, the message was only a nudge.
-//! 3. dials the provider outside any transaction, with the attempt's `Idempotency-Key`,
-//!    inside a `tracing` span that carries `call_id` and `attempt`, so every log line of the
-//!    dial names them.
-//! 4. records the answer ([`record_dial`]) and sends, after that commit, the
-//!    messages of waiting calls nudged into the freed slot (invariant 8).
+//! 2. claims the batch's calls in one transaction ([`claim_calls`]): under the global cap,
+//!    one call per phone, only when due. An unknown, finished or already in-progress call
+//!    is acknowledged: the database is the truth, the message was only a nudge.
+//! 3. dials the claimed calls concurrently, outside any transaction, each with its
+//!    attempt's `Idempotency-Key` and inside a `tracing` span that carries `call_id` and
+//!    `attempt`, so every log line of the dial names them.
+//! 4. records the accepted dials in one transaction ([`record_accepted_dials`]) and every
+//!    other answer on its own ([`record_dial`]), then sends, after those commits, the
+//!    messages of waiting calls nudged into freed slots (invariant 8).
+//!
+//! Two transactions per batch, not two per call: on the same Postgres that is what lets
+//! one worker instance dispatch thousands of calls a second.
 //!
 //! # Waiting for a slot (invariant 8)
 //!
@@ -62,10 +66,11 @@ use ebra_shared::config::ConfigError;
 use ebra_shared::domain::{CallStatus, DialRequest};
 use ebra_shared::provider::{Dial, DialResult, Provider};
 use ebra_shared::queue::{CallsQueue, Enqueue};
-use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
-use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
+use ebra_shared::store::claim::{claim_calls, Claim, ClaimedCall};
+use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::{Pool, StoreError};
 use ebra_shared::Config;
+use futures::FutureExt as _;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -171,22 +176,22 @@ pub enum AckReason {
     Superseded,
     /// The last attempt may have been placed: the webhook or the reclaimer settles it.
     OutcomeUnknown,
+    /// The same call's message appeared earlier in the batch; that one answers for it.
+    DuplicateInBatch,
     /// Every slot is held: the call waits, PENDING, for the nudge the next freed slot sends
     /// (invariant 8), with the reclaimer's refill pass as the safety net.
     WaitingForSlot,
 }
 
-/// Processes an SQS batch: each message on its own, all of them concurrently; then hides
-/// every deferred message in as few requests as SQS allows. Returns the messages to
-/// redeliver; everything else is acknowledged.
+/// Processes an SQS batch: the calls of all its messages are claimed together (one
+/// transaction), dialed concurrently, and the accepted dials recorded together (one
+/// transaction); then every deferred message is hidden in as few requests as SQS allows.
+/// Returns the messages to redeliver; everything else is acknowledged. Each message's
+/// outcome is its own: one bad message never fails the batch.
 pub async fn handle_batch(state: &WorkerState, event: SqsEvent) -> SqsBatchResponse {
-    let outcomes = futures::future::join_all(event.records.iter().map(|message| async move {
-        let outcome = decide_message(state, message).await;
-        (outcome, Instant::now())
-    }))
-    .await;
-    let decided: Vec<Decided<'_>> = event
-        .records
+    let messages: Vec<&SqsMessage> = event.records.iter().collect();
+    let outcomes = decide_messages(state, &messages).await;
+    let decided: Vec<Decided<'_>> = messages
         .iter()
         .zip(&outcomes)
         .map(|(message, (outcome, decided))| Decided {
@@ -216,38 +221,66 @@ pub async fn handle_batch(state: &WorkerState, event: SqsEvent) -> SqsBatchRespo
 }
 
 /// Processes one message: parse, claim, dial, record; or defer (hiding the message until
-/// its call can next succeed), recycle, acknowledge.
+/// its call can next succeed), recycle, acknowledge. [`handle_batch`] with a batch of one.
 pub async fn process_message(state: &WorkerState, message: &SqsMessage) -> MessageOutcome {
-    let outcome = decide_message(state, message).await;
-    let decided = Decided {
+    let Some((outcome, decided)) = decide_messages(state, &[message]).await.pop() else {
+        unreachable!("one outcome per message");
+    };
+    let entry = Decided {
         message,
         outcome: &outcome,
-        decided: Instant::now(),
+        decided,
     };
-    redelivery::hide_deferred(state, std::slice::from_ref(&decided)).await;
+    redelivery::hide_deferred(state, std::slice::from_ref(&entry)).await;
     outcome
 }
 
-/// [`process_message`] but for hiding a deferred message, which the caller does.
-async fn decide_message(state: &WorkerState, message: &SqsMessage) -> MessageOutcome {
-    let message_id = message.message_id.as_deref().unwrap_or("-");
-    let request = match parse_dial_request(message) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::error!(message_id, %error, "poison message: not a dial request; left for the DLQ");
-            return MessageOutcome::Poison { error };
+/// A message that names a call, with the span every log line about that call runs in.
+struct Delivery<'a> {
+    index: usize,
+    message: &'a SqsMessage,
+    call_id: Uuid,
+    span: tracing::Span,
+}
+
+/// Decides what becomes of each message (and does it, but for hiding deferred messages,
+/// which the caller does): one outcome per message, in order, with when it was decided.
+async fn decide_messages(
+    state: &WorkerState,
+    messages: &[&SqsMessage],
+) -> Vec<(MessageOutcome, Instant)> {
+    let mut outcomes: Vec<Option<(MessageOutcome, Instant)>> = vec![None; messages.len()];
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for (index, message) in messages.iter().enumerate() {
+        let message_id = message.message_id.as_deref().unwrap_or("-");
+        match parse_dial_request(message) {
+            Ok(request) => deliveries.push(Delivery {
+                index,
+                message,
+                call_id: request.call_id,
+                span: tracing::info_span!(
+                    "call",
+                    call_id = %request.call_id,
+                    attempt = tracing::field::Empty,
+                    message_id,
+                    receive_count = receive_count(message),
+                ),
+            }),
+            Err(error) => {
+                tracing::error!(message_id, %error, "poison message: not a dial request; left for the DLQ");
+                outcomes[index] = Some((MessageOutcome::Poison { error }, Instant::now()));
+            }
         }
-    };
-    let span = tracing::info_span!(
-        "call",
-        call_id = %request.call_id,
-        attempt = tracing::field::Empty,
-        message_id,
-        receive_count = receive_count(message),
-    );
-    process_call(state, message, request.call_id)
-        .instrument(span)
-        .await
+    }
+    // Boxed: the nested futures of claiming, dialing and recording make a type too deep for
+    // the compiler to lay out inline.
+    for (index, outcome) in process_calls(state, &deliveries).boxed().await {
+        outcomes[index] = Some((outcome, Instant::now()));
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(|| unreachable!("every message is decided")))
+        .collect()
 }
 
 fn parse_dial_request(message: &SqsMessage) -> Result<DialRequest, String> {
@@ -260,42 +293,100 @@ fn snippet(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
-async fn process_call(state: &WorkerState, message: &SqsMessage, call_id: Uuid) -> MessageOutcome {
+/// Claims every delivery's call in one transaction, dials what was claimed, and defers,
+/// parks or acknowledges the rest. Returns (message index, outcome) pairs.
+async fn process_calls(
+    state: &WorkerState,
+    deliveries: &[Delivery<'_>],
+) -> Vec<(usize, MessageOutcome)> {
+    if deliveries.is_empty() {
+        return Vec::new();
+    }
     let config = &state.config;
     // Checked before the claim: a call must never hold a slot it cannot dial with.
     let Some(webhook_url) = config.webhook_url.clone() else {
-        tracing::error!("WEBHOOK_URL is not configured; the call cannot be dialed");
-        let delay = backoff::wait_recheck_delay(config.wait_recheck_seconds);
-        return redelivery::defer(state, message, call_id, delay, DeferReason::Misconfigured).await;
+        return futures::future::join_all(deliveries.iter().map(|delivery| {
+            async {
+                tracing::error!("WEBHOOK_URL is not configured; the call cannot be dialed");
+                let delay = backoff::wait_recheck_delay(config.wait_recheck_seconds);
+                let outcome = redelivery::defer(
+                    state,
+                    delivery.message,
+                    delivery.call_id,
+                    delay,
+                    DeferReason::Misconfigured,
+                )
+                .await;
+                (delivery.index, outcome)
+            }
+            .instrument(delivery.span.clone())
+        }))
+        .await;
     };
 
-    let claim = match claim_call(
+    let call_ids: Vec<Uuid> = deliveries.iter().map(|d| d.call_id).collect();
+    let claims = match claim_calls(
         &state.pool,
-        call_id,
+        &call_ids,
         config.global_concurrency,
         config.max_pending_age_seconds,
     )
     .await
     {
-        Ok(claim) => claim,
+        Ok(claims) => claims,
         Err(error) => {
-            let delay = store_error_delay();
-            tracing::warn!(error = %error, delay_secs = delay.as_secs(), "claim failed; the message comes back shortly");
-            return redelivery::defer(
-                state,
-                message,
-                call_id,
-                delay,
-                DeferReason::StoreUnavailable,
-            )
+            let error = error.to_string();
+            return futures::future::join_all(deliveries.iter().map(|delivery| {
+                let error = error.clone();
+                async move {
+                    let delay = store_error_delay();
+                    tracing::warn!(
+                        error,
+                        delay_secs = delay.as_secs(),
+                        "claim failed; the message comes back shortly"
+                    );
+                    let outcome = redelivery::defer(
+                        state,
+                        delivery.message,
+                        delivery.call_id,
+                        delay,
+                        DeferReason::StoreUnavailable,
+                    )
+                    .await;
+                    (delivery.index, outcome)
+                }
+                .instrument(delivery.span.clone())
+            }))
             .await;
         }
     };
 
-    let (delay, reason) = match claim {
-        Claim::Claimed(claimed) => {
-            return dial_claimed(state, message, &claimed, webhook_url).await
+    let mut claimed = Vec::new();
+    let mut waiting = Vec::new();
+    for (delivery, claim) in deliveries.iter().zip(claims) {
+        match claim {
+            Claim::Claimed(call) => claimed.push((delivery, call)),
+            other => waiting.push((delivery, other)),
         }
+    }
+    let not_dialed = futures::future::join_all(waiting.into_iter().map(|(delivery, claim)| {
+        async move {
+            let outcome = not_claimed(state, delivery, claim).await;
+            (delivery.index, outcome)
+        }
+        .instrument(delivery.span.clone())
+    }));
+    let dialed = dial_claimed(state, claimed, webhook_url).boxed();
+    let (mut outcomes, dialed) = tokio::join!(not_dialed, dialed);
+    outcomes.extend(dialed);
+    outcomes
+}
+
+/// What becomes of a delivery whose call was not claimed.
+async fn not_claimed(state: &WorkerState, delivery: &Delivery<'_>, claim: Claim) -> MessageOutcome {
+    let config = &state.config;
+    let (delay, reason) = match claim {
+        Claim::Claimed(_) => unreachable!("claimed calls are dialed"),
         Claim::NotDue { until } => {
             // A floor of a second: a clock slightly behind the database's must not spin.
             let wait = (until - chrono::Utc::now())
@@ -327,9 +418,15 @@ async fn process_call(state: &WorkerState, message: &SqsMessage, call_id: Uuid) 
             tracing::warn!("no such call; message acknowledged");
             return MessageOutcome::Acknowledged(AckReason::UnknownCall);
         }
+        Claim::Duplicate => {
+            tracing::info!(
+                "the call's message appears twice in this batch; the other answers for it"
+            );
+            return MessageOutcome::Acknowledged(AckReason::DuplicateInBatch);
+        }
     };
     tracing::debug!(?reason, delay_secs = delay.as_secs(), "call waits");
-    redelivery::defer(state, message, call_id, delay, reason).await
+    redelivery::defer(state, delivery.message, delivery.call_id, delay, reason).await
 }
 
 /// How long a message waits after a database error: long enough for a blip to pass, short
@@ -346,12 +443,89 @@ const DIAL_GUARD_MARGIN: Duration = Duration::from_secs(5);
 /// the answer leaves the call to the reclaimer.
 const RECORD_TRIES: u32 = 3;
 
+/// Dials the claimed calls concurrently, records the accepted dials together and every
+/// other answer on its own, then sends the nudges for slots those records freed.
 async fn dial_claimed(
     state: &WorkerState,
-    message: &SqsMessage,
-    claimed: &ClaimedCall,
+    claimed: Vec<(&Delivery<'_>, ClaimedCall)>,
     webhook_url: String,
-) -> MessageOutcome {
+) -> Vec<(usize, MessageOutcome)> {
+    if claimed.is_empty() {
+        return Vec::new();
+    }
+    let results = futures::future::join_all(claimed.iter().map(|(delivery, call)| {
+        dial_one(state, call, webhook_url.clone()).instrument(delivery.span.clone())
+    }))
+    .await;
+
+    let policy = RetryPolicy::from(&*state.config);
+    let mut accepted = Vec::new();
+    let mut others = Vec::new();
+    for ((delivery, call), result) in claimed.iter().zip(&results) {
+        match result {
+            DialResult::Accepted { provider_call_id } => {
+                accepted.push((*delivery, call, provider_call_id.as_str()))
+            }
+            _ => others.push((*delivery, call, result)),
+        }
+    }
+
+    let accepted_outcomes = async {
+        if accepted.is_empty() {
+            return Vec::new();
+        }
+        let dials: Vec<(&ClaimedCall, &str)> =
+            accepted.iter().map(|(_, c, id)| (*c, *id)).collect();
+        match with_record_retries(|| record_accepted_dials(&state.pool, &dials, &policy)).await {
+            Ok((recorded, _)) => {
+                let mut outcomes = Vec::with_capacity(recorded.len());
+                for ((delivery, call, _), (recorded, nudges)) in accepted.iter().zip(recorded) {
+                    let outcome = conclude(state, delivery, call, recorded, nudges, false)
+                        .instrument(delivery.span.clone())
+                        .await;
+                    outcomes.push((delivery.index, outcome));
+                }
+                outcomes
+            }
+            Err(error) => accepted
+                .iter()
+                .map(|(delivery, _, _)| {
+                    delivery.span.in_scope(|| tracing::error!(error = %error, "the dial's result could not be recorded; the reclaimer will retry it with the same key"));
+                    (
+                        delivery.index,
+                        MessageOutcome::Unrecorded {
+                            error: error.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    };
+    let other_outcomes = futures::future::join_all(others.into_iter().map(|(delivery, call, result)| {
+        let policy = &policy;
+        async move {
+            let outcome = match with_record_retries(|| record_dial(&state.pool, call, result, policy)).await {
+                Ok(((recorded, nudges), retried)) => {
+                    conclude(state, delivery, call, recorded, nudges, retried).await
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "the dial's result could not be recorded; the reclaimer will retry it with the same key");
+                    MessageOutcome::Unrecorded {
+                        error: error.to_string(),
+                    }
+                }
+            };
+            (delivery.index, outcome)
+        }
+        .instrument(delivery.span.clone())
+    }));
+    let (mut outcomes, others) = tokio::join!(accepted_outcomes, other_outcomes);
+    outcomes.extend(others);
+    outcomes
+}
+
+/// Dials one claimed call, logging what the provider answered.
+async fn dial_one(state: &WorkerState, claimed: &ClaimedCall, webhook_url: String) -> DialResult {
     tracing::Span::current().record("attempt", claimed.attempt_no);
     let dial = Dial {
         to: claimed.phone.clone(),
@@ -380,30 +554,20 @@ async fn dial_claimed(
         }
         DialResult::Permanent { error } => tracing::warn!(error, "provider refused the call"),
     }
+    result
+}
 
-    let policy = RetryPolicy::from(&*state.config);
-    let (recorded, nudges, retried) = match record_with_retries(
-        &state.pool,
-        claimed,
-        &result,
-        &policy,
-    )
-    .await
-    {
-        Ok(recorded) => recorded,
-        Err(error) => {
-            tracing::error!(
-                error = %error,
-                "the dial's result could not be recorded; the reclaimer will retry it with the same key"
-            );
-            return MessageOutcome::Unrecorded {
-                error: error.to_string(),
-            };
-        }
-    };
-    // After the commit (invariant 8): waiting calls nudged into the slot this dial freed.
+/// What becomes of a dialed call's message once its result is recorded; sends, after that
+/// commit, the messages of waiting calls nudged into a slot the record freed (invariant 8).
+async fn conclude(
+    state: &WorkerState,
+    delivery: &Delivery<'_>,
+    claimed: &ClaimedCall,
+    recorded: DialRecorded,
+    nudges: Vec<Enqueue>,
+    retried: bool,
+) -> MessageOutcome {
     state.queue.send_best_effort(&nudges).await;
-
     match recorded {
         DialRecorded::Dialed { early_webhooks } => {
             if !early_webhooks.is_empty() {
@@ -415,7 +579,7 @@ async fn dial_claimed(
             tracing::info!(%next_run_at, delay_secs = delay.as_secs(), "retry scheduled");
             redelivery::defer(
                 state,
-                message,
+                delivery.message,
                 claimed.call_id,
                 delay,
                 DeferReason::RetryScheduled,
@@ -435,7 +599,7 @@ async fn dial_claimed(
             // come back so the claim sees what the call's row says now.
             redelivery::defer(
                 state,
-                message,
+                delivery.message,
                 claimed.call_id,
                 store_error_delay(),
                 DeferReason::StoreUnavailable,
@@ -463,19 +627,18 @@ async fn dial_with_guard(state: &WorkerState, dial: &Dial) -> DialResult {
     }
 }
 
-/// Records the dial's result, retrying a failed write a few times. Returns whether the
-/// result came from a retry (an earlier try may have committed before failing to answer).
-async fn record_with_retries(
-    pool: &Pool,
-    claimed: &ClaimedCall,
-    result: &DialResult,
-    policy: &RetryPolicy,
-) -> Result<(DialRecorded, Vec<Enqueue>, bool), StoreError> {
+/// Runs a record, retrying a failed write a few times. Returns whether the result came from
+/// a retry (an earlier try may have committed before failing to answer).
+async fn with_record_retries<T, F, Fut>(mut record: F) -> Result<(T, bool), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let mut pause = Duration::from_millis(200);
     let mut tries = 1;
     loop {
-        match record_dial(pool, claimed, result, policy).await {
-            Ok((recorded, nudges)) => return Ok((recorded, nudges, tries > 1)),
+        match record().await {
+            Ok(recorded) => return Ok((recorded, tries > 1)),
             Err(error) if tries < RECORD_TRIES => {
                 tracing::warn!(error = %error, tries, "recording the dial failed; trying again");
                 tokio::time::sleep(pause).await;

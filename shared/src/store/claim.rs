@@ -1,23 +1,29 @@
 //! Where the global cap is enforced (invariant 1) and one call per phone is kept
-//! (invariant 2): taking a call from PENDING to IN_PROGRESS.
+//! (invariant 2): taking calls from PENDING to IN_PROGRESS, a batch at a time.
 //!
 //! One short transaction:
-//! 1. lock the call's row (a duplicate delivery of the same call waits here, then finds it
-//!    no longer PENDING);
-//! 2. take a transaction-scoped advisory lock on the phone number, then check that no call
-//!    to that phone is in progress: claims for one phone are serialised, so the check
-//!    cannot race (the partial unique index is only the backstop);
-//! 3. take a free row of `call_slots` among the first `GLOBAL_CONCURRENCY` with
-//!    `FOR UPDATE SKIP LOCKED`: no two transactions can hold one slot, so no more than the
-//!    cap can be in progress, under any number of workers;
-//! 4. mark the call IN_PROGRESS and record the attempt with its idempotency key.
+//! 1. lock the calls' rows, in id order (a duplicate delivery of a call waits here, then
+//!    finds it no longer PENDING);
+//! 2. take a transaction-scoped advisory lock on each due call's phone number, in number
+//!    order, then check that no call to that phone is in progress: claims for one phone
+//!    are serialised, so the check cannot race (the partial unique index is only the
+//!    backstop), and two calls of one batch to the same phone never both go;
+//! 3. take free rows of `call_slots` among the first `GLOBAL_CONCURRENCY` with
+//!    `FOR UPDATE SKIP LOCKED`, one per call that may go, in batch order: no two
+//!    transactions can hold one slot, so no more than the cap can be in progress, under any
+//!    number of workers;
+//! 4. mark the calls that got a slot IN_PROGRESS and record their attempts with their
+//!    idempotency keys.
 //!
-//! The dial happens after the commit, outside any transaction.
+//! The dials happen after the commit, outside any transaction.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{execute, query_one, query_opt, Pool, StoreResult, Transaction};
+use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 
 /// A call this worker now holds a slot for, ready to dial.
@@ -53,128 +59,228 @@ pub enum Claim {
     Expired,
     /// No such call.
     Unknown,
+    /// The same call appeared earlier in this batch: that delivery answers for it.
+    Duplicate,
 }
 
+/// Claims one call: [`claim_calls`] with a batch of one.
 pub async fn claim_call(
     pool: &Pool,
     call_id: Uuid,
     cap: u32,
     max_pending_age_seconds: Option<u64>,
 ) -> StoreResult<Claim> {
+    let mut claims = claim_calls(pool, &[call_id], cap, max_pending_age_seconds).await?;
+    claims.pop().ok_or_else(|| {
+        super::StoreError::Corrupt(format!("claiming call {call_id} answered nothing"))
+    })
+}
+
+/// Claims the calls of one SQS batch in one transaction: one answer per id, in order (a
+/// repeated id gets [`Claim::Duplicate`]). Free slots go to the calls in batch order.
+///
+/// Locks, always in the same order so that concurrent batches cannot deadlock: the calls'
+/// rows (by id), then their phones' advisory locks (by number), then free slots
+/// (`SKIP LOCKED`).
+pub async fn claim_calls(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    cap: u32,
+    max_pending_age_seconds: Option<u64>,
+) -> StoreResult<Vec<Claim>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(row) = query_opt(
+    let rows = query(
         &tx,
-        "SELECT phone, status, next_run_at, attempts, max_attempts, script_id, metadata, retry_dial_key, \
+        "SELECT id, phone, status, next_run_at, attempts, max_attempts, script_id, metadata, retry_dial_key, \
                 outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
                 (COALESCE(expires_at <= now(), false) \
                  OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
                 next_run_at <= now() AS due \
-           FROM calls WHERE id = $1 FOR UPDATE",
-        &[&call_id, &max_pending_age_seconds.map(|s| s as f64)],
+           FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&call_ids, &max_pending_age_seconds.map(|s| s as f64)],
     )
-    .await?
-    else {
-        return Ok(Claim::Unknown);
-    };
-    let status = super::parse_status(row.try_get("status")?)?;
-    if status == CallStatus::InProgress {
-        let claim = redial_unknown(&tx, call_id, &row).await?;
-        tx.commit().await?;
-        return Ok(claim);
+    .await?;
+    let mut found: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(row.try_get("id")?, row);
     }
-    if status != CallStatus::Pending {
-        return Ok(Claim::NotPending(status));
+
+    let mut claims: Vec<Option<Claim>> = vec![None; call_ids.len()];
+    let mut seen = HashSet::with_capacity(call_ids.len());
+    let mut expired = Vec::new();
+    // Calls that will not be claimed whose delivery marks this receipt settles.
+    let mut settle_marks = Vec::new();
+    // Due PENDING calls, at most one per phone, in batch order: (index, id, phone).
+    let mut candidates: Vec<(usize, Uuid, String)> = Vec::new();
+    let mut phones = HashSet::new();
+    for (index, &call_id) in call_ids.iter().enumerate() {
+        if !seen.insert(call_id) {
+            claims[index] = Some(Claim::Duplicate);
+            continue;
+        }
+        let Some(row) = found.get(&call_id) else {
+            claims[index] = Some(Claim::Unknown);
+            continue;
+        };
+        let status = super::parse_status(row.try_get("status")?)?;
+        if status == CallStatus::InProgress {
+            claims[index] = Some(redial_unknown(&tx, call_id, row).await?);
+            continue;
+        }
+        if status != CallStatus::Pending {
+            claims[index] = Some(Claim::NotPending(status));
+            continue;
+        }
+        if row.try_get::<_, bool>("expired")? {
+            expired.push(call_id);
+            claims[index] = Some(Claim::Expired);
+            continue;
+        }
+        let marked =
+            row.try_get::<_, bool>("outbox_marked")? || row.try_get::<_, bool>("nudged")?;
+        if !row.try_get::<_, bool>("due")? {
+            if marked {
+                settle_marks.push(call_id);
+            }
+            claims[index] = Some(Claim::NotDue {
+                until: row.try_get("next_run_at")?,
+            });
+            continue;
+        }
+        let phone: String = row.try_get("phone")?;
+        if !phones.insert(phone.clone()) {
+            // An earlier call of this batch goes to the same phone.
+            if marked {
+                settle_marks.push(call_id);
+            }
+            claims[index] = Some(Claim::PhoneBusy);
+            continue;
+        }
+        candidates.push((index, call_id, phone));
     }
-    if row.try_get::<_, bool>("expired")? {
+
+    if !expired.is_empty() {
         execute(
             &tx,
             "UPDATE calls SET status = 'EXPIRED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
                     last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed' \
-              WHERE id = $1",
-            &[&call_id],
+              WHERE id = ANY($1)",
+            &[&expired],
         )
         .await?;
-        tx.commit().await?;
-        return Ok(Claim::Expired);
-    }
-    let marks = DeliveryMarks {
-        outbox: row.try_get("outbox_marked")?,
-        nudged: row.try_get("nudged")?,
-    };
-    if !row.try_get::<_, bool>("due")? {
-        clear_delivery_marks(&tx, call_id, marks).await?;
-        tx.commit().await?;
-        return Ok(Claim::NotDue {
-            until: row.try_get("next_run_at")?,
-        });
     }
 
-    let phone: String = row.try_get("phone")?;
-    execute(
-        &tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-        &[&phone],
-    )
-    .await?;
-    let attempt_id = Uuid::now_v7();
-    let idempotency_key: Uuid = row
-        .try_get::<_, Option<Uuid>>("retry_dial_key")?
-        .unwrap_or(attempt_id);
-    let attempt_no: i32 = row.try_get::<_, i32>("attempts")? + 1;
-    // One statement, after the phone lock (so its snapshot sees every committed claim for
-    // this phone): is the phone busy; if not, take a free slot; if one was taken, mark the
-    // call IN_PROGRESS and record the attempt.
-    let taken = query_one(
-        &tx,
-        "WITH busy AS ( \
-             SELECT EXISTS (SELECT 1 FROM calls WHERE phone = $2 AND status = 'IN_PROGRESS') AS phone_busy), \
-         slot AS ( \
-             UPDATE call_slots SET call_id = $1, claimed_at = now() \
-              WHERE slot_no = (SELECT slot_no FROM call_slots \
-                                WHERE call_id IS NULL AND slot_no <= $3 \
-                                ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED) \
-                AND NOT (SELECT phone_busy FROM busy) \
-             RETURNING slot_no), \
-         started AS ( \
-             UPDATE calls SET status = 'IN_PROGRESS', attempts = $5, started_at = now(), updated_at = now(), \
-                    outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL \
-              WHERE id = $1 AND EXISTS (SELECT 1 FROM slot) RETURNING id), \
-         attempt AS ( \
-             INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
-             SELECT $4, started.id, $5, $6, slot.slot_no FROM started, slot RETURNING id) \
-         SELECT (SELECT phone_busy FROM busy) AS phone_busy, (SELECT slot_no FROM slot) AS slot_no, \
-                (SELECT count(*) FROM attempt) AS recorded",
-        &[&call_id, &phone, &(cap as i32), &attempt_id, &attempt_no, &idempotency_key],
-    )
-    .await?;
-    if taken.try_get::<_, bool>("phone_busy")? {
-        clear_delivery_marks(&tx, call_id, marks).await?;
-        tx.commit().await?;
-        return Ok(Claim::PhoneBusy);
+    if !candidates.is_empty() {
+        // Claims for one phone are serialised by its advisory lock, taken in number order.
+        let mut sorted_phones: Vec<&str> = candidates.iter().map(|(_, _, p)| p.as_str()).collect();
+        sorted_phones.sort_unstable();
+        execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock(hashtextextended(phone, 0)) \
+               FROM unnest($1::text[]) WITH ORDINALITY AS locks(phone, n) ORDER BY n",
+            &[&sorted_phones],
+        )
+        .await?;
+        let ids: Vec<Uuid> = candidates.iter().map(|(_, id, _)| *id).collect();
+        let attempt_ids: Vec<Uuid> = candidates.iter().map(|_| Uuid::now_v7()).collect();
+        // One statement, after the phone locks (so its snapshot sees every committed claim
+        // for these phones): drop the candidates whose phone is busy; pair the rest, in
+        // batch order, with free slots; mark those calls IN_PROGRESS and record their
+        // attempts. Calls left unpaired had no free slot.
+        let taken = query(
+            &tx,
+            "WITH candidate AS ( \
+                 SELECT c.id, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
+                        a.attempt_id, row_number() OVER (ORDER BY a.n) AS rank \
+                   FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS a(id, attempt_id, n) \
+                   JOIN calls c ON c.id = a.id \
+                  WHERE NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')), \
+             free AS ( \
+                 SELECT slot_no, row_number() OVER (ORDER BY slot_no) AS rank \
+                   FROM (SELECT slot_no FROM call_slots WHERE call_id IS NULL AND slot_no <= $3 \
+                          ORDER BY slot_no LIMIT (SELECT count(*) FROM candidate) FOR UPDATE SKIP LOCKED) AS f), \
+             paired AS ( \
+                 SELECT candidate.*, free.slot_no FROM candidate JOIN free USING (rank)), \
+             slot AS ( \
+                 UPDATE call_slots s SET call_id = paired.id, claimed_at = now() \
+                   FROM paired WHERE s.slot_no = paired.slot_no RETURNING s.slot_no), \
+             started AS ( \
+                 UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \
+                        updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL \
+                   FROM paired WHERE calls.id = paired.id RETURNING calls.id), \
+             attempt AS ( \
+                 INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
+                 SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING call_id) \
+             SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
+                    paired.attempt_no, paired.dial_key, \
+                    (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
+                    (SELECT count(*) FROM attempt) AS recorded \
+               FROM unnest($1::uuid[]) AS a(id) \
+               LEFT JOIN candidate ON candidate.id = a.id \
+               LEFT JOIN paired ON paired.id = a.id",
+            &[&ids, &attempt_ids, &(cap as i32)],
+        )
+        .await?;
+        let mut outcome: HashMap<Uuid, &Row> = HashMap::with_capacity(taken.len());
+        for row in &taken {
+            outcome.insert(row.try_get("id")?, row);
+        }
+        for (index, call_id, phone) in candidates {
+            let Some(row) = outcome.get(&call_id) else {
+                return Err(super::StoreError::Corrupt(format!(
+                    "claiming call {call_id} returned no answer for it"
+                )));
+            };
+            let counts: [i64; 3] = [
+                row.try_get("slots_taken")?,
+                row.try_get("started")?,
+                row.try_get("recorded")?,
+            ];
+            if counts[0] != counts[1] || counts[1] != counts[2] {
+                return Err(super::StoreError::Corrupt(format!(
+                    "a claim took {} slots, started {} calls and recorded {} attempts",
+                    counts[0], counts[1], counts[2]
+                )));
+            }
+            if row.try_get::<_, bool>("phone_busy")? {
+                settle_marks.push(call_id);
+                claims[index] = Some(Claim::PhoneBusy);
+                continue;
+            }
+            let Some(slot_no) = row.try_get::<_, Option<i32>>("slot_no")? else {
+                settle_marks.push(call_id);
+                claims[index] = Some(Claim::NoFreeSlot);
+                continue;
+            };
+            let call = found.get(&call_id).ok_or_else(|| {
+                super::StoreError::Corrupt(format!("call {call_id} claimed but not read"))
+            })?;
+            claims[index] = Some(Claim::Claimed(ClaimedCall {
+                call_id,
+                attempt_id: row.try_get("attempt_id")?,
+                attempt_no: row.try_get("attempt_no")?,
+                max_attempts: call.try_get("max_attempts")?,
+                idempotency_key: row.try_get("dial_key")?,
+                slot_no,
+                phone,
+                script_id: call.try_get("script_id")?,
+                metadata: call.try_get("metadata")?,
+            }));
+        }
     }
-    let Some(slot_no) = taken.try_get::<_, Option<i32>>("slot_no")? else {
-        clear_delivery_marks(&tx, call_id, marks).await?;
-        tx.commit().await?;
-        return Ok(Claim::NoFreeSlot);
-    };
-    if taken.try_get::<_, i64>("recorded")? != 1 {
-        return Err(super::StoreError::Corrupt(format!(
-            "call {call_id} took slot {slot_no} but its attempt was not recorded"
-        )));
-    }
+
+    clear_delivery_marks(&tx, &settle_marks).await?;
     tx.commit().await?;
-    Ok(Claim::Claimed(ClaimedCall {
-        call_id,
-        attempt_id,
-        attempt_no,
-        max_attempts: row.try_get("max_attempts")?,
-        idempotency_key,
-        slot_no,
-        phone,
-        script_id: row.try_get("script_id")?,
-        metadata: row.try_get("metadata")?,
-    }))
+    claims
+        .into_iter()
+        .zip(call_ids)
+        .map(|(claim, call_id)| {
+            claim.ok_or_else(|| {
+                super::StoreError::Corrupt(format!("call {call_id} was left unanswered"))
+            })
+        })
+        .collect()
 }
 
 /// A call whose last dial's fate is unknown (a timeout) keeps its slot and its phone; once
@@ -239,27 +345,18 @@ async fn redial_unknown(
     }))
 }
 
-/// What a delivery settles on a call that is not claimed: its outbox mark (the message
+/// What a delivery settles on a call it does not claim: its outbox mark (the message
 /// arrived, the outbox's job is done) and its nudge mark (a call that must wait again is
 /// open to the next freed slot's nudge at once; keeping `nudged_at` would hide it from
 /// nudges for the quiet window while nothing else wakes it, and a backlog could stall with
 /// every slot free).
-#[derive(Clone, Copy)]
-struct DeliveryMarks {
-    outbox: bool,
-    nudged: bool,
-}
-
-async fn clear_delivery_marks(
-    tx: &Transaction<'_>,
-    call_id: Uuid,
-    marks: DeliveryMarks,
-) -> StoreResult<()> {
-    if marks.outbox || marks.nudged {
+async fn clear_delivery_marks(tx: &Transaction<'_>, call_ids: &[Uuid]) -> StoreResult<()> {
+    if !call_ids.is_empty() {
         execute(
             tx,
-            "UPDATE calls SET outbox_due_at = NULL, nudged_at = NULL WHERE id = $1",
-            &[&call_id],
+            "UPDATE calls SET outbox_due_at = NULL, nudged_at = NULL \
+              WHERE id = ANY($1) AND (outbox_due_at IS NOT NULL OR nudged_at IS NOT NULL)",
+            &[&call_ids],
         )
         .await?;
     }

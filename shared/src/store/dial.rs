@@ -1,14 +1,15 @@
 //! Recording what the provider answered to a dial, in the transaction after it.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::claim::ClaimedCall;
-use super::settle::{apply_held_reports, lock_provider_call, Settlement};
+use super::settle::{apply_held_reports, lock_provider_call, lock_provider_calls, Settlement};
 use super::slots::{nudge_waiting_calls, release_slot};
-use super::{execute, query_opt, seconds, Pool, StoreResult, Transaction};
+use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
 use crate::config::Config;
 use crate::domain::{CallOutcome, CallStatus};
@@ -86,6 +87,74 @@ pub async fn record_dial(
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Records the dials a batch placed, all in one transaction: each attempt gets its
+/// provider call id, and webhooks that arrived before (held) are applied. Returns, per dial
+/// in order, [`DialRecorded::Dialed`] and the messages of calls nudged by what those
+/// webhooks freed.
+///
+/// Locks in the order every other path uses: the provider call ids' advisory locks (sorted,
+/// as [`super::settle`] takes one), then the calls' rows (by id), then their attempts.
+pub async fn record_accepted_dials(
+    pool: &Pool,
+    accepted: &[(&ClaimedCall, &str)],
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<(DialRecorded, Vec<Enqueue>)>> {
+    if accepted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut provider_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
+    provider_ids.sort_unstable();
+    provider_ids.dedup();
+    lock_provider_calls(&tx, &provider_ids).await?;
+    let mut call_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.call_id).collect();
+    call_ids.sort_unstable();
+    execute(
+        &tx,
+        "SELECT 1 FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&call_ids],
+    )
+    .await?;
+    let attempt_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.attempt_id).collect();
+    let dial_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
+    // Held webhooks are looked for after the locks, so either a webhook's transaction saw
+    // these ids, or this one sees its report.
+    let held = query(
+        &tx,
+        "WITH accepted AS ( \
+             UPDATE call_attempts a SET dial_state = 'ACCEPTED', provider_call_id = d.provider_call_id, \
+                    dialed_at = now(), error = NULL \
+               FROM unnest($1::uuid[], $2::text[]) AS d(attempt_id, provider_call_id) \
+              WHERE a.id = d.attempt_id RETURNING a.id) \
+         SELECT DISTINCT provider_call_id FROM provider_webhooks \
+          WHERE provider_call_id = ANY($2) AND applied_at IS NULL",
+        &[&attempt_ids, &dial_ids],
+    )
+    .await?;
+    let held: HashSet<String> = held
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut recorded = Vec::with_capacity(accepted.len());
+    for (_, provider_call_id) in accepted {
+        if held.contains(*provider_call_id) {
+            let (early_webhooks, nudges) =
+                apply_held_reports(&tx, provider_call_id, policy).await?;
+            recorded.push((DialRecorded::Dialed { early_webhooks }, nudges));
+        } else {
+            recorded.push((
+                DialRecorded::Dialed {
+                    early_webhooks: Vec::new(),
+                },
+                Vec::new(),
+            ));
+        }
+    }
+    tx.commit().await?;
+    Ok(recorded)
 }
 
 async fn record_accepted(

@@ -55,6 +55,22 @@ impl Settlement {
     }
 }
 
+/// Takes the advisory locks of several provider call ids, in the order given (sorted, by
+/// the caller, so that two batches cannot deadlock).
+pub(crate) async fn lock_provider_calls(
+    tx: &Transaction<'_>,
+    provider_call_ids: &[&str],
+) -> StoreResult<()> {
+    execute(
+        tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended('provider-call:' || id, 0)) \
+           FROM unnest($1::text[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
+        &[&provider_call_ids],
+    )
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn lock_provider_call(
     tx: &Transaction<'_>,
     provider_call_id: &str,
