@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use uuid::Uuid;
 
@@ -79,47 +80,36 @@ impl CallsQueue {
         Ok(())
     }
 
-    /// Sends many messages, ten per request; returns the calls whose message failed.
+    /// Sends many messages, ten per `SendMessageBatch` request; returns the calls whose
+    /// message was not sent.
     pub async fn send_all(&self, messages: &[Enqueue]) -> Vec<Uuid> {
-        let mut failed = Vec::new();
-        for chunk in messages.chunks(10) {
-            let entries: Vec<_> = chunk
+        let failed = in_batches_of_ten(messages, "SendMessageBatch", |chunk| async move {
+            let entries = chunk
                 .iter()
                 .enumerate()
-                .filter_map(|(i, m)| {
-                    let body = serde_json::to_string(&DialRequest { call_id: m.call_id }).ok()?;
+                .map(|(i, m)| {
+                    let body = serde_json::to_string(&DialRequest { call_id: m.call_id })
+                        .map_err(|e| e.to_string())?;
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
                         .delay_seconds(delay_seconds(m.delay))
                         .build()
-                        .ok()
+                        .map_err(|e| e.to_string())
                 })
-                .collect();
-            match self
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
                 .client
                 .send_message_batch()
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(output) => {
-                    for entry in output.failed() {
-                        if let Some(m) = entry.id().parse::<usize>().ok().and_then(|i| chunk.get(i))
-                        {
-                            tracing::warn!(call_id = %m.call_id, code = entry.code(), "SQS refused a dial message");
-                            failed.push(m.call_id);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "sending dial messages failed");
-                    failed.extend(chunk.iter().map(|m| m.call_id));
-                }
-            }
-        }
-        failed
+                .map_err(|e| DisplayErrorContext(&e).to_string())?;
+            Ok(refused(output.failed()))
+        })
+        .await;
+        failed.into_iter().map(|m| m.call_id).collect()
     }
 
     /// Sends messages and logs (never fails) when some could not be sent: used where the
@@ -159,46 +149,35 @@ impl CallsQueue {
     /// `ChangeMessageVisibilityBatch` request. Returns how many could not be changed (they
     /// come back after the queue's visibility timeout); failures are logged.
     pub async fn change_visibility_all(&self, messages: &[(&str, Duration)]) -> usize {
-        let mut failed = 0;
-        for chunk in messages.chunks(10) {
-            let entries: Vec<_> = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (receipt_handle, delay))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*receipt_handle)
-                        .visibility_timeout((*delay).min(MAX_VISIBILITY).as_secs() as i32)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            match self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    for entry in output.failed() {
-                        tracing::warn!(
-                            entry = entry.id(),
-                            code = entry.code(),
-                            message = entry.message(),
-                            "SQS refused to change a message's visibility"
-                        );
-                        failed += 1;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "changing messages' visibility failed");
-                    failed += chunk.len();
-                }
-            }
-        }
-        failed
+        in_batches_of_ten(
+            messages,
+            "ChangeMessageVisibilityBatch",
+            |chunk| async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (receipt_handle, delay))| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(*receipt_handle)
+                            .visibility_timeout((*delay).min(MAX_VISIBILITY).as_secs() as i32)
+                            .build()
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let output = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| DisplayErrorContext(&e).to_string())?;
+                Ok(refused(output.failed()))
+            },
+        )
+        .await
+        .len()
     }
 
     /// Receives up to ten messages with their receive counts (long poll of `wait`).
@@ -224,45 +203,30 @@ impl CallsQueue {
     /// event source mapping does). Returns how many could not be deleted; failures are
     /// logged.
     pub async fn delete_all(&self, receipt_handles: &[&str]) -> usize {
-        let mut failed = 0;
-        for chunk in receipt_handles.chunks(10) {
-            let entries: Vec<_> = chunk
+        in_batches_of_ten(receipt_handles, "DeleteMessageBatch", |chunk| async move {
+            let entries = chunk
                 .iter()
                 .enumerate()
-                .filter_map(|(i, receipt_handle)| {
+                .map(|(i, receipt_handle)| {
                     DeleteMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .receipt_handle(*receipt_handle)
                         .build()
-                        .ok()
+                        .map_err(|e| e.to_string())
                 })
-                .collect();
-            match self
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
                 .client
                 .delete_message_batch()
                 .queue_url(&self.url)
                 .set_entries(Some(entries))
                 .send()
                 .await
-            {
-                Ok(output) => {
-                    for entry in output.failed() {
-                        tracing::warn!(
-                            entry = entry.id(),
-                            code = entry.code(),
-                            message = entry.message(),
-                            "SQS refused to delete a message"
-                        );
-                        failed += 1;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "deleting messages failed");
-                    failed += chunk.len();
-                }
-            }
-        }
-        failed
+                .map_err(|e| DisplayErrorContext(&e).to_string())?;
+            Ok(refused(output.failed()))
+        })
+        .await
+        .len()
     }
 
     pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {
@@ -275,6 +239,61 @@ impl CallsQueue {
             .context("deleting a message")?;
         Ok(())
     }
+}
+
+/// An entry of a batch request that SQS refused: its id (the index in its chunk) and why.
+struct Refused {
+    id: String,
+    code: String,
+    message: Option<String>,
+}
+
+fn refused(entries: &[BatchResultErrorEntry]) -> Vec<Refused> {
+    entries
+        .iter()
+        .map(|entry| Refused {
+            id: entry.id().to_owned(),
+            code: entry.code().to_owned(),
+            message: entry.message().map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Runs `request` on ten items at a time (SQS's batch limit) and returns the items that
+/// were not done: those SQS refused, and every item of a request that failed. Logs each.
+async fn in_batches_of_ten<'a, T, F, Fut>(
+    items: &'a [T],
+    action: &'static str,
+    mut request: F,
+) -> Vec<&'a T>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Refused>, String>>,
+{
+    let mut failed = Vec::new();
+    for chunk in items.chunks(10) {
+        match request(chunk).await {
+            Ok(refused) => {
+                for entry in refused {
+                    tracing::warn!(
+                        action,
+                        entry = entry.id,
+                        code = entry.code,
+                        message = entry.message,
+                        "SQS refused a batch entry"
+                    );
+                    if let Some(item) = entry.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                        failed.push(item);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(action, error, "an SQS batch request failed");
+                failed.extend(chunk);
+            }
+        }
+    }
+    failed
 }
 
 fn delay_seconds(delay: Duration) -> i32 {

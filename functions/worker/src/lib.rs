@@ -305,23 +305,9 @@ async fn process_calls(
     let config = &state.config;
     // Checked before the claim: a call must never hold a slot it cannot dial with.
     let Some(webhook_url) = config.webhook_url.clone() else {
-        return futures::future::join_all(deliveries.iter().map(|delivery| {
-            async {
-                tracing::error!("WEBHOOK_URL is not configured; the call cannot be dialed");
-                let delay = backoff::wait_recheck_delay(config.wait_recheck_seconds);
-                let outcome = redelivery::defer(
-                    state,
-                    delivery.message,
-                    delivery.call_id,
-                    delay,
-                    DeferReason::Misconfigured,
-                )
-                .await;
-                (delivery.index, outcome)
-            }
-            .instrument(delivery.span.clone())
-        }))
-        .await;
+        tracing::error!("WEBHOOK_URL is not configured; no call can be dialed");
+        let delay = || backoff::wait_recheck_delay(config.wait_recheck_seconds);
+        return defer_all(state, deliveries, delay, DeferReason::Misconfigured).await;
     };
 
     let call_ids: Vec<Uuid> = deliveries.iter().map(|d| d.call_id).collect();
@@ -335,28 +321,13 @@ async fn process_calls(
     {
         Ok(claims) => claims,
         Err(error) => {
-            let error = error.to_string();
-            return futures::future::join_all(deliveries.iter().map(|delivery| {
-                let error = error.clone();
-                async move {
-                    let delay = store_error_delay();
-                    tracing::warn!(
-                        error,
-                        delay_secs = delay.as_secs(),
-                        "claim failed; the message comes back shortly"
-                    );
-                    let outcome = redelivery::defer(
-                        state,
-                        delivery.message,
-                        delivery.call_id,
-                        delay,
-                        DeferReason::StoreUnavailable,
-                    )
-                    .await;
-                    (delivery.index, outcome)
-                }
-                .instrument(delivery.span.clone())
-            }))
+            tracing::warn!(error = %error, calls = deliveries.len(), "claim failed; the messages come back shortly");
+            return defer_all(
+                state,
+                deliveries,
+                store_error_delay,
+                DeferReason::StoreUnavailable,
+            )
             .await;
         }
     };
@@ -380,6 +351,32 @@ async fn process_calls(
     let (mut outcomes, dialed) = tokio::join!(not_dialed, dialed);
     outcomes.extend(dialed);
     outcomes
+}
+
+/// Defers every delivery for `reason` (a fault: the database or the configuration), each
+/// for its own `delay()` (jittered).
+async fn defer_all(
+    state: &WorkerState,
+    deliveries: &[Delivery<'_>],
+    delay: impl Fn() -> Duration,
+    reason: DeferReason,
+) -> Vec<(usize, MessageOutcome)> {
+    futures::future::join_all(deliveries.iter().map(|delivery| {
+        let delay = delay();
+        let reason = reason.clone();
+        async move {
+            tracing::warn!(
+                ?reason,
+                delay_secs = delay.as_secs(),
+                "the call's message comes back later"
+            );
+            let outcome =
+                redelivery::defer(state, delivery.message, delivery.call_id, delay, reason).await;
+            (delivery.index, outcome)
+        }
+        .instrument(delivery.span.clone())
+    }))
+    .await
 }
 
 /// What becomes of a delivery whose call was not claimed.
