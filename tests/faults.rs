@@ -50,10 +50,10 @@
 //! failed.
 //!
 //! Size: 200 calls by default (CI: about 35 s on 2 cores). The full size, 5,000 calls
-//! (about 6 minutes):
+//! (6 to 12 minutes, with a moto of its own):
 //!
 //! ```text
-//! EBRA_FAULTS_CALLS=5000 cargo test --test faults -- --nocapture
+//! EBRA_FAULTS_CALLS=5000 scripts/test --test faults --no-capture
 //! ```
 //!
 //! Moto is most of the cost, and a shared one is slower still: pointing
@@ -181,7 +181,9 @@ impl Settings {
             // About eight calls per shared phone: enough waiting for a busy phone, not so
             // much that the run is a queue for one number.
             shared_phones: (calls / 40).max(5),
-            deadline: Duration::from_secs(90 + calls as u64 / 8),
+            // A bound on liveness, not a speed target: at least five calls settled a second
+            // (measured here: about seven, with a backend killed every 200 ms).
+            deadline: Duration::from_secs(90 + calls as u64 / 5),
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
@@ -108,6 +109,7 @@ impl CallsQueue {
                 .map_err(|e| DisplayErrorContext(&e).to_string())?;
             Ok(refused(output.failed()))
         })
+        .boxed()
         .await;
         failed.into_iter().map(|m| m.call_id).collect()
     }
@@ -176,6 +178,7 @@ impl CallsQueue {
                 Ok(refused(output.failed()))
             },
         )
+        .boxed()
         .await
         .len()
     }
@@ -225,6 +228,7 @@ impl CallsQueue {
                 .map_err(|e| DisplayErrorContext(&e).to_string())?;
             Ok(refused(output.failed()))
         })
+        .boxed()
         .await
         .len()
     }
@@ -261,6 +265,8 @@ fn refused(entries: &[BatchResultErrorEntry]) -> Vec<Refused> {
 
 /// Runs `request` on ten items at a time (SQS's batch limit) and returns the items that
 /// were not done: those SQS refused, and every item of a request that failed. Logs each.
+/// Callers box the returned future: inline, the SDK's request futures nest too deep for
+/// the handlers' own futures to be laid out.
 async fn in_batches_of_ten<'a, T, F, Fut>(
     items: &'a [T],
     action: &'static str,

@@ -311,14 +311,26 @@ async fn process_calls(
     };
 
     let call_ids: Vec<Uuid> = deliveries.iter().map(|d| d.call_id).collect();
-    let claims = match claim_calls(
-        &state.pool,
-        &call_ids,
-        config.global_concurrency,
-        config.max_pending_age_seconds,
-    )
-    .await
-    {
+    // A failed claim changed nothing (or, if only its commit's answer was lost, left calls
+    // IN_PROGRESS that the next try acknowledges and the reclaimer redials with the same
+    // key), so it is tried once more at once: a pooled connection the database dropped
+    // must not hold up a whole batch for seconds.
+    let claim = || {
+        claim_calls(
+            &state.pool,
+            &call_ids,
+            config.global_concurrency,
+            config.max_pending_age_seconds,
+        )
+    };
+    let claimed = match claim().await {
+        Ok(claims) => Ok(claims),
+        Err(error) => {
+            tracing::warn!(error = %error, calls = deliveries.len(), "claim failed; trying once more");
+            claim().await
+        }
+    };
+    let claims = match claimed {
         Ok(claims) => claims,
         Err(error) => {
             tracing::warn!(error = %error, calls = deliveries.len(), "claim failed; the messages come back shortly");
