@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
+use futures::FutureExt as _;
 use uuid::Uuid;
 
 use crate::domain::DialRequest;
