@@ -76,7 +76,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{TestEnv, WEBHOOK_SECRET};
+use common::{dial_accepted, TestEnv, WEBHOOK_SECRET};
 use ebra_api::AppState;
 use ebra_reclaimer::{run_pass, ReclaimerState};
 use ebra_shared::domain::{CallOutcome, DialRequest};
@@ -399,13 +399,7 @@ impl FakeProvider {
         let router = Router::new()
             .route("/api/v1/calls", post(fake_dial))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake provider");
-        let base_url = format!("http://{}", listener.local_addr().expect("local address"));
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("fake provider");
-        });
+        let (base_url, server) = common::serve_on_loopback(router).await;
         Self {
             base_url,
             shared,
@@ -441,7 +435,7 @@ async fn fake_dial(
         }
         if let Some(&i) = book.by_key.get(&key) {
             book.dedup_hits += 1;
-            return accepted(&book.placements[i].provider_call_id);
+            return dial_accepted(&book.placements[i].provider_call_id);
         }
         let fault = DialFault::roll(book.rng());
         *book.faults.entry(fault).or_default() += 1;
@@ -505,31 +499,23 @@ async fn fake_dial(
         DialFault::EarlyWebhook => {
             // The webhook outruns the dial's answer: Ebra must hold it, not lose it.
             let _ = call.await;
-            accepted(&provider_call_id)
+            dial_accepted(&provider_call_id)
         }
         DialFault::ServerErrorAfterPlacing => {
             (StatusCode::SERVICE_UNAVAILABLE, "placed, then fell over").into_response()
         }
         DialFault::Timeout => {
             tokio::time::sleep(DIAL_TIMEOUT + Duration::from_millis(400)).await;
-            accepted(&provider_call_id)
+            dial_accepted(&provider_call_id)
         }
         DialFault::Crash => {
             // The worker dies after the provider took the dial, before it hears back.
             p.crashes.crash_invocation_dialing(n).await;
             tokio::time::sleep(DIAL_TIMEOUT + Duration::from_millis(400)).await;
-            accepted(&provider_call_id)
+            dial_accepted(&provider_call_id)
         }
-        _ => accepted(&provider_call_id),
+        _ => dial_accepted(&provider_call_id),
     }
-}
-
-fn accepted(provider_call_id: &str) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "callId": provider_call_id })),
-    )
-        .into_response()
 }
 
 /// The placed call: it lasts its duration (none when its report outruns the dial), then
@@ -1116,17 +1102,7 @@ async fn every_fault_at_once_breaks_no_invariant() {
         .send()
         .await
         .expect("shortening the queue's visibility timeout");
-    let queue_arn = env
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&env.queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes")
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("queue ARN");
+    let queue_arn = env.queue_arn().await;
 
     let crashes = Arc::new(Crashes::default());
     let provider = FakeProvider::start(settings.seed, crashes.clone()).await;

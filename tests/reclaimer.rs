@@ -11,10 +11,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::TestEnv;
 use ebra_reclaimer::{handle_scheduled_event, run_pass, ReclaimReport, ReclaimerState};
-use ebra_shared::domain::{CallOutcome, CallStatus, Metadata, PhoneNumber, ScriptId};
+use ebra_shared::domain::{CallOutcome, CallStatus};
 use ebra_shared::provider::DialResult;
-use ebra_shared::store::calls::{cancel_call, create_call, get_call, Changed, Created, NewCall};
-use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
+use ebra_shared::store::calls::{cancel_call, get_call, Changed};
+use ebra_shared::store::claim::ClaimedCall;
 use ebra_shared::store::dial::{record_dial, RetryPolicy};
 use ebra_shared::store::settle::{settle_from_webhook, ProviderReport};
 use ebra_shared::store::{sweep, Call, DialAttempt};
@@ -65,21 +65,7 @@ impl Reclaimer {
     }
 
     async fn create(&self, phone: &str, expires_at: Option<DateTime<Utc>>) -> Uuid {
-        let new = NewCall {
-            phone: PhoneNumber::parse(phone).expect("test phone"),
-            script_id: ScriptId::parse("welcome-v1").expect("script id"),
-            metadata: Metadata::empty(),
-            scheduled_at: None,
-            expires_at,
-            idempotency: None,
-        };
-        match create_call(&self.env.pool, &new, self.config.max_attempts)
-            .await
-            .expect("create")
-        {
-            Created::New { call, .. } => call.id,
-            other => panic!("expected a new call, got {other:?}"),
-        }
+        self.env.pending_call(&self.config, phone, expires_at).await
     }
 
     /// Claimed: IN_PROGRESS, its dial in flight (DIALING).
@@ -89,13 +75,7 @@ impl Reclaimer {
     }
 
     async fn claim(&self, id: Uuid) -> ClaimedCall {
-        match claim_call(&self.env.pool, id, self.config.global_concurrency, None)
-            .await
-            .expect("claim")
-        {
-            Claim::Claimed(claimed) => claimed,
-            other => panic!("expected a claim of {id}, got {other:?}"),
-        }
+        self.env.claim(&self.config, id).await
     }
 
     /// Claimed and dialed: IN_PROGRESS, its dial ACCEPTED as `provider_call_id`.
@@ -106,12 +86,9 @@ impl Reclaimer {
     }
 
     async fn accept(&self, claimed: &ClaimedCall, provider_call_id: &str) {
-        let accepted = DialResult::Accepted {
-            provider_call_id: provider_call_id.to_owned(),
-        };
-        record_dial(&self.env.pool, claimed, &accepted, &self.policy())
-            .await
-            .expect("record dial");
+        self.env
+            .record_accepted(&self.config, claimed, provider_call_id)
+            .await;
     }
 
     async fn call(&self, id: Uuid) -> (Call, Vec<DialAttempt>) {

@@ -12,11 +12,10 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use common::{TestEnv, WEBHOOK_SECRET};
-use ebra_shared::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
-use ebra_shared::provider::DialResult;
-use ebra_shared::store::calls::{create_call, get_call, Created, NewCall};
+use ebra_shared::domain::CallStatus;
+use ebra_shared::store::calls::get_call;
 use ebra_shared::store::claim::{claim_call, claim_calls, Claim, ClaimedCall};
-use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
+use ebra_shared::store::dial::{record_accepted_dials, DialRecorded, RetryPolicy};
 use ebra_shared::store::settle::Settlement;
 use ebra_shared::store::{sweep, Call, DialAttempt};
 use ebra_shared::webhook_signature::WebhookSecret;
@@ -68,47 +67,18 @@ impl Webhook {
     /// A call created and claimed: IN_PROGRESS, its dial not answered yet.
     async fn claimed_call(&self, phone: &str) -> ClaimedCall {
         let call_id = self.pending_call(phone).await;
-        match claim_call(
-            &self.env.pool,
-            call_id,
-            self.config.global_concurrency,
-            None,
-        )
-        .await
-        .expect("claim")
-        {
-            Claim::Claimed(claimed) => claimed,
-            other => panic!("expected a claim, got {other:?}"),
-        }
+        self.env.claim(&self.config, call_id).await
     }
 
     /// A PENDING call, due now (its message deliberately not sent).
     async fn pending_call(&self, phone: &str) -> Uuid {
-        let new = NewCall {
-            phone: PhoneNumber::parse(phone).expect("test phone"),
-            script_id: ScriptId::parse("welcome-v1").expect("script id"),
-            metadata: Metadata::empty(),
-            scheduled_at: None,
-            expires_at: None,
-            idempotency: None,
-        };
-        match create_call(&self.env.pool, &new, self.config.max_attempts)
-            .await
-            .expect("create")
-        {
-            Created::New { call, .. } => call.id,
-            other => panic!("expected a new call, got {other:?}"),
-        }
+        self.env.pending_call(&self.config, phone, None).await
     }
 
     async fn record_accepted(&self, claimed: &ClaimedCall, provider_call_id: &str) -> DialRecorded {
-        let accepted = DialResult::Accepted {
-            provider_call_id: provider_call_id.to_owned(),
-        };
-        let (recorded, _nudges) = record_dial(&self.env.pool, claimed, &accepted, &self.policy())
+        self.env
+            .record_accepted(&self.config, claimed, provider_call_id)
             .await
-            .expect("record dial");
-        recorded
     }
 
     async fn call(&self, id: Uuid) -> (Call, Vec<DialAttempt>) {

@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::TestEnv;
+use common::{dial_accepted, TestEnv};
 use ebra_shared::domain::{CallOutcome, CallStatus, DialRequest};
 use ebra_shared::provider::HttpProvider;
 use ebra_shared::queue::Enqueue;
@@ -107,13 +107,7 @@ impl FakeProvider {
         let router = Router::new()
             .route("/api/v1/calls", post(fake_dial))
             .with_state(book.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the fake provider");
-        let base_url = format!("http://{}", listener.local_addr().expect("local address"));
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("fake provider");
-        });
+        let (base_url, server) = common::serve_on_loopback(router).await;
         Self {
             base_url,
             book,
@@ -186,7 +180,7 @@ async fn fake_dial(
         });
         // Like a real provider: a key it has placed a call for gets that call back.
         if let Some(existing) = book.placed.get(&key) {
-            return accepted(existing);
+            return dial_accepted(existing);
         }
         let scripted = book.scripts.get_mut(&to).and_then(VecDeque::pop_front);
         scripted
@@ -202,7 +196,7 @@ async fn answer(book: &Mutex<ProviderBook>, key: &str, reply: Reply) -> Response
         match reply {
             Reply::Accept => {
                 let provider_call_id = book.lock().expect("provider book").place(key);
-                return accepted(&provider_call_id);
+                return dial_accepted(&provider_call_id);
             }
             Reply::Status(code) => {
                 let status = StatusCode::from_u16(code).expect("a status code");
@@ -219,7 +213,7 @@ async fn answer(book: &Mutex<ProviderBook>, key: &str, reply: Reply) -> Response
             Reply::PlaceThenStall(pause) => {
                 let provider_call_id = book.lock().expect("provider book").place(key);
                 tokio::time::sleep(pause).await;
-                return accepted(&provider_call_id);
+                return dial_accepted(&provider_call_id);
             }
             Reply::Slow { pause, then } => {
                 tokio::time::sleep(pause).await;
@@ -227,14 +221,6 @@ async fn answer(book: &Mutex<ProviderBook>, key: &str, reply: Reply) -> Response
             }
         }
     }
-}
-
-fn accepted(provider_call_id: &str) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "callId": provider_call_id })),
-    )
-        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -336,21 +322,6 @@ async fn send_dial_requests(env: &TestEnv, call_ids: &[Uuid]) {
         failed.is_empty(),
         "sending dial messages failed for {failed:?}"
     );
-}
-
-async fn queue_arn(env: &TestEnv) -> String {
-    let attributes = env
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&env.queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue attributes");
-    attributes
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("queue ARN")
 }
 
 /// What the event source mapping hands Lambda for a message SQS gave it.
@@ -874,7 +845,7 @@ async fn one_phone_never_has_two_calls_in_flight() {
         &provider,
         &[("GLOBAL_CONCURRENCY", "5"), ("WAIT_RECHECK_SECONDS", "1")],
     ));
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let shared_phone = "+14155550100";
     let mut call_ids = Vec::new();
     let mut shared_phone_calls = Vec::new();
@@ -946,7 +917,7 @@ async fn a_second_call_to_a_busy_phone_waits_and_is_dialed_when_the_phone_frees(
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[("WAIT_RECHECK_SECONDS", "300")]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let first = insert_call(&env, "+14155550111", -2.0).await;
     let second = insert_call(&env, "+14155550111", -1.0).await;
     send_dial_requests(&env, &[first, second]).await;
@@ -1000,7 +971,7 @@ async fn a_duplicate_delivery_of_an_in_flight_or_finished_call_does_not_dial_aga
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550122";
     let call = insert_call(&env, to, -1.0).await;
 
@@ -1054,7 +1025,7 @@ async fn a_transient_5xx_is_retried_after_the_backoff_then_completes() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[("BASE_RETRY_SECONDS", "1")]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550133";
     provider.script(to, [Reply::Status(503)]);
     let call = insert_call(&env, to, -1.0).await;
@@ -1116,7 +1087,7 @@ async fn a_permanent_4xx_fails_the_call_after_one_dial() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550144";
     provider.script(to, [Reply::Status(422)]);
     let call = insert_call(&env, to, -1.0).await;
@@ -1154,7 +1125,7 @@ async fn an_always_failing_provider_fails_the_call_after_exactly_max_attempts_di
     let provider = FakeProvider::start().await;
     provider.answer_everything_with(Reply::Status(500));
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550155";
     // insert_call gives every call max_attempts = 3.
     let call = insert_call(&env, to, -1.0).await;
@@ -1196,7 +1167,7 @@ async fn a_timed_out_dial_is_retried_with_the_same_idempotency_key() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[("DIAL_TIMEOUT_MS", "300")]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550166";
     // The provider places the call but answers too late: the worker cannot know it exists.
     provider.script(to, [Reply::PlaceThenStall(Duration::from_secs(2))]);
@@ -1268,7 +1239,7 @@ async fn a_rate_limited_dial_waits_at_least_retry_after() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[("BASE_RETRY_SECONDS", "0")]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550177";
     provider.script(
         to,
@@ -1317,7 +1288,7 @@ async fn a_message_that_waits_for_its_phone_50_times_is_still_delivered_never_de
         &provider,
         &[("GLOBAL_CONCURRENCY", "1"), ("WAIT_RECHECK_SECONDS", "1")],
     );
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let threshold = recycle_threshold(state.config.max_receive_count);
     assert!(threshold < common::MAX_RECEIVE_COUNT);
 
@@ -1398,7 +1369,7 @@ async fn a_batch_hides_each_waiting_message_for_its_own_wait() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let soon = insert_call(&env, "+14155550411", 2.0).await;
     let later = insert_call(&env, "+14155550412", 600.0).await;
     let now = insert_call(&env, "+14155550413", -1.0).await;
@@ -1439,7 +1410,7 @@ async fn a_long_wait_is_recycled_into_a_fresh_message_before_it_nears_the_dlq() 
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     // Scheduled two hours out: longer than any single DelaySeconds.
     let call = insert_call(&env, "+14155550211", 7200.0).await;
     send_dial_requests(&env, &[call]).await;
@@ -1519,7 +1490,7 @@ async fn a_poison_message_is_returned_until_the_dlq_takes_it() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     env.sqs
         .send_message()
         .queue_url(&env.queue_url)
@@ -1566,7 +1537,7 @@ async fn a_database_error_returns_the_message_shortly() {
         pool: unreachable,
         ..worker(&env, &provider, &[])
     };
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let call = insert_call(&env, "+14155550222", -1.0).await;
 
     let outcome = deliver_new_message(&env, &state, &arn, call).await;
@@ -1659,7 +1630,7 @@ async fn the_outbox_mark_is_cleared_on_first_receipt() {
         &provider,
         &[("GLOBAL_CONCURRENCY", "1"), ("WAIT_RECHECK_SECONDS", "300")],
     );
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let dialed = insert_call(&env, "+14155550255", -1.0).await;
     let waiting = insert_call(&env, "+14155550266", -1.0).await;
     let scheduled = insert_call(&env, "+14155550277", 3600.0).await;
@@ -1709,7 +1680,7 @@ async fn a_slot_freed_by_a_failed_dial_nudges_the_oldest_waiting_call() {
         &provider,
         &[("GLOBAL_CONCURRENCY", "1"), ("WAIT_RECHECK_SECONDS", "300")],
     );
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let holder_to = "+14155550288";
     provider.script(
         holder_to,
@@ -1800,7 +1771,7 @@ async fn every_log_line_of_a_dial_names_the_call_and_the_attempt() {
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
     let state = worker(&env, &provider, &[]);
-    let arn = queue_arn(&env).await;
+    let arn = env.queue_arn().await;
     let to = "+14155550311";
     provider.script(to, [Reply::Status(503)]);
     let call = insert_call(&env, to, -1.0).await;

@@ -13,7 +13,16 @@ use std::time::Duration;
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::QueueAttributeName;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use ebra_shared::domain::{Metadata, PhoneNumber, ScriptId};
+use ebra_shared::provider::DialResult;
 use ebra_shared::queue::CallsQueue;
+use ebra_shared::store::calls::{create_call, Created, NewCall};
+use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
+use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::Pool;
 use ebra_shared::Config;
 use uuid::Uuid;
@@ -153,6 +162,66 @@ impl TestEnv {
         }
     }
 
+    /// The calls queue's ARN (what Lambda's event source mapping puts in each record).
+    pub async fn queue_arn(&self) -> String {
+        queue_arn(&self.sqs, &self.queue_url)
+            .await
+            .expect("the calls queue's ARN")
+    }
+
+    /// A PENDING call to `phone`, due now (or expiring at `expires_at`), created as the API
+    /// creates one, with its message deliberately not sent: its outbox mark stays set.
+    pub async fn pending_call(
+        &self,
+        config: &Config,
+        phone: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Uuid {
+        let new = NewCall {
+            phone: PhoneNumber::parse(phone).expect("test phone"),
+            script_id: ScriptId::parse("welcome-v1").expect("script id"),
+            metadata: Metadata::empty(),
+            scheduled_at: None,
+            expires_at,
+            idempotency: None,
+        };
+        match create_call(&self.pool, &new, config.max_attempts)
+            .await
+            .expect("create")
+        {
+            Created::New { call, .. } => call.id,
+            other => panic!("expected a new call, got {other:?}"),
+        }
+    }
+
+    /// Claims `id` as the worker would: IN_PROGRESS, holding a slot, its dial not answered.
+    pub async fn claim(&self, config: &Config, id: Uuid) -> ClaimedCall {
+        match claim_call(&self.pool, id, config.global_concurrency, None)
+            .await
+            .expect("claim")
+        {
+            Claim::Claimed(claimed) => claimed,
+            other => panic!("expected a claim of {id}, got {other:?}"),
+        }
+    }
+
+    /// Records a claimed call's dial as accepted by the provider as `provider_call_id`.
+    pub async fn record_accepted(
+        &self,
+        config: &Config,
+        claimed: &ClaimedCall,
+        provider_call_id: &str,
+    ) -> DialRecorded {
+        let accepted = DialResult::Accepted {
+            provider_call_id: provider_call_id.to_owned(),
+        };
+        let (recorded, _nudges) =
+            record_dial(&self.pool, claimed, &accepted, &RetryPolicy::from(config))
+                .await
+                .expect("record dial");
+        recorded
+    }
+
     /// One SQL query's first column as i64 (count helpers in tests).
     pub async fn count(&self, sql: &str) -> i64 {
         let client = self.pool.get().await.expect("pool");
@@ -223,17 +292,7 @@ pub async fn create_queues(
     .map_err(|_| "timed out".to_owned())?
     .map_err(describe)?;
     let dlq_url = dlq.queue_url.ok_or("no DLQ url")?;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(describe)?;
-    let dlq_arn = attrs
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .ok_or("no DLQ arn")?;
+    let dlq_arn = queue_arn(sqs, &dlq_url).await?;
     let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT.to_string()}).to_string();
     let queue = sqs
         .create_queue()
@@ -247,6 +306,45 @@ pub async fn create_queues(
         .await
         .map_err(describe)?;
     Ok((queue.queue_url.ok_or("no queue url")?, dlq_url))
+}
+
+/// A queue's ARN, from its attributes.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, String> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(describe)?;
+    attributes
+        .attributes
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .ok_or_else(|| format!("{url} has no QueueArn attribute"))
+}
+
+/// Serves `router` on 127.0.0.1 at a free port (a fake provider, a webhook listener):
+/// its base URL, and the server's task (abort it to stop).
+pub async fn serve_on_loopback(router: Router) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback listener");
+    let base_url = format!("http://{}", listener.local_addr().expect("local address"));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .await
+            .expect("loopback server");
+    });
+    (base_url, server)
+}
+
+/// A provider's answer to a dial it placed (or had placed for the same key).
+pub fn dial_accepted(provider_call_id: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "callId": provider_call_id })),
+    )
+        .into_response()
 }
 
 /// An SDK error with its causes, for the harness's messages (generic: each operation has
