@@ -486,10 +486,10 @@ async fn dial_claimed(
         let dials: Vec<(&ClaimedCall, &str)> =
             accepted.iter().map(|(_, c, id)| (*c, *id)).collect();
         match with_record_retries(|| record_accepted_dials(&state.pool, &dials, &policy)).await {
-            Ok((recorded, _)) => {
+            Ok((recorded, retried)) => {
                 let mut outcomes = Vec::with_capacity(recorded.len());
                 for ((delivery, call, _), (recorded, nudges)) in accepted.iter().zip(recorded) {
-                    let outcome = conclude(state, delivery, call, recorded, nudges, false)
+                    let outcome = conclude(state, delivery, call, recorded, nudges, retried)
                         .instrument(delivery.span.clone())
                         .await;
                     outcomes.push((delivery.index, outcome));
@@ -499,38 +499,43 @@ async fn dial_claimed(
             Err(error) => accepted
                 .iter()
                 .map(|(delivery, _, _)| {
-                    delivery.span.in_scope(|| tracing::error!(error = %error, "the dial's result could not be recorded; the reclaimer will retry it with the same key"));
                     (
                         delivery.index,
-                        MessageOutcome::Unrecorded {
-                            error: error.to_string(),
-                        },
+                        delivery.span.in_scope(|| unrecorded(&error)),
                     )
                 })
                 .collect(),
         }
     };
-    let other_outcomes = futures::future::join_all(others.into_iter().map(|(delivery, call, result)| {
-        let policy = &policy;
-        async move {
-            let outcome = match with_record_retries(|| record_dial(&state.pool, call, result, policy)).await {
-                Ok(((recorded, nudges), retried)) => {
-                    conclude(state, delivery, call, recorded, nudges, retried).await
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "the dial's result could not be recorded; the reclaimer will retry it with the same key");
-                    MessageOutcome::Unrecorded {
-                        error: error.to_string(),
-                    }
-                }
-            };
-            (delivery.index, outcome)
-        }
-        .instrument(delivery.span.clone())
-    }));
+    let other_outcomes =
+        futures::future::join_all(others.into_iter().map(|(delivery, call, result)| {
+            let policy = &policy;
+            async move {
+                let outcome =
+                    match with_record_retries(|| record_dial(&state.pool, call, result, policy))
+                        .await
+                    {
+                        Ok(((recorded, nudges), retried)) => {
+                            conclude(state, delivery, call, recorded, nudges, retried).await
+                        }
+                        Err(error) => unrecorded(&error),
+                    };
+                (delivery.index, outcome)
+            }
+            .instrument(delivery.span.clone())
+        }));
     let (mut outcomes, others) = tokio::join!(accepted_outcomes, other_outcomes);
     outcomes.extend(others);
     outcomes
+}
+
+/// A dial whose result could not be recorded: its call stays IN_PROGRESS (DIALING) until the
+/// reclaimer redials it with the same key.
+fn unrecorded(error: &StoreError) -> MessageOutcome {
+    tracing::error!(error = %error, "the dial's result could not be recorded; the reclaimer will retry it with the same key");
+    MessageOutcome::Unrecorded {
+        error: error.to_string(),
+    }
 }
 
 /// Dials one claimed call, logging what the provider answered.

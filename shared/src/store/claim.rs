@@ -222,16 +222,8 @@ pub async fn claim_calls(
             &[&ids, &attempt_ids, &(cap as i32)],
         )
         .await?;
-        let mut outcome: HashMap<Uuid, &Row> = HashMap::with_capacity(taken.len());
-        for row in &taken {
-            outcome.insert(row.try_get("id")?, row);
-        }
-        for (index, call_id, phone) in candidates {
-            let Some(row) = outcome.get(&call_id) else {
-                return Err(super::StoreError::Corrupt(format!(
-                    "claiming call {call_id} returned no answer for it"
-                )));
-            };
+        // The statement's three writes must agree (every row carries the same counts).
+        if let Some(row) = taken.first() {
             let counts: [i64; 3] = [
                 row.try_get("slots_taken")?,
                 row.try_get("started")?,
@@ -243,6 +235,17 @@ pub async fn claim_calls(
                     counts[0], counts[1], counts[2]
                 )));
             }
+        }
+        let mut outcome: HashMap<Uuid, &Row> = HashMap::with_capacity(taken.len());
+        for row in &taken {
+            outcome.insert(row.try_get("id")?, row);
+        }
+        for (index, call_id, phone) in candidates {
+            let Some(row) = outcome.get(&call_id) else {
+                return Err(super::StoreError::Corrupt(format!(
+                    "claiming call {call_id} returned no answer for it"
+                )));
+            };
             if row.try_get::<_, bool>("phone_busy")? {
                 settle_marks.push(call_id);
                 claims[index] = Some(Claim::PhoneBusy);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::claim::ClaimedCall;
-use super::settle::{apply_held_reports, lock_provider_call, lock_provider_calls, Settlement};
+use super::settle::{apply_held_reports, lock_provider_calls, Settlement};
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
@@ -65,7 +65,14 @@ pub async fn record_dial(
     let tx = client.transaction().await?;
     let outcome = match result {
         DialResult::Accepted { provider_call_id } => {
-            record_accepted(&tx, claimed, provider_call_id, policy).await?
+            let mut recorded =
+                record_accepted_in(&tx, &[(claimed, provider_call_id.as_str())], policy).await?;
+            recorded.pop().ok_or_else(|| {
+                super::StoreError::Corrupt(format!(
+                    "recording call {}'s accepted dial answered nothing",
+                    claimed.call_id
+                ))
+            })?
         }
         DialResult::Retryable {
             error,
@@ -106,14 +113,26 @@ pub async fn record_accepted_dials(
     }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let recorded = record_accepted_in(&tx, accepted, policy).await?;
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// [`record_accepted_dials`] inside the caller's transaction ([`record_dial`] uses it for
+/// a batch of one).
+async fn record_accepted_in(
+    tx: &Transaction<'_>,
+    accepted: &[(&ClaimedCall, &str)],
+    policy: &RetryPolicy,
+) -> StoreResult<Vec<(DialRecorded, Vec<Enqueue>)>> {
     let mut provider_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
     provider_ids.sort_unstable();
     provider_ids.dedup();
-    lock_provider_calls(&tx, &provider_ids).await?;
+    lock_provider_calls(tx, &provider_ids).await?;
     let mut call_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.call_id).collect();
     call_ids.sort_unstable();
     execute(
-        &tx,
+        tx,
         "SELECT 1 FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         &[&call_ids],
     )
@@ -123,7 +142,7 @@ pub async fn record_accepted_dials(
     // Held webhooks are looked for after the locks, so either a webhook's transaction saw
     // these ids, or this one sees its report.
     let held = query(
-        &tx,
+        tx,
         "WITH accepted AS ( \
              UPDATE call_attempts a SET dial_state = 'ACCEPTED', provider_call_id = d.provider_call_id, \
                     dialed_at = now(), error = NULL \
@@ -141,8 +160,7 @@ pub async fn record_accepted_dials(
     let mut recorded = Vec::with_capacity(accepted.len());
     for (_, provider_call_id) in accepted {
         if held.contains(*provider_call_id) {
-            let (early_webhooks, nudges) =
-                apply_held_reports(&tx, provider_call_id, policy).await?;
+            let (early_webhooks, nudges) = apply_held_reports(tx, provider_call_id, policy).await?;
             recorded.push((DialRecorded::Dialed { early_webhooks }, nudges));
         } else {
             recorded.push((
@@ -153,35 +171,7 @@ pub async fn record_accepted_dials(
             ));
         }
     }
-    tx.commit().await?;
     Ok(recorded)
-}
-
-async fn record_accepted(
-    tx: &Transaction<'_>,
-    claimed: &ClaimedCall,
-    provider_call_id: &str,
-    policy: &RetryPolicy,
-) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
-    // Serialises with a webhook for the same provider call: either it sees our id, or we
-    // see its held report.
-    lock_provider_call(tx, provider_call_id).await?;
-    // Lock order everywhere: the call's row, then its attempts and slot.
-    execute(
-        tx,
-        "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE",
-        &[&claimed.call_id],
-    )
-    .await?;
-    execute(
-        tx,
-        "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, dialed_at = now(), error = NULL \
-          WHERE id = $1",
-        &[&claimed.attempt_id, &provider_call_id],
-    )
-    .await?;
-    let (early_webhooks, nudges) = apply_held_reports(tx, provider_call_id, policy).await?;
-    Ok((DialRecorded::Dialed { early_webhooks }, nudges))
 }
 
 async fn record_failure(

@@ -71,17 +71,12 @@ pub(crate) async fn lock_provider_calls(
     Ok(())
 }
 
+/// Serialises everything done about one provider call (its webhooks, recording its dial).
 pub(crate) async fn lock_provider_call(
     tx: &Transaction<'_>,
     provider_call_id: &str,
 ) -> StoreResult<()> {
-    execute(
-        tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended('provider-call:' || $1, 0))",
-        &[&provider_call_id],
-    )
-    .await?;
-    Ok(())
+    lock_provider_calls(tx, &[provider_call_id]).await
 }
 
 /// Stores and applies one webhook. Returns what it did and messages to send after commit
