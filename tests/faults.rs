@@ -809,18 +809,8 @@ async fn poll_queue(run: Arc<Run>, worker: Arc<WorkerState>, mut rng: StdRng) {
                 continue;
             }
         };
-        let failed: HashSet<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        let deletes = messages.iter().filter_map(|m| {
-            let id = m.message_id()?;
-            let receipt_handle = m.receipt_handle()?;
-            (!failed.contains(id)).then(|| run.queue.delete(receipt_handle))
-        });
         // A failed delete only means one more (harmless) delivery.
-        let _ = futures::future::join_all(deletes).await;
+        ebra::local::delete_succeeded(&run.queue, &messages, &response).await;
     }
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use common::{TestEnv, WEBHOOK_SECRET};
 use ebra_shared::domain::CallStatus;
 use ebra_shared::store::calls::get_call;
-use ebra_shared::store::claim::{claim_call, claim_calls, Claim, ClaimedCall};
+use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
 use ebra_shared::store::dial::{record_accepted_dials, DialRecorded, RetryPolicy};
 use ebra_shared::store::settle::Settlement;
 use ebra_shared::store::{sweep, Call, DialAttempt};
@@ -934,67 +934,6 @@ async fn a_freed_slot_nudges_the_oldest_waiting_call() {
         claim_call(&hook.env.pool, oldest, 1, None).await.unwrap(),
         Claim::Claimed(_)
     ));
-}
-
-#[tokio::test]
-async fn one_batch_claims_in_order_within_the_cap_and_never_two_calls_to_one_phone() {
-    let hook = Webhook::new(&[("GLOBAL_CONCURRENCY", "3")]).await;
-    let first = hook.pending_call("+14155550131").await;
-    let same_phone = hook.pending_call("+14155550131").await;
-    let second = hook.pending_call("+14155550132").await;
-    let third = hook.pending_call("+14155550133").await;
-    let no_slot = hook.pending_call("+14155550134").await;
-    let missing = Uuid::now_v7();
-
-    let claims = claim_calls(
-        &hook.env.pool,
-        &[first, same_phone, second, first, missing, third, no_slot],
-        3,
-        None,
-    )
-    .await
-    .expect("batch claim");
-    let kinds: Vec<String> = claims
-        .iter()
-        .map(|claim| match claim {
-            Claim::Claimed(claimed) => format!("claimed slot {}", claimed.slot_no),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "claimed slot 1",
-            "PhoneBusy",
-            "claimed slot 2",
-            "Duplicate",
-            "Unknown",
-            "claimed slot 3",
-            "NoFreeSlot"
-        ]
-    );
-    assert_eq!(
-        hook.env
-            .count("SELECT count(*) FROM calls WHERE status = 'IN_PROGRESS'")
-            .await,
-        3
-    );
-    assert_eq!(
-        hook.env.count("SELECT count(*) FROM call_attempts").await,
-        3,
-        "one attempt per claimed call"
-    );
-    for call in [same_phone, no_slot] {
-        assert_eq!(hook.call(call).await.0.status, CallStatus::Pending);
-    }
-    // The same batch again: nothing more can go.
-    let again = claim_calls(&hook.env.pool, &[same_phone, no_slot], 3, None)
-        .await
-        .expect("batch claim");
-    assert!(
-        matches!(again[..], [Claim::PhoneBusy, Claim::NoFreeSlot]),
-        "{again:?}"
-    );
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use common::{dial_accepted, TestEnv};
 use ebra_shared::domain::{CallOutcome, CallStatus, DialRequest};
 use ebra_shared::provider::HttpProvider;
 use ebra_shared::queue::Enqueue;
+use ebra_shared::store::claim::{claim_calls, Claim};
 use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::{settle_from_webhook, ProviderReport, Settlement};
 use ebra_shared::store::slots::slots_in_use;
@@ -324,24 +325,6 @@ async fn send_dial_requests(env: &TestEnv, call_ids: &[Uuid]) {
     );
 }
 
-/// What the event source mapping hands Lambda for a message SQS gave it.
-fn lambda_message(message: &aws_sdk_sqs::types::Message, queue_arn: &str) -> SqsMessage {
-    let mut lambda = SqsMessage::default();
-    lambda.message_id = message.message_id.clone();
-    lambda.receipt_handle = message.receipt_handle.clone();
-    lambda.body = message.body.clone();
-    lambda.md5_of_body = message.md5_of_body.clone();
-    for (name, value) in message.attributes().into_iter().flatten() {
-        lambda
-            .attributes
-            .insert(name.as_str().to_owned(), value.clone());
-    }
-    lambda.event_source = Some("aws:sqs".to_owned());
-    lambda.event_source_arn = Some(queue_arn.to_owned());
-    lambda.aws_region = Some("us-east-1".to_owned());
-    lambda
-}
-
 /// A message that never went through SQS, for where the receive is not the point.
 fn handmade_message(body: &str, receive_count: u32) -> SqsMessage {
     let mut message = SqsMessage::default();
@@ -377,7 +360,7 @@ async fn receive(env: &TestEnv, arn: &str, within: Duration) -> Vec<SqsMessage> 
     loop {
         let messages = env.queue.receive(Duration::ZERO).await.expect("receiving");
         if !messages.is_empty() || Instant::now() >= deadline {
-            return messages.iter().map(|m| lambda_message(m, arn)).collect();
+            return ebra::local::sqs_event(&messages, arn).records;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -427,19 +410,23 @@ async fn deliver(env: &TestEnv, state: &WorkerState, message: &SqsMessage) -> Me
 
 async fn acknowledge(env: &TestEnv, message: &SqsMessage) {
     let receipt_handle = message.receipt_handle.as_deref().expect("a receipt handle");
-    env.queue
-        .delete(receipt_handle)
-        .await
-        .expect("deleting a message");
+    assert_eq!(
+        env.queue.delete_all(&[receipt_handle]).await,
+        0,
+        "deleting a message"
+    );
 }
 
 /// Time passing in a test: a hidden message becomes visible now.
 async fn make_visible(env: &TestEnv, message: &SqsMessage) {
     let receipt_handle = message.receipt_handle.as_deref().expect("a receipt handle");
-    env.queue
-        .change_visibility(receipt_handle, Duration::ZERO)
-        .await
-        .expect("changing visibility");
+    assert_eq!(
+        env.queue
+            .change_visibility_all(&[(receipt_handle, Duration::ZERO)])
+            .await,
+        0,
+        "changing a message's visibility"
+    );
 }
 
 /// Sends a message for the call, receives it and processes it.
@@ -669,7 +656,7 @@ fn event_source_mapping(
     (0..invocations)
         .map(|_| {
             let (state, arn, stop) = (state.clone(), arn.clone(), stop.clone());
-            let (queue, sqs, url) = (env.queue.clone(), env.sqs.clone(), env.queue_url.clone());
+            let queue = env.queue.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let received = queue
@@ -679,37 +666,13 @@ fn event_source_mapping(
                     if received.is_empty() {
                         continue;
                     }
-                    let mut event = SqsEvent::default();
-                    event.records = received.iter().map(|m| lambda_message(m, &arn)).collect();
-                    let response = handle_batch(&state, event.clone()).await;
-                    let returned: Vec<&str> = response
-                        .batch_item_failures
-                        .iter()
-                        .map(|f| f.item_identifier.as_str())
-                        .collect();
-                    let done: Vec<DeleteMessageBatchRequestEntry> = event
-                        .records
-                        .iter()
-                        .filter(|m| {
-                            !returned.contains(&m.message_id.as_deref().unwrap_or_default())
-                        })
-                        .enumerate()
-                        .map(|(i, m)| {
-                            DeleteMessageBatchRequestEntry::builder()
-                                .id(i.to_string())
-                                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                                .build()
-                                .expect("delete entry")
-                        })
-                        .collect();
-                    if !done.is_empty() {
-                        sqs.delete_message_batch()
-                            .queue_url(&url)
-                            .set_entries(Some(done))
-                            .send()
-                            .await
-                            .expect("deleting");
-                    }
+                    let event = ebra::local::sqs_event(&received, &arn);
+                    let response = handle_batch(&state, event).await;
+                    assert_eq!(
+                        ebra::local::delete_succeeded(&queue, &received, &response).await,
+                        0,
+                        "deleting the processed messages"
+                    );
                 }
             })
         })
@@ -1283,11 +1246,7 @@ async fn a_message_that_waits_for_its_phone_50_times_is_still_delivered_never_de
     const WAITS: usize = 50;
     let env = TestEnv::new().await;
     let provider = FakeProvider::start().await;
-    let state = worker(
-        &env,
-        &provider,
-        &[("GLOBAL_CONCURRENCY", "1"), ("WAIT_RECHECK_SECONDS", "1")],
-    );
+    let state = worker(&env, &provider, &[("WAIT_RECHECK_SECONDS", "1")]);
     let arn = env.queue_arn().await;
     let threshold = recycle_threshold(state.config.max_receive_count);
     assert!(threshold < common::MAX_RECEIVE_COUNT);
@@ -1402,6 +1361,66 @@ async fn a_batch_hides_each_waiting_message_for_its_own_wait() {
     assert!(
         receive(&env, &arn, Duration::from_secs(1)).await.is_empty(),
         "the call due in ten minutes stays hidden"
+    );
+}
+
+#[tokio::test]
+async fn one_batch_claims_in_order_within_the_cap_and_never_two_calls_to_one_phone() {
+    let env = TestEnv::new().await;
+    let first = insert_call(&env, "+14155550131", -1.0).await;
+    let same_phone = insert_call(&env, "+14155550131", -1.0).await;
+    let second = insert_call(&env, "+14155550132", -1.0).await;
+    let third = insert_call(&env, "+14155550133", -1.0).await;
+    let no_slot = insert_call(&env, "+14155550134", -1.0).await;
+    let missing = Uuid::now_v7();
+
+    let claims = claim_calls(
+        &env.pool,
+        &[first, same_phone, second, first, missing, third, no_slot],
+        3,
+        None,
+    )
+    .await
+    .expect("batch claim");
+    let kinds: Vec<String> = claims
+        .iter()
+        .map(|claim| match claim {
+            Claim::Claimed(claimed) => format!("claimed slot {}", claimed.slot_no),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "claimed slot 1",
+            "PhoneBusy",
+            "claimed slot 2",
+            "Duplicate",
+            "Unknown",
+            "claimed slot 3",
+            "NoFreeSlot"
+        ]
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM calls WHERE status = 'IN_PROGRESS'")
+            .await,
+        3
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM call_attempts").await,
+        3,
+        "one attempt per claimed call"
+    );
+    for call in [same_phone, no_slot] {
+        assert_eq!(call_row(&env, call).await.status, "PENDING");
+    }
+    // The same batch again: nothing more can go.
+    let again = claim_calls(&env.pool, &[same_phone, no_slot], 3, None)
+        .await
+        .expect("batch claim");
+    assert!(
+        matches!(again[..], [Claim::PhoneBusy, Claim::NoFreeSlot]),
+        "{again:?}"
     );
 }
 

@@ -129,24 +129,6 @@ impl CallsQueue {
         }
     }
 
-    /// Hides a received message for `delay` (capped at SQS's 12 hours).
-    pub async fn change_visibility(
-        &self,
-        receipt_handle: &str,
-        delay: Duration,
-    ) -> anyhow::Result<()> {
-        let seconds = delay.min(MAX_VISIBILITY).as_secs() as i32;
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
-            .visibility_timeout(seconds)
-            .send()
-            .await
-            .context("changing a message's visibility")?;
-        Ok(())
-    }
-
     /// Hides many received messages, each for its own time (capped at 12 hours), ten per
     /// `ChangeMessageVisibilityBatch` request. Returns how many could not be changed (they
     /// come back after the queue's visibility timeout); failures are logged.
@@ -231,17 +213,6 @@ impl CallsQueue {
         .boxed()
         .await
         .len()
-    }
-
-    pub async fn delete(&self, receipt_handle: &str) -> anyhow::Result<()> {
-        self.client
-            .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(receipt_handle)
-            .send()
-            .await
-            .context("deleting a message")?;
-        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ebra_shared::queue::CallsQueue;
 use tokio::sync::{watch, Semaphore};
 
@@ -68,18 +68,7 @@ impl EventSourceMapping {
             tokio::spawn(async move {
                 let _permit = permit;
                 let response = ebra_worker::handle_batch(&worker, event).await;
-                let failed: HashSet<&str> = response
-                    .batch_item_failures
-                    .iter()
-                    .map(|f| f.item_identifier.as_str())
-                    .collect();
-                // What succeeded is deleted together, as Lambda's poller does.
-                let succeeded: Vec<&str> = messages
-                    .iter()
-                    .filter(|m| !m.message_id().is_some_and(|id| failed.contains(id)))
-                    .filter_map(|m| m.receipt_handle())
-                    .collect();
-                let not_deleted = queue.delete_all(&succeeded).await;
+                let not_deleted = delete_succeeded(&queue, &messages, &response).await;
                 if not_deleted > 0 {
                     tracing::warn!(
                         not_deleted,
@@ -89,6 +78,27 @@ impl EventSourceMapping {
             });
         }
     }
+}
+
+/// What Lambda's poller does after an invocation: deletes, ten per `DeleteMessageBatch`,
+/// the received messages the handler did not report as batch item failures. Returns how
+/// many could not be deleted (they come back after their visibility timeout).
+pub async fn delete_succeeded(
+    queue: &CallsQueue,
+    messages: &[aws_sdk_sqs::types::Message],
+    response: &SqsBatchResponse,
+) -> usize {
+    let failed: HashSet<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    let succeeded: Vec<&str> = messages
+        .iter()
+        .filter(|m| !m.message_id().is_some_and(|id| failed.contains(id)))
+        .filter_map(|m| m.receipt_handle())
+        .collect();
+    queue.delete_all(&succeeded).await
 }
 
 /// The event Lambda would deliver for these received messages.

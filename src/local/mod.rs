@@ -5,7 +5,7 @@ mod postgres;
 mod sqs;
 mod stack;
 
-pub use event_source::{sqs_event, EventSourceMapping};
+pub use event_source::{delete_succeeded, sqs_event, EventSourceMapping};
 pub use postgres::LocalPostgres;
 pub use sqs::{ensure_queues, local_sqs_client, LocalSqs};
 pub use stack::{run_dev, serve_until_stopped, DevOptions};
