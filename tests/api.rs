@@ -198,6 +198,14 @@ impl Api {
         self.call(Method::GET, path).await
     }
 
+    /// Cancels a PENDING call (asserting the 200).
+    async fn cancel(&self, id: &str) {
+        let reply = self
+            .call(Method::POST, &format!("/calls/{id}/cancel"))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+
     /// Creates a call and returns it (asserting the 201).
     async fn create(&self, body: Value) -> Value {
         let reply = self.call_json(Method::POST, "/calls", &body).await;
@@ -965,12 +973,7 @@ async fn patch_of_a_call_no_longer_pending_is_a_conflict() {
     );
 
     let canceled = id_of(&api.create(valid_call()).await);
-    assert_eq!(
-        api.call(Method::POST, &format!("/calls/{canceled}/cancel"))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    api.cancel(&canceled).await;
     api.call_json(
         Method::PATCH,
         &format!("/calls/{canceled}"),
@@ -1233,12 +1236,7 @@ async fn list_total_stops_counting_at_ten_thousand() {
         )
         .await;
     let canceled = id_of(&api.create(valid_call()).await);
-    assert_eq!(
-        api.call(Method::POST, &format!("/calls/{canceled}/cancel"))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    api.cancel(&canceled).await;
 
     let all = api.get("/calls?pageSize=1").await.json();
     assert_eq!(all["total"], 10_000, "counting stops at the limit");
@@ -1267,12 +1265,7 @@ async fn list_filters_by_status() {
         ids.push(id_of(&api.create(valid_call()).await));
     }
     for id in &ids[1..3] {
-        assert_eq!(
-            api.call(Method::POST, &format!("/calls/{id}/cancel"))
-                .await
-                .status,
-            StatusCode::OK
-        );
+        api.cancel(id).await;
     }
     let canceled = api.get("/calls?status=CANCELED").await.json();
     assert_eq!(canceled["total"], 2);
