@@ -1202,7 +1202,12 @@ async fn every_fault_at_once_breaks_no_invariant() {
     }
     loops.push(tokio::spawn(reclaim_on_a_timer(
         run.clone(),
-        ReclaimerState::new(pool(2), env.queue.clone(), config.clone()),
+        ReclaimerState::new(
+            pool(2),
+            env.queue.clone(),
+            common::generic_provider(),
+            config.clone(),
+        ),
     )));
     let next = Arc::new(AtomicUsize::new(0));
     let creators: Vec<JoinHandle<()>> = (0..CREATORS)

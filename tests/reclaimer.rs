@@ -16,7 +16,7 @@ use ebra_shared::provider::DialResult;
 use ebra_shared::store::calls::{cancel_call, get_call, Changed};
 use ebra_shared::store::claim::ClaimedCall;
 use ebra_shared::store::dial::{record_dial, RetryPolicy};
-use ebra_shared::store::settle::{settle_from_webhook, ProviderReport};
+use ebra_shared::store::settle::settle_from_webhook;
 use ebra_shared::store::{sweep, Call, DialAttempt};
 use ebra_shared::Config;
 use futures::StreamExt as _;
@@ -37,6 +37,7 @@ impl Reclaimer {
         let state = ReclaimerState::new(
             env.pool.clone(),
             env.queue.clone(),
+            common::generic_provider(),
             Arc::new(config.clone()),
         );
         Self { env, config, state }
@@ -47,6 +48,7 @@ impl Reclaimer {
         ReclaimerState::new(
             self.env.pool.clone(),
             self.env.queue.clone(),
+            common::generic_provider(),
             Arc::new(self.env.config(overrides)),
         )
     }
@@ -329,6 +331,7 @@ async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
     let broken = ReclaimerState::new(
         r.env.pool.clone(),
         r.env.broken_queue(),
+        common::generic_provider(),
         Arc::new(r.config.clone()),
     );
     let failed = run_pass(&broken).await.unwrap();
@@ -358,13 +361,13 @@ async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
     assert_eq!(r.pass().await.outbox_resent, 0);
 
     // The worker takes it: the slot frees (the provider reports the other call), it claims.
-    let report = ProviderReport {
-        webhook_id: "msg_holding".to_owned(),
-        provider_call_id: "pc-holding".to_owned(),
-        status: CallOutcome::Completed,
-        duration_sec: Some(3),
-        completed_at: None,
-    };
+    let report = common::generic_report(
+        "msg_holding".to_owned(),
+        "pc-holding".to_owned(),
+        CallOutcome::Completed,
+        Some(3),
+        None,
+    );
     settle_from_webhook(&r.env.pool, &report, &r.policy())
         .await
         .unwrap();
@@ -565,7 +568,8 @@ async fn a_pass_logs_one_reclaimer_pass_line_and_returns_its_counts() {
     // The Lambda's response: the same counts, camelCase.
     assert_eq!(
         serde_json::to_value(&report).unwrap(),
-        json!({"staleRetried": 0, "staleFailed": 1, "expired": 0, "outboxResent": 0, "nudged": line["nudged"],
+        json!({"staleRetried": 0, "staleFailed": 1, "settledByLookup": 0, "stillLive": 0,
+               "lookupUndecided": 0, "expired": 0, "outboxResent": 0, "nudged": line["nudged"],
                "sendFailures": 0, "inProgress": 1, "cap": 4})
     );
 }

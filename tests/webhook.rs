@@ -438,7 +438,7 @@ async fn a_rotated_secret_accepts_the_new_and_the_old_key() {
 }
 
 #[tokio::test]
-async fn bodies_over_64_kib_are_refused_before_verification() {
+async fn bodies_over_the_limit_are_refused_before_verification() {
     let hook = Webhook::new(&[]).await;
     let dialed = hook.dialed_call("+14155550105", "pc-large").await;
     let before = hook.snapshot().await;
@@ -467,7 +467,9 @@ async fn bodies_over_64_kib_are_refused_before_verification() {
     assert_problem(&hook.post(declared).await, StatusCode::PAYLOAD_TOO_LARGE);
     // Unsigned and huge: still 413 (the size is checked first, so no HMAC is spent on it).
     assert_problem(
-        &hook.post(request(&[], vec![b'x'; 1024 * 1024])).await,
+        &hook
+            .post(request(&[], vec![b'x'; 4 * MAX_BODY_BYTES]))
+            .await,
         StatusCode::PAYLOAD_TOO_LARGE,
     );
     assert_eq!(hook.snapshot().await, before);
@@ -739,10 +741,14 @@ async fn a_late_webhook_for_a_reclaimed_attempt_never_touches_the_next_one() {
             first.call_id
         ))
         .await;
-    let (reclaimed, _) =
-        sweep::reclaim_stale_calls(&hook.env.pool, Duration::from_secs(60), &hook.policy())
-            .await
-            .unwrap();
+    let (reclaimed, _) = sweep::reclaim_stale_calls(
+        &hook.env.pool,
+        Duration::from_secs(60),
+        &hook.policy(),
+        sweep::ReclaimScope::All,
+    )
+    .await
+    .unwrap();
     assert_eq!(reclaimed.retried, 1);
     hook.env
         .execute(&format!(

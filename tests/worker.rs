@@ -27,7 +27,7 @@ use ebra_shared::provider::HttpProvider;
 use ebra_shared::queue::Enqueue;
 use ebra_shared::store::claim::{claim_calls, Claim};
 use ebra_shared::store::dial::RetryPolicy;
-use ebra_shared::store::settle::{settle_from_webhook, ProviderReport, Settlement};
+use ebra_shared::store::settle::{settle_from_webhook, Settlement};
 use ebra_shared::store::slots::slots_in_use;
 use ebra_worker::{
     handle_batch, process_message, recycle_threshold, AckReason, DeferReason, MessageOutcome,
@@ -456,13 +456,13 @@ async fn complete_call(env: &TestEnv, call_id: Uuid) -> Settlement {
         .expect("an accepted dial")
         .get(0);
     drop(client);
-    let report = ProviderReport {
-        webhook_id: format!("msg_{}", Uuid::new_v4().simple()),
+    let report = common::generic_report(
+        format!("msg_{}", Uuid::new_v4().simple()),
         provider_call_id,
-        status: CallOutcome::Completed,
-        duration_sec: Some(1),
-        completed_at: Some(chrono::Utc::now()),
-    };
+        CallOutcome::Completed,
+        Some(1),
+        Some(chrono::Utc::now()),
+    );
     let policy = RetryPolicy::from(&env.config(&[]));
     let (settlement, nudges) = settle_from_webhook(&env.pool, &report, &policy)
         .await
@@ -526,13 +526,13 @@ fn settle_in_background(
                     .collect()
             };
             for provider_call_id in accepted {
-                let report = ProviderReport {
-                    webhook_id: format!("msg_{}", Uuid::new_v4().simple()),
-                    provider_call_id: provider_call_id.clone(),
-                    status: CallOutcome::Completed,
-                    duration_sec: Some(0),
-                    completed_at: None,
-                };
+                let report = common::generic_report(
+                    format!("msg_{}", Uuid::new_v4().simple()),
+                    provider_call_id.clone(),
+                    CallOutcome::Completed,
+                    Some(0),
+                    None,
+                );
                 let (_, nudges) = settle_from_webhook(&pool, &report, &policy)
                     .await
                     .expect("settling");

@@ -6,7 +6,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::domain::CallOutcome;
+use crate::domain::{CallOutcome, PhoneNumber};
+use crate::provider::elevenlabs::ElevenLabsSettings;
+use crate::provider::retell::RetellSettings;
+use crate::provider::twilio::TwilioSettings;
+use crate::provider::vapi::{VapiSettings, VapiWebhookSecret};
+use crate::provider::ProviderKind;
 use crate::webhook_signature::WebhookSecret;
 
 /// The path of the provider webhook, on the local listener and on the Function URL.
@@ -38,11 +43,16 @@ pub struct Config {
     pub base_retry_seconds: u64,
     pub max_attempts: u32,
     pub stale_inprog_seconds: u64,
-    pub provider_base_url: Option<String>,
-    pub use_simulator: bool,
-    /// The URL handed to the provider as `webhookUrl`.
+    /// The provider Ebra dials (`PROVIDER`) and its settings.
+    pub provider: ProviderSettings,
+    /// The URL handed to the generic provider as `webhookUrl` (`WEBHOOK_URL`, or derived
+    /// from `PUBLIC_BASE_URL`).
     pub webhook_url: Option<String>,
-    pub webhook_secret: Option<WebhookSecret>,
+    /// The public base URL of the webhook function (`PUBLIC_BASE_URL`, or `WEBHOOK_URL`
+    /// without its path): each provider's route hangs off it.
+    pub webhook_base_url: Option<String>,
+    /// The secrets of the webhook routes: each route is served when its secret is set.
+    pub webhook_credentials: WebhookCredentials,
     pub api_token: Option<String>,
     pub port: u16,
     /// Provider outcomes that are redialed while attempts remain (`REDIAL_OUTCOMES`).
@@ -70,13 +80,10 @@ impl fmt::Debug for Config {
             .field("base_retry_seconds", &self.base_retry_seconds)
             .field("max_attempts", &self.max_attempts)
             .field("stale_inprog_seconds", &self.stale_inprog_seconds)
-            .field("provider_base_url", &self.provider_base_url)
-            .field("use_simulator", &self.use_simulator)
+            .field("provider", &self.provider)
             .field("webhook_url", &self.webhook_url)
-            .field(
-                "webhook_secret",
-                &self.webhook_secret.as_ref().map(|_| "<set>"),
-            )
+            .field("webhook_base_url", &self.webhook_base_url)
+            .field("webhook_credentials", &self.webhook_credentials)
             .field("api_token", &self.api_token.as_ref().map(|_| "<set>"))
             .field("port", &self.port)
             .field("redial_outcomes", &self.redial_outcomes)
@@ -111,7 +118,7 @@ impl Config {
     /// count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let env = Env { get: &get };
+        let env = Settings { get: &get };
 
         let database_url = match get("DATABASE_URL") {
             Some(url) => url,
@@ -127,33 +134,35 @@ impl Config {
         let outbox_grace_seconds = env.parse_in_range("OUTBOX_GRACE_SECONDS", 60, 1..=86_400)?;
         let dial_timeout_ms = env.parse_in_range("DIAL_TIMEOUT_MS", 10_000, 100..=120_000)?;
         let port = env.parse_in_range("PORT", 3000u16, 0..=65_535)?;
-        let use_simulator = env.parse_bool("USE_SIMULATOR", true)?;
+        let provider = ProviderSettings::from_settings(&env)?;
 
-        let provider_base_url = get("PROVIDER_BASE_URL")
-            .map(|url| parse_http_url("PROVIDER_BASE_URL", &url))
+        let public_base_url = get("PUBLIC_BASE_URL")
+            .map(|base| parse_http_url("PUBLIC_BASE_URL", &base))
             .transpose()?
-            .map(|url| url.trim_end_matches('/').to_owned());
-        if !use_simulator && provider_base_url.is_none() {
-            return Err(ConfigError::new(
-                "PROVIDER_BASE_URL",
-                "is required when USE_SIMULATOR=false",
-            ));
-        }
-
+            .map(|base| base.trim_end_matches('/').to_owned());
         let webhook_url = match get("WEBHOOK_URL") {
             Some(url) => Some(parse_http_url("WEBHOOK_URL", &url)?),
-            None => get("PUBLIC_BASE_URL")
-                .map(|base| parse_http_url("PUBLIC_BASE_URL", &base))
-                .transpose()?
-                .map(|base| format!("{}{WEBHOOK_PATH}", base.trim_end_matches('/'))),
+            None => public_base_url
+                .as_ref()
+                .map(|base| format!("{base}{WEBHOOK_PATH}")),
         };
+        let webhook_base_url = public_base_url.or_else(|| {
+            webhook_url
+                .as_deref()
+                .and_then(|url| url.strip_suffix(WEBHOOK_PATH))
+                .map(str::to_owned)
+        });
 
-        let webhook_secret = get("WEBHOOK_SECRET")
-            .map(|raw| {
-                WebhookSecret::parse(&raw)
-                    .map_err(|e| ConfigError::new("WEBHOOK_SECRET", e.to_string()))
-            })
-            .transpose()?;
+        let webhook_credentials = WebhookCredentials::from_settings(&env)?;
+        if let Some(name) = webhook_credentials.missing_for(provider.kind()) {
+            return Err(ConfigError::new(
+                name,
+                format!(
+                    "is required with PROVIDER={}: it authenticates the provider's webhooks",
+                    provider.kind()
+                ),
+            ));
+        }
 
         let calls_queue_url = get("CALLS_QUEUE_URL")
             .map(|url| parse_http_url("CALLS_QUEUE_URL", &url))
@@ -169,7 +178,7 @@ impl Config {
                     s.parse::<CallOutcome>().map_err(|_| {
                         ConfigError::new(
                             "REDIAL_OUTCOMES",
-                            format!("has {s:?}; expected a comma-separated list of COMPLETED, FAILED, BUSY, NO_ANSWER"),
+                            format!("has {s:?}; expected a comma-separated list of COMPLETED, FAILED, BUSY, NO_ANSWER, VOICEMAIL, CANCELED"),
                         )
                     })
                 })
@@ -188,10 +197,10 @@ impl Config {
             base_retry_seconds,
             max_attempts,
             stale_inprog_seconds,
-            provider_base_url,
-            use_simulator,
+            provider,
             webhook_url,
-            webhook_secret,
+            webhook_base_url,
+            webhook_credentials,
             api_token: get("API_TOKEN"),
             port,
             redial_outcomes,
@@ -211,27 +220,262 @@ impl Config {
     }
 
     pub fn require_webhook_secret(&self) -> Result<&WebhookSecret, ConfigError> {
-        self.webhook_secret
+        self.webhook_credentials
+            .standard
             .as_ref()
             .ok_or_else(|| ConfigError::new("WEBHOOK_SECRET", "is required (whsec_<base64 key>)"))
     }
 
-    pub fn require_webhook_url(&self) -> Result<&str, ConfigError> {
-        self.webhook_url.as_deref().ok_or_else(|| {
-            ConfigError::new(
+    /// Where `kind`'s provider reports: the generic route's `WEBHOOK_URL`, or the provider's
+    /// route on the public base URL.
+    pub fn callback_url(&self, kind: ProviderKind) -> Option<String> {
+        match kind {
+            ProviderKind::Simulator | ProviderKind::Http => self.webhook_url.clone(),
+            other => self
+                .webhook_base_url
+                .as_ref()
+                .map(|base| format!("{base}{}", other.webhook_path())),
+        }
+    }
+
+    /// [`Self::callback_url`] for the configured provider, or an error naming the setting.
+    pub fn require_callback_url(&self) -> Result<String, ConfigError> {
+        let kind = self.provider.kind();
+        self.callback_url(kind).ok_or_else(|| match kind {
+            ProviderKind::Simulator | ProviderKind::Http => ConfigError::new(
                 "WEBHOOK_URL",
                 "is required (or PUBLIC_BASE_URL to derive it)",
-            )
+            ),
+            _ => ConfigError::new(
+                "PUBLIC_BASE_URL",
+                format!(
+                    "is required with PROVIDER={kind} (the webhook function's public URL; WEBHOOK_URL ending in {WEBHOOK_PATH} also gives it)"
+                ),
+            ),
         })
     }
 }
 
-struct Env<'a> {
+/// Which provider Ebra dials, with that provider's own settings, each read and checked by
+/// its module (`RETELL_*`, `VAPI_*`, `TWILIO_*`, `ELEVENLABS_*`).
+#[derive(Debug, Clone)]
+pub enum ProviderSettings {
+    Simulator,
+    Http { base_url: String },
+    Retell(RetellSettings),
+    Vapi(VapiSettings),
+    Twilio(TwilioSettings),
+    ElevenLabs(ElevenLabsSettings),
+}
+
+impl ProviderSettings {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderSettings::Simulator => ProviderKind::Simulator,
+            ProviderSettings::Http { .. } => ProviderKind::Http,
+            ProviderSettings::Retell(_) => ProviderKind::Retell,
+            ProviderSettings::Vapi(_) => ProviderKind::Vapi,
+            ProviderSettings::Twilio(_) => ProviderKind::Twilio,
+            ProviderSettings::ElevenLabs(_) => ProviderKind::ElevenLabs,
+        }
+    }
+
+    /// `PROVIDER`, with `USE_SIMULATOR` kept as an alias (`true` = simulator, `false` =
+    /// http); both set and disagreeing is refused.
+    fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let named = settings
+            .get("PROVIDER")
+            .map(|raw| {
+                raw.parse::<ProviderKind>().map_err(|()| {
+                    ConfigError::new(
+                        "PROVIDER",
+                        format!(
+                            "must be one of simulator, http, retell, vapi, twilio, elevenlabs; got {raw:?}"
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let alias = match settings.get("USE_SIMULATOR") {
+            None => None,
+            Some(_) => Some(if settings.parse_bool("USE_SIMULATOR", true)? {
+                ProviderKind::Simulator
+            } else {
+                ProviderKind::Http
+            }),
+        };
+        // USE_SIMULATOR=false only says "not the simulator", which any real provider is.
+        let contradicts = |named: ProviderKind, alias: ProviderKind| {
+            (alias == ProviderKind::Simulator) != (named == ProviderKind::Simulator)
+        };
+        let kind = match (named, alias) {
+            (Some(named), Some(alias)) if contradicts(named, alias) => {
+                return Err(ConfigError::new(
+                    "USE_SIMULATOR",
+                    format!("contradicts PROVIDER={named}; set only PROVIDER"),
+                ))
+            }
+            (Some(named), _) => named,
+            (None, Some(alias)) => alias,
+            (None, None) => ProviderKind::Simulator,
+        };
+        Ok(match kind {
+            ProviderKind::Simulator => ProviderSettings::Simulator,
+            ProviderKind::Http => ProviderSettings::Http {
+                base_url: settings.get("PROVIDER_BASE_URL").map_or_else(
+                    || {
+                        Err(ConfigError::new(
+                            "PROVIDER_BASE_URL",
+                            "is required with PROVIDER=http (or USE_SIMULATOR=false)",
+                        ))
+                    },
+                    |url| {
+                        parse_http_url("PROVIDER_BASE_URL", &url)
+                            .map(|url| url.trim_end_matches('/').to_owned())
+                    },
+                )?,
+            },
+            ProviderKind::Retell => {
+                ProviderSettings::Retell(RetellSettings::from_settings(settings)?)
+            }
+            ProviderKind::Vapi => ProviderSettings::Vapi(VapiSettings::from_settings(settings)?),
+            ProviderKind::Twilio => {
+                ProviderSettings::Twilio(TwilioSettings::from_settings(settings)?)
+            }
+            ProviderKind::ElevenLabs => {
+                ProviderSettings::ElevenLabs(ElevenLabsSettings::from_settings(settings)?)
+            }
+        })
+    }
+}
+
+/// The secrets that authenticate each webhook route. A route is served when its secret is
+/// set, whichever provider dials: calls placed before a switch of `PROVIDER` still settle.
+#[derive(Clone, Default)]
+pub struct WebhookCredentials {
+    /// `WEBHOOK_SECRET`: Standard Webhooks, `/callbacks/call-status` (http, simulator).
+    pub standard: Option<WebhookSecret>,
+    /// `RETELL_API_KEY`: Retell signs with the API key.
+    pub retell: Option<String>,
+    /// `VAPI_WEBHOOK_SECRET`.
+    pub vapi: Option<VapiWebhookSecret>,
+    /// `TWILIO_AUTH_TOKEN`: Twilio signs with the auth token.
+    pub twilio: Option<String>,
+    /// `ELEVENLABS_WEBHOOK_SECRET`.
+    pub elevenlabs: Option<String>,
+}
+
+impl fmt::Debug for WebhookCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |present: bool| if present { "<set>" } else { "-" };
+        f.debug_struct("WebhookCredentials")
+            .field("standard", &set(self.standard.is_some()))
+            .field("retell", &set(self.retell.is_some()))
+            .field("vapi", &set(self.vapi.is_some()))
+            .field("twilio", &set(self.twilio.is_some()))
+            .field("elevenlabs", &set(self.elevenlabs.is_some()))
+            .finish()
+    }
+}
+
+impl WebhookCredentials {
+    fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            standard: settings
+                .get("WEBHOOK_SECRET")
+                .map(|raw| {
+                    WebhookSecret::parse(&raw)
+                        .map_err(|e| ConfigError::new("WEBHOOK_SECRET", e.to_string()))
+                })
+                .transpose()?,
+            retell: settings.get("RETELL_API_KEY"),
+            vapi: settings
+                .get("VAPI_WEBHOOK_SECRET")
+                .map(|raw| {
+                    VapiWebhookSecret::parse(&raw)
+                        .map_err(|message| ConfigError::new("VAPI_WEBHOOK_SECRET", message))
+                })
+                .transpose()?,
+            twilio: settings.get("TWILIO_AUTH_TOKEN"),
+            elevenlabs: settings.get("ELEVENLABS_WEBHOOK_SECRET"),
+        })
+    }
+
+    /// The variable whose secret the route of `kind` needs and lacks.
+    fn missing_for(&self, kind: ProviderKind) -> Option<&'static str> {
+        match kind {
+            // The simulator signs its reports with WEBHOOK_SECRET; `ebra dev` generates one.
+            ProviderKind::Simulator | ProviderKind::Http => None,
+            ProviderKind::Retell => self.retell.is_none().then_some("RETELL_API_KEY"),
+            ProviderKind::Vapi => self.vapi.is_none().then_some("VAPI_WEBHOOK_SECRET"),
+            ProviderKind::Twilio => self.twilio.is_none().then_some("TWILIO_AUTH_TOKEN"),
+            ProviderKind::ElevenLabs => self
+                .elevenlabs
+                .is_none()
+                .then_some("ELEVENLABS_WEBHOOK_SECRET"),
+        }
+    }
+}
+
+/// Reads settings by name, each method failing with an error that names the variable.
+/// Provider modules read their own variables through it.
+pub struct Settings<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
 }
 
-impl Env<'_> {
-    fn parse_in_range<T>(
+impl<'a> Settings<'a> {
+    /// Settings read through `get` (empty values count as unset).
+    pub fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Self { get }
+    }
+
+    /// A value, when set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A required value, trimmed.
+    pub fn require(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.get(name)
+            .map(|v| v.trim().to_owned())
+            .ok_or_else(|| ConfigError::new(name, "is required"))
+    }
+
+    /// A required secret (an API key or a token): no whitespace inside.
+    pub fn require_secret(&self, name: &'static str) -> Result<String, ConfigError> {
+        let value = self.require(name)?;
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                name,
+                "must not contain spaces or control characters",
+            ));
+        }
+        Ok(value)
+    }
+
+    /// A required phone number, in E.164.
+    pub fn require_phone(&self, name: &'static str) -> Result<String, ConfigError> {
+        let raw = self.require(name)?;
+        PhoneNumber::parse(&raw)
+            .map(|phone| phone.as_str().to_owned())
+            .map_err(|invalid| ConfigError::new(name, invalid.message))
+    }
+
+    /// A required http(s) URL.
+    pub fn require_url(&self, name: &'static str) -> Result<String, ConfigError> {
+        parse_http_url(name, &self.require(name)?)
+    }
+
+    /// An API base URL (`default` when unset), without a trailing slash.
+    pub fn base_url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let url = match self.get(name) {
+            Some(url) => parse_http_url(name, &url)?,
+            None => default.to_owned(),
+        };
+        Ok(url.trim_end_matches('/').to_owned())
+    }
+
+    pub fn parse_in_range<T>(
         &self,
         name: &'static str,
         default: T,
@@ -260,7 +504,7 @@ impl Env<'_> {
         Ok(value)
     }
 
-    fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    pub fn parse_bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match (self.get)(name).map(|v| v.trim().to_ascii_lowercase()) {
             None => Ok(default),
             Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
@@ -273,17 +517,17 @@ impl Env<'_> {
     }
 }
 
-fn database_url_from_parts(env: &Env<'_>) -> Result<String, ConfigError> {
-    let host = (env.get)("DB_HOST").ok_or_else(|| {
+fn database_url_from_parts(env: &Settings<'_>) -> Result<String, ConfigError> {
+    let host = env.get("DB_HOST").ok_or_else(|| {
         ConfigError::new(
             "DATABASE_URL",
             "is required (or DB_HOST, DB_PORT, DB_USER, DB_PASS, DB_NAME)",
         )
     })?;
     let port: u16 = env.parse_in_range("DB_PORT", 5432u16, 1..=65_535)?;
-    let user = (env.get)("DB_USER").unwrap_or_else(|| "postgres".to_owned());
-    let name = (env.get)("DB_NAME").unwrap_or_else(|| "ebra".to_owned());
-    let pass = (env.get)("DB_PASS");
+    let user = env.get("DB_USER").unwrap_or_else(|| "postgres".to_owned());
+    let name = env.get("DB_NAME").unwrap_or_else(|| "ebra".to_owned());
+    let pass = env.get("DB_PASS");
     let mut url = format!("postgres://{}", percent_encode(&user));
     if let Some(pass) = pass {
         url.push(':');
@@ -339,7 +583,145 @@ mod tests {
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.stale_inprog_seconds, 900);
         assert_eq!(c.port, 3000);
-        assert!(c.use_simulator);
+        assert_eq!(c.provider.kind(), ProviderKind::Simulator);
+    }
+
+    #[test]
+    fn provider_and_its_alias() {
+        let base = [("DATABASE_URL", "postgres://x/y")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars = base.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        assert_eq!(
+            with(&[
+                ("USE_SIMULATOR", "false"),
+                ("PROVIDER_BASE_URL", "http://p")
+            ])
+            .unwrap()
+            .provider
+            .kind(),
+            ProviderKind::Http
+        );
+        assert_eq!(
+            with(&[("PROVIDER", "http"), ("PROVIDER_BASE_URL", "http://p")])
+                .unwrap()
+                .provider
+                .kind(),
+            ProviderKind::Http
+        );
+        let retell = [
+            ("PROVIDER", "retell"),
+            ("RETELL_API_KEY", "key_123"),
+            ("RETELL_FROM_NUMBER", "+14155550100"),
+        ];
+        let c = with(&retell).unwrap();
+        assert_eq!(c.provider.kind(), ProviderKind::Retell);
+        assert!(
+            !format!("{c:?}").contains("key_123"),
+            "secrets stay out of Debug"
+        );
+        // USE_SIMULATOR=false is consistent with any real provider; true is not.
+        let mut consistent = retell.to_vec();
+        consistent.push(("USE_SIMULATOR", "false"));
+        assert!(with(&consistent).is_ok());
+        let mut contradicting = retell.to_vec();
+        contradicting.push(("USE_SIMULATOR", "true"));
+        assert_eq!(with(&contradicting).unwrap_err().name, "USE_SIMULATOR");
+        assert_eq!(with(&[("PROVIDER", "bland")]).unwrap_err().name, "PROVIDER");
+    }
+
+    #[test]
+    fn each_provider_names_what_it_lacks() {
+        let cases: [(&[(&str, &str)], &str); 9] = [
+            (&[("PROVIDER", "retell")], "RETELL_API_KEY"),
+            (
+                &[("PROVIDER", "retell"), ("RETELL_API_KEY", "k")],
+                "RETELL_FROM_NUMBER",
+            ),
+            (
+                &[
+                    ("PROVIDER", "retell"),
+                    ("RETELL_API_KEY", "k"),
+                    ("RETELL_FROM_NUMBER", "4155550100"),
+                ],
+                "RETELL_FROM_NUMBER",
+            ),
+            (
+                &[
+                    ("PROVIDER", "retell"),
+                    ("RETELL_API_KEY", "k"),
+                    ("RETELL_FROM_NUMBER", "+14155550100"),
+                    ("RETELL_BASE_URL", "ftp://x"),
+                ],
+                "RETELL_BASE_URL",
+            ),
+            (
+                &[
+                    ("PROVIDER", "vapi"),
+                    ("VAPI_API_KEY", "k"),
+                    ("VAPI_PHONE_NUMBER_ID", "pn"),
+                ],
+                "VAPI_WEBHOOK_SECRET",
+            ),
+            (
+                &[
+                    ("PROVIDER", "vapi"),
+                    ("VAPI_API_KEY", "k"),
+                    ("VAPI_PHONE_NUMBER_ID", "pn"),
+                    ("VAPI_WEBHOOK_SECRET", "short"),
+                ],
+                "VAPI_WEBHOOK_SECRET",
+            ),
+            (
+                &[("PROVIDER", "twilio"), ("TWILIO_ACCOUNT_SID", "nope")],
+                "TWILIO_ACCOUNT_SID",
+            ),
+            (
+                &[
+                    ("PROVIDER", "twilio"),
+                    ("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000"),
+                    ("TWILIO_AUTH_TOKEN", "t"),
+                    ("TWILIO_FROM_NUMBER", "+14155550100"),
+                ],
+                "TWILIO_VOICE_URL",
+            ),
+            (
+                &[
+                    ("PROVIDER", "elevenlabs"),
+                    ("ELEVENLABS_API_KEY", "k"),
+                    ("ELEVENLABS_AGENT_PHONE_NUMBER_ID", "ph"),
+                ],
+                "ELEVENLABS_WEBHOOK_SECRET",
+            ),
+        ];
+        for (vars, expected) in cases {
+            let mut all = vec![("DATABASE_URL", "postgres://x/y")];
+            all.extend_from_slice(vars);
+            let error = config(&all).unwrap_err();
+            assert_eq!(error.name, expected, "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn provider_routes_hang_off_the_public_base() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            (
+                "WEBHOOK_URL",
+                "https://hooks.example.com/callbacks/call-status",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.callback_url(ProviderKind::Twilio).as_deref(),
+            Some("https://hooks.example.com/callbacks/twilio")
+        );
+        assert_eq!(
+            c.callback_url(ProviderKind::Http).as_deref(),
+            Some("https://hooks.example.com/callbacks/call-status")
+        );
     }
 
     #[test]

@@ -251,23 +251,43 @@ impl FromStr for CallStatus {
     }
 }
 
-/// What the provider reports at the end of a call.
+/// How a dialed call ended, in Ebra's terms: each provider adapter maps its own end
+/// reasons onto these (the tables are in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CallOutcome {
+    /// Someone answered and the conversation ran.
     Completed,
+    /// The call could not be made or broke (bad number, carrier or agent error).
     Failed,
+    /// The line was busy, or the callee declined.
     Busy,
+    /// It rang out.
     NoAnswer,
+    /// An answering machine or voicemail took it.
+    Voicemail,
+    /// It was stopped at the provider before it ended by itself.
+    Canceled,
 }
 
 impl CallOutcome {
+    pub const ALL: [CallOutcome; 6] = [
+        CallOutcome::Completed,
+        CallOutcome::Failed,
+        CallOutcome::Busy,
+        CallOutcome::NoAnswer,
+        CallOutcome::Voicemail,
+        CallOutcome::Canceled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CallOutcome::Completed => "COMPLETED",
             CallOutcome::Failed => "FAILED",
             CallOutcome::Busy => "BUSY",
             CallOutcome::NoAnswer => "NO_ANSWER",
+            CallOutcome::Voicemail => "VOICEMAIL",
+            CallOutcome::Canceled => "CANCELED",
         }
     }
 }
@@ -282,16 +302,64 @@ impl FromStr for CallOutcome {
     type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "COMPLETED" => Ok(CallOutcome::Completed),
-            "FAILED" => Ok(CallOutcome::Failed),
-            "BUSY" => Ok(CallOutcome::Busy),
-            "NO_ANSWER" => Ok(CallOutcome::NoAnswer),
-            _ => Err(InvalidValue::new(
-                "status",
-                "must be one of COMPLETED, FAILED, BUSY, NO_ANSWER",
-            )),
+        CallOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == s)
+            .ok_or_else(|| {
+                InvalidValue::new(
+                    "status",
+                    "must be one of COMPLETED, FAILED, BUSY, NO_ANSWER, VOICEMAIL, CANCELED",
+                )
+            })
+    }
+}
+
+/// What a provider reported for one dial: a [`CallOutcome`], or that it did not run the
+/// call because the account was at its concurrency limit (the dial did not count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DialOutcome {
+    Completed,
+    Failed,
+    Busy,
+    NoAnswer,
+    Voicemail,
+    Canceled,
+    Limited,
+}
+
+impl DialOutcome {
+    pub const ALL: [DialOutcome; 7] = [
+        DialOutcome::Completed,
+        DialOutcome::Failed,
+        DialOutcome::Busy,
+        DialOutcome::NoAnswer,
+        DialOutcome::Voicemail,
+        DialOutcome::Canceled,
+        DialOutcome::Limited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialOutcome::Completed => "COMPLETED",
+            DialOutcome::Failed => "FAILED",
+            DialOutcome::Busy => "BUSY",
+            DialOutcome::NoAnswer => "NO_ANSWER",
+            DialOutcome::Voicemail => "VOICEMAIL",
+            DialOutcome::Canceled => "CANCELED",
+            DialOutcome::Limited => "LIMITED",
         }
+    }
+}
+
+impl FromStr for DialOutcome {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DialOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == s)
+            .ok_or_else(|| InvalidValue::new("outcome", "is not a dial outcome"))
     }
 }
 

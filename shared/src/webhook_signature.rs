@@ -1,6 +1,13 @@
-//! Where provider webhooks are verified: Standard Webhooks signatures.
+//! Where provider webhooks are verified.
 //!
-//! A request carries `webhook-id`, `webhook-timestamp` (Unix seconds) and
+//! Each provider's scheme lives in its module under [`crate::provider`] (Retell's
+//! `x-retell-signature`, ElevenLabs' `ElevenLabs-Signature`, Twilio's `X-Twilio-Signature`,
+//! Vapi's credential) and is built from the pieces here, so that every one compares in
+//! constant time, over the raw bytes, within a time window: [`hmac_sha256`],
+//! [`verify_hex_mac`], [`constant_time_eq`], [`check_window`].
+//!
+//! The generic contract's scheme is Standard Webhooks, implemented here by
+//! [`WebhookSecret`]: a request carries `webhook-id`, `webhook-timestamp` (Unix seconds) and
 //! `webhook-signature`: space-separated `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`
 //! entries (several during a secret rotation). The secret is `whsec_<base64 key>`.
 
@@ -9,7 +16,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
+pub type HmacSha256 = Hmac<Sha256>;
 
 /// Timestamps further than this from now are refused (replay protection).
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
@@ -33,10 +40,49 @@ pub enum VerifyError {
     MissingHeader(&'static str),
     #[error("malformed {0} header")]
     MalformedHeader(&'static str),
-    #[error("timestamp outside the {TOLERANCE_SECONDS}s tolerance")]
+    #[error("timestamp outside the accepted window")]
     StaleTimestamp,
     #[error("no signature matches")]
     NoMatch,
+}
+
+/// An HMAC-SHA256 over `parts`, concatenated.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
+/// Whether `hex_signature` (lowercase or uppercase hex) is the MAC of what `mac` was fed,
+/// compared in constant time. An empty or non-hex signature never matches.
+pub fn verify_hex_mac<M: Mac>(mac: M, hex_signature: &str) -> bool {
+    match hex::decode(hex_signature) {
+        Ok(expected) if !expected.is_empty() => mac.verify_slice(&expected).is_ok(),
+        _ => false,
+    }
+}
+
+/// Compares two secrets in constant time (for equal lengths; a length difference is not
+/// hidden, which reveals nothing of a random secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Refuses a timestamp older than `max_age` or further ahead than `max_ahead` seconds
+/// (clocks drift; a provider's clock a little ahead is not an attack).
+pub fn check_window(
+    timestamp: i64,
+    now: i64,
+    max_age: i64,
+    max_ahead: i64,
+) -> Result<(), VerifyError> {
+    if now.saturating_sub(timestamp) > max_age || timestamp.saturating_sub(now) > max_ahead {
+        return Err(VerifyError::StaleTimestamp);
+    }
+    Ok(())
 }
 
 impl WebhookSecret {
@@ -94,9 +140,7 @@ impl WebhookSecret {
         let timestamp: i64 = timestamp_raw
             .parse()
             .map_err(|_| VerifyError::MalformedHeader("webhook-timestamp"))?;
-        if (now - timestamp).abs() > TOLERANCE_SECONDS {
-            return Err(VerifyError::StaleTimestamp);
-        }
+        check_window(timestamp, now, TOLERANCE_SECONDS, TOLERANCE_SECONDS)?;
         let mut any_well_formed = false;
         for candidate in signature.split_whitespace() {
             let Some(encoded) = candidate.strip_prefix("v1,") else {
@@ -129,13 +173,16 @@ impl WebhookSecret {
 }
 
 fn mac(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(webhook_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
+    hmac_sha256(
+        key,
+        &[
+            webhook_id.as_bytes(),
+            b".",
+            timestamp.to_string().as_bytes(),
+            b".",
+            body,
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use anyhow::Context as _;
 use ebra_shared::domain::{CallOutcome, CallStatus};
 use ebra_shared::provider::DialResult;
+use ebra_shared::provider::ReportedOutcome;
 use ebra_shared::store::calls::{create_call, Created};
 use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
 use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
@@ -145,8 +146,11 @@ async fn dial(pool: &Pool, claimed: &ClaimedCall, policy: &RetryPolicy) -> anyho
 async fn settle(pool: &Pool, claimed: &ClaimedCall, policy: &RetryPolicy) -> anyhow::Result<()> {
     let report = ProviderReport {
         webhook_id: format!("msg_{}", Uuid::new_v4().simple()),
+        source: "http",
         provider_call_id: provider_call_id(claimed),
-        status: CallOutcome::Completed,
+        attempt_key: None,
+        outcome: ReportedOutcome::Outcome(CallOutcome::Completed),
+        end_reason: None,
         duration_sec: Some(2),
         completed_at: Some(chrono::Utc::now()),
     };

@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use ebra_shared::domain::DialRequest;
-use ebra_shared::provider::{Dial, DialResult, Provider};
+use ebra_shared::provider::{CallLookup, Dial, DialResult, Provider, ProviderKind, StatusQuery};
 use ebra_shared::store::calls::{create_call, Created};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
@@ -55,10 +55,22 @@ struct AcceptAtOnce {
 }
 
 impl Provider for AcceptAtOnce {
-    fn dial<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Http
+    }
+
+    fn deduplicates_by_key(&self) -> bool {
+        true
+    }
+
+    fn place<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
         self.dials.fetch_add(1, Ordering::Relaxed);
         let provider_call_id = format!("bench_{}", dial.idempotency_key.simple());
         async move { DialResult::Accepted { provider_call_id } }.boxed()
+    }
+
+    fn status<'a>(&'a self, _query: &'a StatusQuery) -> BoxFuture<'a, CallLookup> {
+        async { CallLookup::Unsupported }.boxed()
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
+use ebra_shared::config::ProviderSettings;
 use ebra_shared::config::WEBHOOK_PATH;
-use ebra_shared::provider::{HttpProvider, Provider, Simulator, SimulatorSettings};
+use ebra_shared::provider::{build_provider, webhook_schemes};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::Config;
 use tokio::sync::watch;
@@ -107,19 +108,7 @@ async fn serve(
     tracing::info!(applied, "migrations applied");
 
     let queue = CallsQueue::new(sqs_client.clone(), queue_url.clone());
-    let secret = config.require_webhook_secret()?.clone();
-    let provider: Arc<dyn Provider> = if config.use_simulator {
-        Arc::new(Simulator::new(
-            SimulatorSettings::from_env()?,
-            secret.clone(),
-        )?)
-    } else {
-        let base = config
-            .provider_base_url
-            .as_deref()
-            .context("PROVIDER_BASE_URL is required when USE_SIMULATOR=false")?;
-        Arc::new(HttpProvider::new(base, config.dial_timeout)?)
-    };
+    let provider = build_provider(&config).context("building the provider")?;
 
     let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
     let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
@@ -130,11 +119,15 @@ async fn serve(
     let worker = Arc::new(ebra_worker::WorkerState::new(
         pool.clone(),
         queue.clone(),
-        provider,
+        provider.clone(),
         config.clone(),
     )?);
-    let reclaimer =
-        ebra_reclaimer::ReclaimerState::new(pool.clone(), queue.clone(), config.clone());
+    let reclaimer = ebra_reclaimer::ReclaimerState::new(
+        pool.clone(),
+        queue.clone(),
+        provider.clone(),
+        config.clone(),
+    );
 
     let (stop, stopped) = watch::channel(false);
     let server = serve_until_stopped(listener, app, stopped.clone());
@@ -167,10 +160,11 @@ async fn serve(
     println!();
     println!("Ebra is running.");
     println!("  API + webhook   {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)");
-    println!(
-        "  webhook URL     {}",
-        config.webhook_url.as_deref().unwrap_or(&local_webhook)
-    );
+    let routes: Vec<String> = webhook_schemes(&config)
+        .iter()
+        .map(|scheme| format!("{base}{}", scheme.provider().webhook_path()))
+        .collect();
+    println!("  webhooks        {}", routes.join("  "));
     println!(
         "  Postgres        {}{}",
         ebra_shared::config::redact_url(&config.database_url),
@@ -189,14 +183,7 @@ async fn serve(
             ""
         }
     );
-    println!(
-        "  provider        {}",
-        if config.use_simulator {
-            "simulator (calls back after SIM_CALL_SECONDS)".to_owned()
-        } else {
-            config.provider_base_url.clone().unwrap_or_default()
-        }
-    );
+    println!("  provider        {}", describe_provider(&config.provider));
     println!(
         "  cap             {} calls in progress",
         config.global_concurrency
@@ -216,6 +203,23 @@ async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// The provider line of the banner: which one, and where it is dialed.
+fn describe_provider(provider: &ProviderSettings) -> String {
+    match provider {
+        ProviderSettings::Simulator => "simulator (calls back after SIM_CALL_SECONDS)".to_owned(),
+        ProviderSettings::Http { base_url } => format!("http  {base_url}/api/v1/calls"),
+        ProviderSettings::Retell(s) => format!("retell  {}  from {}", s.base_url, s.from_number),
+        ProviderSettings::Vapi(s) => {
+            format!("vapi  {}  phone number {}", s.base_url, s.phone_number_id)
+        }
+        ProviderSettings::Twilio(s) => format!("twilio  {}  from {}", s.base_url, s.from_number),
+        ProviderSettings::ElevenLabs(s) => format!(
+            "elevenlabs  {}  agent phone number {}",
+            s.base_url, s.agent_phone_number_id
+        ),
+    }
 }
 
 fn lookup(env: &HashMap<String, String>, name: &str) -> Option<String> {

@@ -17,14 +17,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use ebra_shared::domain::CallOutcome;
 use ebra_shared::domain::{Metadata, PhoneNumber, ScriptId};
-use ebra_shared::provider::DialResult;
+use ebra_shared::provider::{DialResult, HttpProvider, Provider, ProviderReport, ReportedOutcome};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::store::calls::{create_call, Created, NewCall};
 use ebra_shared::store::claim::{claim_call, Claim, ClaimedCall};
 use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::Pool;
 use ebra_shared::Config;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -372,4 +374,33 @@ fn with_dbname(url: &str, db_name: &str) -> String {
         out.push_str(q);
     }
     out
+}
+
+/// A generic-contract report (what `/callbacks/call-status` settles), for tests that settle
+/// through the store.
+pub fn generic_report(
+    webhook_id: impl Into<String>,
+    provider_call_id: impl Into<String>,
+    outcome: CallOutcome,
+    duration_sec: Option<i32>,
+    completed_at: Option<DateTime<Utc>>,
+) -> ProviderReport {
+    ProviderReport {
+        webhook_id: webhook_id.into(),
+        source: "http",
+        provider_call_id: provider_call_id.into(),
+        attempt_key: None,
+        outcome: ReportedOutcome::Outcome(outcome),
+        end_reason: None,
+        duration_sec,
+        completed_at,
+    }
+}
+
+/// The generic provider, at an address where nothing listens: it offers no lookup, so the
+/// reclaimer acts as it does for any provider that deduplicates dials by key.
+pub fn generic_provider() -> Arc<dyn Provider> {
+    Arc::new(
+        HttpProvider::new("http://127.0.0.1:9", Duration::from_secs(1)).expect("provider client"),
+    )
 }

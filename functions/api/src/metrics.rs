@@ -49,6 +49,10 @@ pub struct MetricsReport {
     pub oldest_due_pending_age_seconds: Option<f64>,
     /// PENDING calls whose queue message is not confirmed yet (the outbox).
     pub outbox_unconfirmed: i64,
+    /// Dials (and reports) the provider refused for its account's concurrency limit in the
+    /// last hour. Above zero, `GLOBAL_CONCURRENCY` is higher than the provider account
+    /// allows: calls wait (the refused dials do not count as attempts), but lower the cap.
+    pub provider_limited_dials_last_hour: i64,
 }
 
 impl MetricsReport {
@@ -67,6 +71,7 @@ impl MetricsReport {
             global_concurrency,
             oldest_due_pending_age_seconds: metrics.oldest_due_pending_age_seconds,
             outbox_unconfirmed: metrics.outbox_unconfirmed,
+            provider_limited_dials_last_hour: metrics.provider_limited_dials_last_hour,
         }
     }
 
@@ -122,6 +127,11 @@ impl MetricsReport {
             "ebra_outbox_unconfirmed",
             "PENDING calls whose queue message is not confirmed yet.",
             &[(String::new(), self.outbox_unconfirmed.to_string())],
+        );
+        gauge(
+            "ebra_provider_limited_dials_last_hour",
+            "Dials the provider refused for its account concurrency limit in the last hour (above 0: GLOBAL_CONCURRENCY is set too high).",
+            &[(String::new(), self.provider_limited_dials_last_hour.to_string())],
         );
         out
     }

@@ -15,7 +15,8 @@ async fn main() -> anyhow::Result<()> {
     // One pass at a time per instance; each step holds one connection.
     let pool = db::pool(&config.database_url, db::pool_size_from_env(2)?)?;
     let queue = CallsQueue::from_env(config.require_calls_queue_url()?).await;
-    let state = ReclaimerState::new(pool, queue, Arc::new(config));
+    let provider = ebra_shared::provider::build_provider(&config)?;
+    let state = ReclaimerState::new(pool, queue, provider, Arc::new(config));
     let state = &state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {

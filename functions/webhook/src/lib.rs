@@ -1,46 +1,51 @@
-//! The webhook function: where the AI-call provider reports how a call ended.
+//! The webhook function: where AI-call providers report how a call ended.
 //!
 //! It is served by a Lambda Function URL with no IAM auth, so it authenticates every
-//! request itself: the Standard Webhooks signature is checked over the raw body bytes
-//! before anything is parsed, and an unsigned, forged or stale request gets a 401 and
-//! changes nothing. A verified report is settled by [`store::settle::settle_from_webhook`]
-//! (idempotent, never backwards, held when it outruns the worker — invariant 5), then the
-//! messages the settlement asks for (a scheduled redial, waiting calls nudged into the freed
-//! slot) are sent.
+//! request itself, one route per provider, each with its provider's own scheme
+//! ([`ebra_shared::provider::WebhookScheme`]): `/callbacks/call-status` (the generic
+//! contract, Standard Webhooks), `/callbacks/retell`, `/callbacks/vapi`,
+//! `/callbacks/twilio`, `/callbacks/elevenlabs`. A route is served when its secret is
+//! configured. The signature is checked over the raw body bytes before anything is parsed,
+//! and an unsigned, forged or stale request gets a 401 and changes nothing. A verified end
+//! of call is settled by [`store::settle::settle_from_webhook`] (idempotent, never
+//! backwards, held when it outruns the worker — invariant 5), then the messages the
+//! settlement asks for (a scheduled redial, waiting calls nudged into the freed slot) are
+//! sent. Events that are not an end of call (a call started, a transcript update) are
+//! acknowledged and change nothing.
 //!
 //! Providers retry every non-2xx answer, so the status codes are precise: 2xx whenever the
-//! report was stored (applied, duplicate, late or held), 4xx only for what a retry cannot
-//! fix, and 5xx only when the database is unreachable.
+//! report was stored (applied, duplicate, late, held or ignored), 4xx only for what a retry
+//! cannot fix, and 5xx only when the database is unreachable.
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use ebra_shared::config::{ConfigError, WEBHOOK_PATH};
-use ebra_shared::domain::CallOutcome;
+use chrono::Utc;
+use ebra_shared::config::ConfigError;
 use ebra_shared::problem::{FieldError, Problem};
+use ebra_shared::provider::{
+    webhook_schemes, InboundWebhook, ProviderKind, ReportError, WebhookEvent, WebhookScheme,
+    WebhookSchemes,
+};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::store::dial::RetryPolicy;
-use ebra_shared::store::settle::{settle_from_webhook, ProviderReport, Settlement};
+use ebra_shared::store::settle::{settle_from_webhook, Settlement};
 use ebra_shared::store::{Pool, StoreError};
-use ebra_shared::webhook_signature::{VerifyError, WebhookSecret};
+use ebra_shared::webhook_signature::VerifyError;
 use ebra_shared::Config;
 use http_body_util::{BodyExt as _, Limited};
 use serde::Serialize;
-use serde_json::Value;
 
-/// The largest report accepted. A real one is about 150 bytes; the limit is checked before
-/// the signature, so an oversized request costs no HMAC.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The longest provider call id a dial can record (the `call_attempts` column's limit).
-const MAX_PROVIDER_CALL_ID_CHARS: usize = 255;
+/// The largest report accepted. Retell's and Vapi's end-of-call reports carry the whole
+/// transcript (hundreds of KiB for a long call); the limit is checked before the
+/// signature, so an oversized request costs no HMAC.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the webhook needs, built once per Lambda instance (or by `ebra dev`).
 #[derive(Clone)]
@@ -48,35 +53,77 @@ pub struct WebhookState {
     pub pool: Pool,
     /// Where redials and nudges are sent.
     pub queue: CallsQueue,
-    /// The provider's signing keys (several during a rotation).
-    pub secret: WebhookSecret,
+    /// The routes served: one scheme per provider whose secret is configured.
+    pub schemes: WebhookSchemes,
+    /// The public base URL providers call (`PUBLIC_BASE_URL`, or `WEBHOOK_URL` without its
+    /// path); unset, it is read from the request (`Host`, `X-Forwarded-Proto`). Twilio signs
+    /// the URL, so it must be the one Twilio called.
+    pub public_base_url: Option<String>,
     /// Which outcomes are redialed, and the backoff base.
     pub policy: RetryPolicy,
 }
 
 impl WebhookState {
-    /// The state for `config`; fails when `WEBHOOK_SECRET` is not set.
+    /// The state for `config`; fails when no route has a secret.
     pub fn new(pool: Pool, queue: CallsQueue, config: Arc<Config>) -> Result<Self, ConfigError> {
+        let schemes = webhook_schemes(&config);
+        if schemes.is_empty() {
+            return Err(ConfigError {
+                name: "WEBHOOK_SECRET",
+                problem: "is required, or a provider's webhook secret (RETELL_API_KEY, VAPI_WEBHOOK_SECRET, TWILIO_AUTH_TOKEN, ELEVENLABS_WEBHOOK_SECRET)".into(),
+            });
+        }
         Ok(Self {
             pool,
             queue,
-            secret: config.require_webhook_secret()?.clone(),
+            schemes,
+            public_base_url: config.webhook_base_url.clone(),
             policy: RetryPolicy::from(config.as_ref()),
         })
     }
 }
 
-/// The webhook route alone, with no fallback, so `ebra dev` can merge it with the API.
-pub fn routes(state: WebhookState) -> Router {
-    Router::new()
-        .route(
-            WEBHOOK_PATH,
-            post(receive_call_status).fallback(method_not_allowed),
-        )
-        .with_state(state)
+/// One provider's route.
+#[derive(Clone)]
+struct Route {
+    state: WebhookState,
+    scheme: Arc<dyn WebhookScheme>,
 }
 
-/// The Lambda's whole router: the route plus a problem+json 404 for any other path (a
+/// The webhook routes alone, with no fallback, so `ebra dev` can merge them with the API.
+/// Every provider has its path; one whose secret is not configured answers 404 saying so.
+pub fn routes(state: WebhookState) -> Router {
+    let mut router = Router::new();
+    for kind in [
+        ProviderKind::Http,
+        ProviderKind::Retell,
+        ProviderKind::Vapi,
+        ProviderKind::Twilio,
+        ProviderKind::ElevenLabs,
+    ] {
+        let path = kind.webhook_path();
+        let scheme = state
+            .schemes
+            .iter()
+            .find(|scheme| scheme.provider().webhook_path() == path)
+            .cloned();
+        router = match scheme {
+            Some(scheme) => router.route(
+                path,
+                post(receive_report)
+                    .fallback(method_not_allowed)
+                    .with_state(Route {
+                        state: state.clone(),
+                        scheme,
+                    }),
+            ),
+            None => router.route(path, axum::routing::any(move || not_configured(kind))),
+        };
+    }
+    router
+}
+
+/// The Lambda's whole router: the routes plus a problem+json 404 for any other path (a
 /// Function URL forwards every path).
 pub fn router(state: WebhookState) -> Router {
     routes(state).fallback(not_found)
@@ -92,12 +139,21 @@ pub enum WebhookError {
     UnreadableBody,
     #[error("signature refused: {0}")]
     Unauthenticated(VerifyError),
-    #[error("the body is not valid JSON: {0}")]
-    MalformedJson(String),
+    #[error("the body is not valid: {0}")]
+    MalformedBody(String),
     #[error("the report is invalid")]
     InvalidReport(Vec<FieldError>),
     #[error("settling the report failed: {0}")]
     Store(#[from] StoreError),
+}
+
+impl From<ReportError> for WebhookError {
+    fn from(error: ReportError) -> Self {
+        match error {
+            ReportError::Malformed(reason) => WebhookError::MalformedBody(reason),
+            ReportError::Invalid(errors) => WebhookError::InvalidReport(errors),
+        }
+    }
 }
 
 impl WebhookError {
@@ -120,10 +176,10 @@ impl WebhookError {
                 "invalid-signature",
                 format!("the webhook signature was refused: {reason}"),
             ),
-            WebhookError::MalformedJson(reason) => Problem::new(
+            WebhookError::MalformedBody(reason) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "malformed-json",
-                format!("the body is not valid JSON: {reason}"),
+                format!("the body is not valid: {reason}"),
             ),
             WebhookError::InvalidReport(errors) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -168,7 +224,7 @@ impl IntoResponse for WebhookError {
 pub enum SettlementResult {
     /// The call moved on (completed, failed, or a redial scheduled).
     Applied,
-    /// This `webhook-id` was received before.
+    /// This delivery was received before.
     Duplicate,
     /// The dial already had an outcome (a repeated or out-of-order report).
     AlreadySettled,
@@ -178,6 +234,8 @@ pub enum SettlementResult {
     Superseded,
     /// No dial has this provider call id yet; the report is kept and applied when it does.
     Held,
+    /// Not an end of call (call started, transcript update, ...): nothing to do.
+    Ignored,
 }
 
 impl SettlementResult {
@@ -211,6 +269,7 @@ impl fmt::Display for SettlementResult {
             Self::CallFinal => "call_final",
             Self::Superseded => "superseded",
             Self::Held => "held",
+            Self::Ignored => "ignored",
         };
         f.write_str(name)
     }
@@ -222,29 +281,47 @@ pub struct SettledResponse {
     pub result: SettlementResult,
 }
 
-/// `POST /callbacks/call-status`: size, then signature, then body, then settlement.
-async fn receive_call_status(
-    State(state): State<WebhookState>,
+/// `POST /callbacks/{provider}`: size, then signature, then body, then settlement.
+async fn receive_report(
+    State(route): State<Route>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, WebhookError> {
-    let claimed_webhook_id = header_text(&headers, "webhook-id").ok().flatten();
+    let Route { state, scheme } = route;
+    let provider = scheme.provider();
     let raw = read_limited(&headers, body).await?;
-    verify_signature(&state.secret, &headers, &raw, Utc::now().timestamp()).map_err(|reason| {
-        tracing::warn!(webhook_id = claimed_webhook_id, %reason, "webhook signature refused");
-        WebhookError::Unauthenticated(reason)
-    })?;
-    // Verified: the header is present and well formed.
-    let webhook_id = claimed_webhook_id.unwrap_or_default().to_owned();
-    let report = parse_report(webhook_id, &raw).map_err(|error| {
-        tracing::warn!(webhook_id = claimed_webhook_id, %error, "signed webhook with an invalid body");
-        error
-    })?;
+    let url = public_url(state.public_base_url.as_deref(), &headers, &uri);
+    let request = InboundWebhook {
+        url: &url,
+        headers: &headers,
+        body: &raw,
+    };
+    scheme
+        .verify(&request, Utc::now().timestamp())
+        .map_err(|reason| {
+            tracing::warn!(%provider, %reason, "webhook signature refused");
+            WebhookError::Unauthenticated(reason)
+        })?;
+    let report = match scheme.parse(&request).map_err(|error| {
+        tracing::warn!(%provider, %error, "signed webhook with an invalid body");
+        WebhookError::from(error)
+    })? {
+        WebhookEvent::EndOfCall(report) => report,
+        WebhookEvent::Ignored { event } => {
+            tracing::info!(%provider, event, "webhook is not an end of call: acknowledged");
+            return Ok(Json(SettledResponse {
+                result: SettlementResult::Ignored,
+            })
+            .into_response());
+        }
+    };
 
     let (settlement, messages) = settle_from_webhook(&state.pool, &report, &state.policy)
         .await
         .map_err(|error| {
             tracing::error!(
+                %provider,
                 webhook_id = %report.webhook_id,
                 provider_call_id = %report.provider_call_id,
                 error = %error,
@@ -255,10 +332,12 @@ async fn receive_call_status(
     let result = SettlementResult::of(&settlement);
     let call_id = settled_call_id(&settlement).map(|id| id.to_string());
     tracing::info!(
+        %provider,
         webhook_id = %report.webhook_id,
         provider_call_id = %report.provider_call_id,
         call_id,
-        outcome = %report.status,
+        outcome = %report.outcome,
+        end_reason = report.end_reason.as_deref(),
         %result,
         call_status = match &settlement {
             Settlement::Applied { status, .. } => Some(status.as_str()),
@@ -271,6 +350,34 @@ async fn receive_call_status(
     // nudge is covered by its refill, so a failed send never fails the webhook.
     state.queue.send_best_effort(&messages).await;
     Ok((result.status_code(), Json(SettledResponse { result })).into_response())
+}
+
+/// The URL the provider called: the configured public base, or the request's own host and
+/// scheme, with the path and query as received.
+fn public_url(base: Option<&str>, headers: &HeaderMap, uri: &http::Uri) -> String {
+    let path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or_else(|| uri.path());
+    if let Some(base) = base {
+        return format!("{}{path_and_query}", base.trim_end_matches('/'));
+    }
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
+    };
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').next().unwrap_or(v).trim().to_owned())
+        .or_else(|| uri.scheme_str().map(str::to_owned))
+        .unwrap_or_else(|| "http".to_owned());
+    let host = text(header::HOST)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    format!("{scheme}://{host}{path_and_query}")
 }
 
 fn settled_call_id(settlement: &Settlement) -> Option<uuid::Uuid> {
@@ -305,174 +412,11 @@ async fn read_limited(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, W
     }
 }
 
-/// A header as text: `Ok(None)` when absent, an error when it is not visible ASCII.
-fn header_text<'h>(
-    headers: &'h HeaderMap,
-    name: &'static str,
-) -> Result<Option<&'h str>, VerifyError> {
-    headers
-        .get(name)
-        .map(|value| {
-            value
-                .to_str()
-                .map_err(|_| VerifyError::MalformedHeader(name))
-        })
-        .transpose()
-}
-
-fn verify_signature(
-    secret: &WebhookSecret,
-    headers: &HeaderMap,
-    body: &[u8],
-    now: i64,
-) -> Result<(), VerifyError> {
-    secret.verify(
-        header_text(headers, "webhook-id")?,
-        header_text(headers, "webhook-timestamp")?,
-        header_text(headers, "webhook-signature")?,
-        body,
-        now,
-    )
-}
-
-/// Parses a verified body into a report, collecting every field's problem. Unknown fields
-/// are ignored (providers add some); `providerCallId` is accepted for `callId`.
-fn parse_report(webhook_id: String, raw: &[u8]) -> Result<ProviderReport, WebhookError> {
-    let value: Value =
-        serde_json::from_slice(raw).map_err(|e| WebhookError::MalformedJson(e.to_string()))?;
-    let Value::Object(mut fields) = value else {
-        return Err(WebhookError::InvalidReport(vec![field_error(
-            "body",
-            "must be a JSON object",
-        )]));
-    };
-    let mut errors = Vec::new();
-    let call_id = take(&mut fields, "callId");
-    let alias = take(&mut fields, "providerCallId");
-    let provider_call_id = match (call_id, alias) {
-        (Some(id), Some(alias)) if id != alias => {
-            errors.push(field_error(
-                "providerCallId",
-                "differs from callId; send one of them",
-            ));
-            None
-        }
-        (Some(id), _) => parse_provider_call_id("callId", id, &mut errors),
-        (None, Some(alias)) => parse_provider_call_id("providerCallId", alias, &mut errors),
-        (None, None) => {
-            errors.push(field_error(
-                "callId",
-                "is required (the provider's call id)",
-            ));
-            None
-        }
-    };
-    let status = match take(&mut fields, "status") {
-        Some(Value::String(raw)) => match raw.parse::<CallOutcome>() {
-            Ok(status) => Some(status),
-            Err(invalid) => {
-                errors.push(field_error("status", &invalid.message));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(field_error(
-                "status",
-                "must be one of COMPLETED, FAILED, BUSY, NO_ANSWER",
-            ));
-            None
-        }
-        None => {
-            errors.push(field_error(
-                "status",
-                "is required (COMPLETED, FAILED, BUSY or NO_ANSWER)",
-            ));
-            None
-        }
-    };
-    let duration_sec = parse_duration(take(&mut fields, "durationSec"), &mut errors);
-    let completed_at = parse_completed_at(take(&mut fields, "completedAt"), &mut errors);
-    match (provider_call_id, status) {
-        (Some(provider_call_id), Some(status)) if errors.is_empty() => Ok(ProviderReport {
-            webhook_id,
-            provider_call_id,
-            status,
-            duration_sec,
-            completed_at,
-        }),
-        _ => Err(WebhookError::InvalidReport(errors)),
-    }
-}
-
-/// A field's value; JSON `null` counts as absent.
-fn take(fields: &mut serde_json::Map<String, Value>, name: &str) -> Option<Value> {
-    fields.remove(name).filter(|v| !v.is_null())
-}
-
-fn field_error(field: &str, message: &str) -> FieldError {
-    FieldError {
-        field: field.to_owned(),
-        message: message.to_owned(),
-    }
-}
-
-fn parse_provider_call_id(
-    field: &str,
-    value: Value,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
-    let Value::String(id) = value else {
-        errors.push(field_error(field, "must be a string"));
-        return None;
-    };
-    let chars = id.chars().count();
-    // No dial can record an id outside these bounds, so it could never be matched; a
-    // control character (NUL above all) could not even be stored.
-    if chars == 0 || chars > MAX_PROVIDER_CALL_ID_CHARS || id.chars().any(char::is_control) {
-        errors.push(field_error(field, "must be 1 to 255 printable characters"));
-        return None;
-    }
-    Some(id)
-}
-
-fn parse_duration(value: Option<Value>, errors: &mut Vec<FieldError>) -> Option<i32> {
-    let value = value?;
-    // Whole seconds are stored; a fractional duration is rounded rather than refused, as a
-    // refusal would lose the outcome to endless retries.
-    match value.as_f64() {
-        Some(seconds) if seconds.is_finite() && (0.0..=f64::from(i32::MAX)).contains(&seconds) => {
-            Some(seconds.round() as i32)
-        }
-        _ => {
-            errors.push(field_error(
-                "durationSec",
-                "must be a non-negative number of seconds",
-            ));
-            None
-        }
-    }
-}
-
-fn parse_completed_at(value: Option<Value>, errors: &mut Vec<FieldError>) -> Option<DateTime<Utc>> {
-    let value = value?;
-    let parsed = value
-        .as_str()
-        .and_then(|raw| DateTime::parse_from_rfc3339(raw).ok())
-        .map(|at| at.with_timezone(&Utc));
-    if parsed.is_none() {
-        errors.push(field_error(
-            "completedAt",
-            "must be an RFC 3339 timestamp, e.g. 2025-01-01T12:00:00Z",
-        ));
-    }
-    parsed
-}
-
 async fn method_not_allowed() -> Response {
     let mut response = Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
-        format!("{WEBHOOK_PATH} accepts POST only"),
+        "provider webhooks accept POST only",
     )
     .into_response();
     response
@@ -481,11 +425,31 @@ async fn method_not_allowed() -> Response {
     response
 }
 
+/// A provider route whose secret is not configured.
+async fn not_configured(kind: ProviderKind) -> Response {
+    let variable = match kind {
+        ProviderKind::Simulator | ProviderKind::Http => "WEBHOOK_SECRET",
+        ProviderKind::Retell => "RETELL_API_KEY",
+        ProviderKind::Vapi => "VAPI_WEBHOOK_SECRET",
+        ProviderKind::Twilio => "TWILIO_AUTH_TOKEN",
+        ProviderKind::ElevenLabs => "ELEVENLABS_WEBHOOK_SECRET",
+    };
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!(
+            "{} is not served: {variable} is not configured",
+            kind.webhook_path()
+        ),
+    )
+    .into_response()
+}
+
 async fn not_found() -> Response {
     Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
-        format!("no such route; provider webhooks are posted to {WEBHOOK_PATH}"),
+        "no such route; provider webhooks are posted to /callbacks/{call-status,retell,vapi,twilio,elevenlabs}",
     )
     .into_response()
 }
@@ -493,90 +457,6 @@ async fn not_found() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(body: &str) -> Result<ProviderReport, WebhookError> {
-        parse_report("msg_1".to_owned(), body.as_bytes())
-    }
-
-    fn field_names(error: WebhookError) -> Vec<String> {
-        match error {
-            WebhookError::InvalidReport(errors) => errors.into_iter().map(|e| e.field).collect(),
-            other => panic!("expected a validation error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn parses_the_provider_contract() {
-        let report = parse(
-            r#"{"callId":"pc_1","status":"NO_ANSWER","durationSec":12,"completedAt":"2025-03-01T10:00:00Z","extra":true}"#,
-        )
-        .unwrap();
-        assert_eq!(report.provider_call_id, "pc_1");
-        assert_eq!(report.status, CallOutcome::NoAnswer);
-        assert_eq!(report.duration_sec, Some(12));
-        assert_eq!(
-            report.completed_at.unwrap().to_rfc3339(),
-            "2025-03-01T10:00:00+00:00"
-        );
-        assert_eq!(report.webhook_id, "msg_1");
-    }
-
-    #[test]
-    fn accepts_the_alias_and_absent_optionals() {
-        let report =
-            parse(r#"{"providerCallId":"pc_2","status":"BUSY","durationSec":null}"#).unwrap();
-        assert_eq!(report.provider_call_id, "pc_2");
-        assert_eq!(report.duration_sec, None);
-        assert_eq!(report.completed_at, None);
-        assert!(parse(r#"{"callId":"a","providerCallId":"a","status":"FAILED"}"#).is_ok());
-        assert_eq!(
-            parse(r#"{"callId":"a","status":"FAILED","durationSec":7.6}"#)
-                .unwrap()
-                .duration_sec,
-            Some(8)
-        );
-    }
-
-    #[test]
-    fn names_every_invalid_field() {
-        assert!(matches!(parse("{"), Err(WebhookError::MalformedJson(_))));
-        assert_eq!(field_names(parse("[1]").unwrap_err()), ["body"]);
-        assert_eq!(field_names(parse("{}").unwrap_err()), ["callId", "status"]);
-        assert_eq!(
-            field_names(
-                parse(
-                    r#"{"callId":"","status":"DONE","durationSec":-1,"completedAt":"yesterday"}"#
-                )
-                .unwrap_err()
-            ),
-            ["callId", "status", "durationSec", "completedAt"]
-        );
-        assert_eq!(
-            field_names(
-                parse(r#"{"callId":"a","providerCallId":"b","status":"BUSY"}"#).unwrap_err()
-            ),
-            ["providerCallId"]
-        );
-        assert_eq!(
-            field_names(parse(r#"{"callId":7,"status":"busy"}"#).unwrap_err()),
-            ["callId", "status"]
-        );
-        assert_eq!(
-            field_names(parse(r#"{"callId":"a\u0000b","status":"BUSY"}"#).unwrap_err()),
-            ["callId"]
-        );
-        let long = "x".repeat(256);
-        assert_eq!(
-            field_names(parse(&format!(r#"{{"callId":"{long}","status":"BUSY"}}"#)).unwrap_err()),
-            ["callId"]
-        );
-        assert_eq!(
-            field_names(
-                parse(r#"{"callId":"a","status":"BUSY","completedAt":1740823200}"#).unwrap_err()
-            ),
-            ["completedAt"]
-        );
-    }
 
     #[test]
     fn refusals_map_to_precise_statuses() {
@@ -590,7 +470,7 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            status(WebhookError::MalformedJson("x".into())),
+            status(WebhookError::MalformedBody("x".into())),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
@@ -600,6 +480,25 @@ mod tests {
         assert_eq!(
             status(WebhookError::Store(StoreError::Corrupt("x".into()))),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn the_public_url_is_the_one_called() {
+        let uri: http::Uri = "/callbacks/twilio?ebraKey=k".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_static("abc.lambda-url.eu-west-1.on.aws"),
+        );
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert_eq!(
+            public_url(None, &headers, &uri),
+            "https://abc.lambda-url.eu-west-1.on.aws/callbacks/twilio?ebraKey=k"
+        );
+        assert_eq!(
+            public_url(Some("https://hooks.example.com/"), &headers, &uri),
+            "https://hooks.example.com/callbacks/twilio?ebraKey=k"
         );
     }
 }

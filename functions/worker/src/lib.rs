@@ -64,7 +64,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ebra_shared::backoff;
 use ebra_shared::config::ConfigError;
 use ebra_shared::domain::{CallStatus, DialRequest};
-use ebra_shared::provider::{Dial, DialResult, Provider};
+use ebra_shared::provider::{dial_once, Dial, DialResult, Provider};
 use ebra_shared::queue::{CallsQueue, Enqueue};
 use ebra_shared::store::claim::{claim_calls, Claim, ClaimedCall};
 use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
@@ -89,15 +89,24 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// Checks what the worker cannot dial without (the webhook URL handed to the provider),
-    /// so a misconfigured instance fails at start rather than on every message.
+    /// Checks what the worker cannot dial without (where the provider reports), so a
+    /// misconfigured instance fails at start rather than on every message.
     pub fn new(
         pool: Pool,
         queue: CallsQueue,
         provider: Arc<dyn Provider>,
         config: Arc<Config>,
     ) -> Result<Self, ConfigError> {
-        config.require_webhook_url()?;
+        config.callback_url(provider.kind()).ok_or_else(|| {
+            // The same error the configured provider's check gives.
+            config
+                .require_callback_url()
+                .err()
+                .unwrap_or_else(|| ConfigError {
+                    name: "PUBLIC_BASE_URL",
+                    problem: format!("is required with PROVIDER={}", provider.kind()),
+                })
+        })?;
         Ok(Self {
             pool,
             queue,
@@ -157,6 +166,8 @@ pub enum DeferReason {
     PhoneBusy,
     /// This dial failed in a way worth retrying; the retry is due after the backoff.
     RetryScheduled,
+    /// The provider's account was at its concurrency limit; the dial did not count.
+    ProviderLimited,
     /// The database could not be reached or answered with an error.
     StoreUnavailable,
     /// The worker lacks a setting it needs to dial (no webhook URL).
@@ -304,8 +315,10 @@ async fn process_calls(
     }
     let config = &state.config;
     // Checked before the claim: a call must never hold a slot it cannot dial with.
-    let Some(webhook_url) = config.webhook_url.clone() else {
-        tracing::error!("WEBHOOK_URL is not configured; no call can be dialed");
+    let Some(webhook_url) = config.callback_url(state.provider.kind()) else {
+        tracing::error!(
+            "no webhook URL is configured (WEBHOOK_URL or PUBLIC_BASE_URL); no call can be dialed"
+        );
         let delay = || backoff::wait_recheck_delay(config.wait_recheck_seconds);
         return defer_all(state, deliveries, delay, DeferReason::Misconfigured).await;
     };
@@ -542,16 +555,20 @@ fn unrecorded(error: &StoreError) -> MessageOutcome {
 async fn dial_one(state: &WorkerState, claimed: &ClaimedCall, webhook_url: String) -> DialResult {
     tracing::Span::current().record("attempt", claimed.attempt_no);
     let dial = Dial {
+        call_id: claimed.call_id,
         to: claimed.phone.clone(),
         script_id: claimed.script_id.clone(),
         webhook_url,
         metadata: claimed.metadata.clone(),
         idempotency_key: claimed.idempotency_key,
+        prior: claimed.prior.clone(),
     };
     tracing::info!(
         slot = claimed.slot_no,
         idempotency_key = %claimed.idempotency_key,
         max_attempts = claimed.max_attempts,
+        provider = %state.provider.kind(),
+        key_reused = claimed.prior.is_some(),
         "dialing"
     );
     let result = dial_with_guard(state, &dial).await;
@@ -566,6 +583,11 @@ async fn dial_one(state: &WorkerState, claimed: &ClaimedCall, webhook_url: Strin
         } => {
             tracing::warn!(error, maybe_placed, "dial failed; retryable")
         }
+        DialResult::ConcurrencyLimited { error, .. } => tracing::warn!(
+            error,
+            cap = state.config.global_concurrency,
+            "provider concurrency limit reached: GLOBAL_CONCURRENCY is above what the provider account allows; the call waits and the dial does not count"
+        ),
         DialResult::Permanent { error } => tracing::warn!(error, "provider refused the call"),
     }
     result
@@ -600,6 +622,21 @@ async fn conclude(
             )
             .await
         }
+        DialRecorded::ProviderLimited {
+            next_run_at,
+            delay,
+            error,
+        } => {
+            tracing::info!(%next_run_at, delay_secs = delay.as_secs(), error, "the call waits for room at the provider");
+            redelivery::defer(
+                state,
+                delivery.message,
+                claimed.call_id,
+                delay,
+                DeferReason::ProviderLimited,
+            )
+            .await
+        }
         DialRecorded::OutcomeUnknown { error } => {
             tracing::warn!(error, "last attempt's outcome unknown; the slot stays held until the provider reports or the call goes stale");
             MessageOutcome::Acknowledged(AckReason::OutcomeUnknown)
@@ -630,8 +667,10 @@ async fn conclude(
 /// Dials, and stops waiting a little after the dial timeout whatever the provider does: an
 /// answer that never comes is treated like a timeout (it may have been placed).
 async fn dial_with_guard(state: &WorkerState, dial: &Dial) -> DialResult {
-    let limit = state.config.dial_timeout + DIAL_GUARD_MARGIN;
-    match tokio::time::timeout(limit, state.provider.dial(dial)).await {
+    // A redial of a dial of unknown fate may ask the provider before it dials.
+    let requests = if dial.prior.is_some() { 3 } else { 1 };
+    let limit = state.config.dial_timeout * requests + DIAL_GUARD_MARGIN;
+    match tokio::time::timeout(limit, dial_once(state.provider.as_ref(), dial)).await {
         Ok(result) => result,
         Err(_) => DialResult::Retryable {
             error: format!("provider did not answer within {} ms", limit.as_millis()),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use ebra_shared::provider::{HttpProvider, Provider, Simulator, SimulatorSettings};
+use ebra_shared::provider::build_provider;
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::{db, telemetry, Config};
 use ebra_worker::{handle_batch, WorkerState};
@@ -34,22 +34,6 @@ async fn worker_state() -> anyhow::Result<WorkerState> {
     let config = Config::from_env()?;
     let pool = db::pool(&config.database_url, db::pool_size_from_env(10)?)?;
     let queue = CallsQueue::from_env(config.require_calls_queue_url()?).await;
-    let provider: Arc<dyn Provider> = if config.use_simulator {
-        let settings = SimulatorSettings::from_env()?;
-        Arc::new(Simulator::new(
-            settings,
-            config.require_webhook_secret()?.clone(),
-        )?)
-    } else {
-        // Config::from_env refuses USE_SIMULATOR=false without PROVIDER_BASE_URL.
-        let base_url = config
-            .provider_base_url
-            .as_deref()
-            .context("configuration: PROVIDER_BASE_URL is required when USE_SIMULATOR=false")?;
-        Arc::new(
-            HttpProvider::new(base_url, config.dial_timeout)
-                .context("building the provider's HTTP client")?,
-        )
-    };
+    let provider = build_provider(&config).context("building the provider")?;
     Ok(WorkerState::new(pool, queue, provider, Arc::new(config))?)
 }

@@ -1,154 +1,281 @@
-//! The real provider over HTTP: `POST {PROVIDER_BASE_URL}/api/v1/calls`.
+//! The generic contract (`PROVIDER=http`): `POST {PROVIDER_BASE_URL}/api/v1/calls` with an
+//! `Idempotency-Key`, answered `202 {"callId"}`; outcomes posted to `/callbacks/call-status`
+//! signed the Standard Webhooks way. The simulator speaks it too.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{Dial, DialResult, Provider};
+use super::transport::{self, Answer};
+use super::{
+    CallLookup, Dial, DialResult, EndOfCall, InboundWebhook, Provider, ProviderKind,
+    ProviderReport, ReportError, ReportedOutcome, StatusQuery, WebhookEvent, WebhookScheme,
+};
+use crate::domain::CallOutcome;
+use crate::problem::FieldError;
+use crate::webhook_signature::{VerifyError, WebhookSecret};
 
 pub struct HttpProvider {
     client: reqwest::Client,
     calls_url: String,
 }
 
+/// The dial body of the generic contract.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DialBody<'a> {
+    to: &'a str,
+    script_id: &'a str,
+    webhook_url: &'a str,
+    metadata: &'a Value,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Accepted {
-    call_id: Option<serde_json::Value>,
+    call_id: Option<Value>,
 }
 
 impl HttpProvider {
     pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("ebra/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            client,
+            client: transport::client(timeout)?,
             calls_url: format!("{}/api/v1/calls", base_url.trim_end_matches('/')),
         })
     }
 
-    async fn dial_once(&self, dial: &Dial) -> DialResult {
-        let response = match self
+    async fn dial(&self, dial: &Dial) -> DialResult {
+        let request = self
             .client
             .post(&self.calls_url)
             .header("Idempotency-Key", dial.idempotency_key.to_string())
-            .json(dial)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(error) => {
-                // A refused connection never reached the provider; anything later might have.
-                let maybe_placed = !error.is_connect();
-                return DialResult::Retryable {
-                    error: format!("provider unreachable: {}", describe(&error)),
-                    retry_after: None,
-                    maybe_placed,
-                };
-            }
-        };
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let body = match response.bytes().await {
-            Ok(body) => body,
-            Err(error) => {
-                return DialResult::Retryable {
-                    error: format!(
-                        "provider answered {status} but the body failed: {}",
-                        describe(&error)
-                    ),
-                    retry_after: None,
-                    maybe_placed: true,
-                }
-            }
-        };
-        classify(status, retry_after, &body)
+            .json(&DialBody {
+                to: &dial.to,
+                script_id: &dial.script_id,
+                webhook_url: &dial.webhook_url,
+                metadata: &dial.metadata,
+            });
+        match transport::send_dial(request).await {
+            Ok(answer) => classify(&answer),
+            Err(result) => result,
+        }
     }
 }
 
 impl Provider for HttpProvider {
-    fn dial<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
-        self.dial_once(dial).boxed()
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Http
+    }
+
+    /// The contract's `Idempotency-Key` makes a redial with the same key safe.
+    fn deduplicates_by_key(&self) -> bool {
+        true
+    }
+
+    fn place<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
+        self.dial(dial).boxed()
+    }
+
+    /// The generic contract has no lookup.
+    fn status<'a>(&'a self, _query: &'a StatusQuery) -> BoxFuture<'a, CallLookup> {
+        async { CallLookup::Unsupported }.boxed()
     }
 }
 
 /// Maps the provider's answer to a [`DialResult`] (invariant 7).
-pub(crate) fn classify(
-    status: reqwest::StatusCode,
-    retry_after: Option<Duration>,
-    body: &[u8],
-) -> DialResult {
-    let snippet = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-    match status.as_u16() {
-        200..=299 => match serde_json::from_slice::<Accepted>(body)
+fn classify(answer: &Answer) -> DialResult {
+    if !answer.status.is_success() {
+        return transport::failure(answer);
+    }
+    match serde_json::from_slice::<Accepted>(&answer.body)
+        .ok()
+        .and_then(|a| a.call_id)
+    {
+        Some(Value::String(id)) if transport::valid_call_id(&id) => DialResult::Accepted {
+            provider_call_id: id,
+        },
+        _ => transport::accepted_without_id(answer, "callId"),
+    }
+}
+
+/// The generic route's scheme: Standard Webhooks signatures (`WEBHOOK_SECRET`), and the
+/// `{callId, status, durationSec, completedAt}` report.
+pub struct StandardWebhooks {
+    secret: WebhookSecret,
+}
+
+impl StandardWebhooks {
+    pub fn new(secret: WebhookSecret) -> Self {
+        Self { secret }
+    }
+}
+
+impl WebhookScheme for StandardWebhooks {
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Http
+    }
+
+    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError> {
+        self.secret.verify(
+            request.header("webhook-id")?,
+            request.header("webhook-timestamp")?,
+            request.header("webhook-signature")?,
+            request.body,
+            now,
+        )
+    }
+
+    fn parse(&self, request: &InboundWebhook<'_>) -> Result<WebhookEvent, ReportError> {
+        // Verified: the header is present and well formed.
+        let webhook_id = request
+            .header("webhook-id")
             .ok()
-            .and_then(|a| a.call_id)
-        {
-            Some(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= 255 => {
-                DialResult::Accepted {
-                    provider_call_id: id,
-                }
+            .flatten()
+            .unwrap_or_default()
+            .to_owned();
+        parse_report(webhook_id, request.body).map(WebhookEvent::EndOfCall)
+    }
+}
+
+const OUTCOMES: &str = "COMPLETED, FAILED, BUSY, NO_ANSWER, VOICEMAIL or CANCELED";
+
+/// Parses a verified body into a report, collecting every field's problem. Unknown fields
+/// are ignored (providers add some); `providerCallId` is accepted for `callId`.
+pub fn parse_report(webhook_id: String, raw: &[u8]) -> Result<ProviderReport, ReportError> {
+    let value: Value =
+        serde_json::from_slice(raw).map_err(|e| ReportError::Malformed(e.to_string()))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ReportError::Invalid(vec![field_error(
+            "body",
+            "must be a JSON object",
+        )]));
+    };
+    let mut errors = Vec::new();
+    let call_id = take(&mut fields, "callId");
+    let alias = take(&mut fields, "providerCallId");
+    let provider_call_id = match (call_id, alias) {
+        (Some(id), Some(alias)) if id != alias => {
+            errors.push(field_error(
+                "providerCallId",
+                "differs from callId; send one of them",
+            ));
+            None
+        }
+        (Some(id), _) => parse_provider_call_id("callId", id, &mut errors),
+        (None, Some(alias)) => parse_provider_call_id("providerCallId", alias, &mut errors),
+        (None, None) => {
+            errors.push(field_error(
+                "callId",
+                "is required (the provider's call id)",
+            ));
+            None
+        }
+    };
+    let status = match take(&mut fields, "status") {
+        Some(Value::String(raw)) => match raw.parse::<CallOutcome>() {
+            Ok(status) => Some(status),
+            Err(invalid) => {
+                errors.push(field_error("status", &invalid.message));
+                None
             }
-            _ => DialResult::Retryable {
-                error: format!("provider answered {status} without a callId: {}", snippet()),
-                retry_after: None,
-                maybe_placed: true,
-            },
         },
-        429 => DialResult::Retryable {
-            error: format!("provider rate-limited the dial (429): {}", snippet()),
-            retry_after,
-            maybe_placed: false,
-        },
-        // The provider answered that it failed: a definite failure, retried (with the same
-        // key, in case it placed the call all the same).
-        408 | 500..=599 => DialResult::Retryable {
-            error: format!("provider error {status}: {}", snippet()),
-            retry_after,
-            maybe_placed: false,
-        },
-        400..=499 => DialResult::Permanent {
-            error: format!("provider refused the call ({status}): {}", snippet()),
-        },
-        _ => DialResult::Retryable {
-            error: format!("unexpected provider answer {status}: {}", snippet()),
-            retry_after: None,
-            maybe_placed: true,
-        },
+        Some(_) => {
+            errors.push(field_error("status", &format!("must be one of {OUTCOMES}")));
+            None
+        }
+        None => {
+            errors.push(field_error("status", &format!("is required ({OUTCOMES})")));
+            None
+        }
+    };
+    let duration_sec = parse_duration(take(&mut fields, "durationSec"), &mut errors);
+    let completed_at = parse_completed_at(take(&mut fields, "completedAt"), &mut errors);
+    match (provider_call_id, status) {
+        (Some(provider_call_id), Some(status)) if errors.is_empty() => {
+            Ok(ProviderReport::from_end(
+                webhook_id,
+                ProviderKind::Http.report_source(),
+                None,
+                EndOfCall {
+                    provider_call_id,
+                    outcome: ReportedOutcome::Outcome(status),
+                    end_reason: None,
+                    duration_sec,
+                    ended_at: completed_at,
+                },
+            ))
+        }
+        _ => Err(ReportError::Invalid(errors)),
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let raw = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(seconds) = raw.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-    let wait = at.signed_duration_since(chrono::Utc::now()).num_seconds();
-    Some(Duration::from_secs(wait.max(0) as u64))
+/// A field's value; JSON `null` counts as absent.
+fn take(fields: &mut serde_json::Map<String, Value>, name: &str) -> Option<Value> {
+    fields.remove(name).filter(|v| !v.is_null())
 }
 
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+fn field_error(field: &str, message: &str) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message: message.to_owned(),
     }
-    if error.is_timeout() {
-        text.push_str(" (timed out)");
+}
+
+fn parse_provider_call_id(
+    field: &str,
+    value: Value,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let Value::String(id) = value else {
+        errors.push(field_error(field, "must be a string"));
+        return None;
+    };
+    // No dial can record an id outside these bounds, so it could never be matched; a
+    // control character (NUL above all) could not even be stored.
+    if !transport::valid_call_id(&id) {
+        errors.push(field_error(field, "must be 1 to 255 printable characters"));
+        return None;
     }
-    text
+    Some(id)
+}
+
+fn parse_duration(value: Option<Value>, errors: &mut Vec<FieldError>) -> Option<i32> {
+    let value = value?;
+    // Whole seconds are stored; a fractional duration is rounded rather than refused, as a
+    // refusal would lose the outcome to endless retries.
+    match value.as_f64() {
+        Some(seconds) if seconds.is_finite() && (0.0..=f64::from(i32::MAX)).contains(&seconds) => {
+            Some(seconds.round() as i32)
+        }
+        _ => {
+            errors.push(field_error(
+                "durationSec",
+                "must be a non-negative number of seconds",
+            ));
+            None
+        }
+    }
+}
+
+fn parse_completed_at(
+    value: Option<Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let value = value?;
+    let parsed = value
+        .as_str()
+        .and_then(|raw| chrono::DateTime::parse_from_rfc3339(raw).ok())
+        .map(|at| at.with_timezone(&chrono::Utc));
+    if parsed.is_none() {
+        errors.push(field_error(
+            "completedAt",
+            "must be an RFC 3339 timestamp, e.g. 2025-01-01T12:00:00Z",
+        ));
+    }
+    parsed
 }
 
 #[cfg(test)]
@@ -156,40 +283,131 @@ mod tests {
     use super::*;
     use reqwest::StatusCode;
 
+    fn answer(status: StatusCode, body: &'static str) -> Answer {
+        Answer {
+            status,
+            retry_after: None,
+            body: bytes::Bytes::from_static(body.as_bytes()),
+        }
+    }
+
     #[test]
     fn classifies_answers() {
         assert_eq!(
-            classify(StatusCode::ACCEPTED, None, br#"{"callId":"p-1"}"#),
+            classify(&answer(StatusCode::ACCEPTED, r#"{"callId":"p-1"}"#)),
             DialResult::Accepted {
                 provider_call_id: "p-1".into()
             }
         );
         assert!(matches!(
-            classify(StatusCode::OK, None, b"{}"),
+            classify(&answer(StatusCode::OK, "{}")),
             DialResult::Retryable {
                 maybe_placed: true,
                 ..
             }
         ));
         assert!(matches!(
-            classify(StatusCode::OK, None, br#"{"callId":""}"#),
+            classify(&answer(StatusCode::OK, r#"{"callId":""}"#)),
             DialResult::Retryable { .. }
         ));
         assert!(matches!(
-            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(7)), b""),
-            DialResult::Retryable { retry_after: Some(d), maybe_placed: false, .. } if d == Duration::from_secs(7)
-        ));
-        assert!(matches!(
-            classify(StatusCode::BAD_GATEWAY, None, b""),
-            DialResult::Retryable { .. }
-        ));
-        assert!(matches!(
-            classify(StatusCode::UNPROCESSABLE_ENTITY, None, b"bad number"),
+            classify(&answer(StatusCode::UNPROCESSABLE_ENTITY, "bad number")),
             DialResult::Permanent { .. }
         ));
-        assert!(matches!(
-            classify(StatusCode::NOT_FOUND, None, b""),
-            DialResult::Permanent { .. }
-        ));
+    }
+
+    fn parse(body: &str) -> Result<ProviderReport, ReportError> {
+        parse_report("msg_1".to_owned(), body.as_bytes())
+    }
+
+    fn field_names(error: ReportError) -> Vec<String> {
+        match error {
+            ReportError::Invalid(errors) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_provider_contract() {
+        let report = parse(
+            r#"{"callId":"pc_1","status":"NO_ANSWER","durationSec":12,"completedAt":"2025-03-01T10:00:00Z","extra":true}"#,
+        )
+        .unwrap();
+        assert_eq!(report.provider_call_id, "pc_1");
+        assert_eq!(
+            report.outcome,
+            ReportedOutcome::Outcome(CallOutcome::NoAnswer)
+        );
+        assert_eq!(report.duration_sec, Some(12));
+        assert_eq!(
+            report.completed_at.unwrap().to_rfc3339(),
+            "2025-03-01T10:00:00+00:00"
+        );
+        assert_eq!(report.webhook_id, "msg_1");
+        assert_eq!(report.source, "http");
+        for outcome in CallOutcome::ALL {
+            let body = format!(r#"{{"callId":"x","status":"{outcome}"}}"#);
+            assert_eq!(
+                parse(&body).unwrap().outcome,
+                ReportedOutcome::Outcome(outcome)
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_the_alias_and_absent_optionals() {
+        let report =
+            parse(r#"{"providerCallId":"pc_2","status":"BUSY","durationSec":null}"#).unwrap();
+        assert_eq!(report.provider_call_id, "pc_2");
+        assert_eq!(report.duration_sec, None);
+        assert_eq!(report.completed_at, None);
+        assert!(parse(r#"{"callId":"a","providerCallId":"a","status":"FAILED"}"#).is_ok());
+        assert_eq!(
+            parse(r#"{"callId":"a","status":"FAILED","durationSec":7.6}"#)
+                .unwrap()
+                .duration_sec,
+            Some(8)
+        );
+    }
+
+    #[test]
+    fn names_every_invalid_field() {
+        assert!(matches!(parse("{"), Err(ReportError::Malformed(_))));
+        assert_eq!(field_names(parse("[1]").unwrap_err()), ["body"]);
+        assert_eq!(field_names(parse("{}").unwrap_err()), ["callId", "status"]);
+        assert_eq!(
+            field_names(
+                parse(
+                    r#"{"callId":"","status":"DONE","durationSec":-1,"completedAt":"yesterday"}"#
+                )
+                .unwrap_err()
+            ),
+            ["callId", "status", "durationSec", "completedAt"]
+        );
+        assert_eq!(
+            field_names(
+                parse(r#"{"callId":"a","providerCallId":"b","status":"BUSY"}"#).unwrap_err()
+            ),
+            ["providerCallId"]
+        );
+        assert_eq!(
+            field_names(parse(r#"{"callId":7,"status":"busy"}"#).unwrap_err()),
+            ["callId", "status"]
+        );
+        assert_eq!(
+            field_names(parse(r#"{"callId":"a\u0000b","status":"BUSY"}"#).unwrap_err()),
+            ["callId"]
+        );
+        let long = "x".repeat(256);
+        assert_eq!(
+            field_names(parse(&format!(r#"{{"callId":"{long}","status":"BUSY"}}"#)).unwrap_err()),
+            ["callId"]
+        );
+        assert_eq!(
+            field_names(
+                parse(r#"{"callId":"a","status":"BUSY","completedAt":1740823200}"#).unwrap_err()
+            ),
+            ["completedAt"]
+        );
     }
 }

@@ -21,7 +21,7 @@ use futures::FutureExt as _;
 use rand::Rng as _;
 use uuid::Uuid;
 
-use super::{Dial, DialResult, OutcomeReport, Provider};
+use super::{CallLookup, Dial, DialResult, OutcomeReport, Provider, ProviderKind, StatusQuery};
 use crate::domain::CallOutcome;
 use crate::webhook_signature::WebhookSecret;
 
@@ -222,8 +222,21 @@ impl Simulator {
 }
 
 impl Provider for Simulator {
-    fn dial<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Simulator
+    }
+
+    /// Like the generic contract, it honours the idempotency key.
+    fn deduplicates_by_key(&self) -> bool {
+        true
+    }
+
+    fn place<'a>(&'a self, dial: &'a Dial) -> BoxFuture<'a, DialResult> {
         self.simulate(dial).boxed()
+    }
+
+    fn status<'a>(&'a self, _query: &'a StatusQuery) -> BoxFuture<'a, CallLookup> {
+        async { CallLookup::Unsupported }.boxed()
     }
 }
 

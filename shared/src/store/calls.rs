@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    call_from_row, parse_outcome, query, query_one, query_opt, seconds, Call, DialAttempt, Pool,
-    StoreResult, CALL_COLUMNS,
+    call_from_row, query, query_one, query_opt, seconds, Call, DialAttempt, Pool, StoreResult,
+    CALL_COLUMNS,
 };
 use crate::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
 use crate::queue::{Enqueue, MAX_DELAY};
@@ -107,7 +107,7 @@ pub async fn get_call(pool: &Pool, id: Uuid) -> StoreResult<Option<(Call, Vec<Di
     let rows = query(
         &client,
         "SELECT attempt_no, idempotency_key, dial_state, provider_call_id, started_at, dialed_at, \
-             ended_at, outcome, duration_sec, error \
+             ended_at, outcome, end_reason, duration_sec, error \
          FROM call_attempts WHERE call_id = $1 ORDER BY attempt_no",
         &[&id],
     )
@@ -123,7 +123,8 @@ pub async fn get_call(pool: &Pool, id: Uuid) -> StoreResult<Option<(Call, Vec<Di
                 started_at: row.try_get("started_at")?,
                 dialed_at: row.try_get("dialed_at")?,
                 ended_at: row.try_get("ended_at")?,
-                outcome: parse_outcome(row.try_get("outcome")?)?,
+                outcome: super::parse_dial_outcome(row.try_get("outcome")?)?,
+                end_reason: row.try_get("end_reason")?,
                 duration_sec: row.try_get("duration_sec")?,
                 error: row.try_get("error")?,
             })
@@ -385,6 +386,9 @@ pub struct Metrics {
     pub oldest_due_pending_age_seconds: Option<f64>,
     /// PENDING calls whose SQS message is not confirmed yet.
     pub outbox_unconfirmed: i64,
+    /// Dials the provider refused for its account's concurrency limit in the last hour:
+    /// above zero, `GLOBAL_CONCURRENCY` is set higher than the account allows.
+    pub provider_limited_dials_last_hour: i64,
 }
 
 pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
@@ -406,7 +410,11 @@ pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
         "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
                 (SELECT EXTRACT(EPOCH FROM now() - min(next_run_at))::float8 FROM calls \
                   WHERE status = 'PENDING' AND next_run_at <= now()), \
-                (SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL)",
+                (SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL), \
+                (SELECT count(*) FROM call_attempts \
+                  WHERE dial_state = 'LIMITED' AND started_at > now() - interval '1 hour') \
+              + (SELECT count(*) FROM provider_webhooks \
+                  WHERE status = 'LIMITED' AND received_at > now() - interval '1 hour')",
         &[],
     )
     .await?;
@@ -415,6 +423,7 @@ pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
         in_progress: row.try_get(0)?,
         oldest_due_pending_age_seconds: row.try_get(1)?,
         outbox_unconfirmed: row.try_get(2)?,
+        provider_limited_dials_last_hour: row.try_get(3)?,
     })
 }
 

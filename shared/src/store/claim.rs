@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
+use crate::provider::PriorDial;
 
 /// A call this worker now holds a slot for, ready to dial.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct ClaimedCall {
     pub phone: String,
     pub script_id: String,
     pub metadata: serde_json::Value,
+    /// Set when `idempotency_key` was used by an earlier dial that may have been placed:
+    /// providers without idempotency are asked before this dial (invariant 3).
+    pub prior: Option<PriorDial>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,7 +96,7 @@ pub async fn claim_calls(
     let tx = client.transaction().await?;
     let rows = query(
         &tx,
-        "SELECT id, phone, status, next_run_at, attempts, max_attempts, script_id, metadata, retry_dial_key, \
+        "SELECT id, phone, status, next_run_at, attempts, limited_dials, max_attempts, script_id, metadata, retry_dial_key, \
                 outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
                 (COALESCE(expires_at <= now(), false) \
                  OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
@@ -113,6 +117,8 @@ pub async fn claim_calls(
     let mut settle_marks = Vec::new();
     // Due PENDING calls, at most one per phone, in batch order: (index, id, phone).
     let mut candidates: Vec<(usize, Uuid, String)> = Vec::new();
+    // Claimed calls whose key an earlier dial used: (index, id, key).
+    let mut reused_keys: Vec<(usize, Uuid, Uuid)> = Vec::new();
     let mut phones = HashSet::new();
     for (index, &call_id) in call_ids.iter().enumerate() {
         if !seen.insert(call_id) {
@@ -213,7 +219,7 @@ pub async fn claim_calls(
                  INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
                  SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING call_id) \
              SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
-                    paired.attempt_no, paired.dial_key, \
+                    paired.attempt_no, paired.dial_key, paired.dial_key <> paired.attempt_id AS key_reused, \
                     (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
                     (SELECT count(*) FROM attempt) AS recorded \
                FROM unnest($1::uuid[]) AS a(id) \
@@ -259,20 +265,31 @@ pub async fn claim_calls(
             let call = found.get(&call_id).ok_or_else(|| {
                 super::StoreError::Corrupt(format!("call {call_id} claimed but not read"))
             })?;
+            let idempotency_key: Uuid = row.try_get("dial_key")?;
+            if row.try_get::<_, bool>("key_reused")? {
+                reused_keys.push((index, call_id, idempotency_key));
+            }
             claims[index] = Some(Claim::Claimed(ClaimedCall {
                 call_id,
                 attempt_id: row.try_get("attempt_id")?,
                 attempt_no: row.try_get("attempt_no")?,
                 max_attempts: call.try_get("max_attempts")?,
-                idempotency_key: row.try_get("dial_key")?,
+                idempotency_key,
                 slot_no,
                 phone,
                 script_id: call.try_get("script_id")?,
                 metadata: call.try_get("metadata")?,
+                prior: None,
             }));
         }
     }
 
+    for (index, call_id, key) in reused_keys {
+        let prior = prior_dial(&tx, call_id, key).await?;
+        if let Some(Claim::Claimed(claimed)) = claims[index].as_mut() {
+            claimed.prior = Some(prior);
+        }
+    }
     clear_delivery_marks(&tx, &settle_marks).await?;
     tx.commit().await?;
     claims
@@ -295,6 +312,7 @@ async fn redial_unknown(
     call: &tokio_postgres::Row,
 ) -> StoreResult<Claim> {
     let attempts: i32 = call.try_get("attempts")?;
+    let limited_dials: i32 = call.try_get("limited_dials")?;
     let max_attempts: i32 = call.try_get("max_attempts")?;
     let last = query_opt(
         tx,
@@ -307,7 +325,7 @@ async fn redial_unknown(
         return Ok(Claim::NotPending(CallStatus::InProgress));
     };
     let dial_state: String = last.try_get("dial_state")?;
-    if dial_state != "UNKNOWN" || attempts >= max_attempts {
+    if dial_state != "UNKNOWN" || attempts - limited_dials >= max_attempts {
         return Ok(Claim::NotPending(CallStatus::InProgress));
     }
     if !call.try_get::<_, bool>("due")? {
@@ -335,6 +353,7 @@ async fn redial_unknown(
         ],
     )
     .await?;
+    let prior = prior_dial(tx, call_id, idempotency_key).await?;
     Ok(Claim::Claimed(ClaimedCall {
         call_id,
         attempt_id,
@@ -345,7 +364,30 @@ async fn redial_unknown(
         phone: call.try_get("phone")?,
         script_id: call.try_get("script_id")?,
         metadata: call.try_get("metadata")?,
+        prior: Some(prior),
     }))
+}
+
+/// What a lookup needs to know of the earlier dials that used `key`: when the first of
+/// them started, and the provider call ids of the call's other attempts.
+pub(crate) async fn prior_dial(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    key: Uuid,
+) -> StoreResult<PriorDial> {
+    let row = super::query_one(
+        tx,
+        "SELECT COALESCE(min(started_at) FILTER (WHERE idempotency_key = $2), now()) AS since, \
+                COALESCE(array_agg(provider_call_id) FILTER \
+                    (WHERE provider_call_id IS NOT NULL AND idempotency_key <> $2), '{}') AS known \
+           FROM call_attempts WHERE call_id = $1",
+        &[&call_id, &key],
+    )
+    .await?;
+    Ok(PriorDial {
+        since: row.try_get("since")?,
+        known_provider_call_ids: row.try_get("known")?,
+    })
 }
 
 /// What a delivery settles on a call it does not claim: its outbox mark (the message

@@ -46,6 +46,14 @@ pub enum DialRecorded {
     /// The last attempt's fate is unknown: the call keeps its slot until the provider's
     /// webhook or the reclaimer settles it.
     OutcomeUnknown { error: String },
+    /// The provider refused the dial for its account's concurrency limit: the call waits
+    /// (PENDING, slot released) until `next_run_at`, and the dial does not count as an
+    /// attempt.
+    ProviderLimited {
+        next_run_at: DateTime<Utc>,
+        delay: Duration,
+        error: String,
+    },
     /// Permanent failure, or attempts exhausted: FAILED.
     Failed { error: String },
     /// The call moved on while the dial was in flight (reclaimed): only the attempt's
@@ -87,6 +95,9 @@ pub async fn record_dial(
                 policy,
             )
             .await?
+        }
+        DialResult::ConcurrencyLimited { error, retry_after } => {
+            record_limited(&tx, claimed, error, *retry_after, policy).await?
         }
         DialResult::Permanent { error } => {
             record_failure(&tx, claimed, error, None, policy).await?
@@ -184,14 +195,17 @@ async fn record_failure(
     let maybe_placed = retry.is_some_and(|(_, maybe)| maybe);
     let current = query_opt(
         tx,
-        "SELECT status, attempts, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
+        "SELECT status, attempts - limited_dials AS counted, max_attempts, attempts FROM calls \
+          WHERE id = $1 FOR UPDATE",
         &[&claimed.call_id],
     )
     .await?;
     // Lock order everywhere: the call's row, then its attempts and slot.
+    // An attempt a report already named (matched by its key) keeps what it learned.
     execute(
         tx,
-        "UPDATE call_attempts SET dial_state = $2, ended_at = now(), error = $3 WHERE id = $1",
+        "UPDATE call_attempts SET dial_state = $2, ended_at = now(), error = $3 \
+          WHERE id = $1 AND provider_call_id IS NULL",
         &[
             &claimed.attempt_id,
             &if maybe_placed { "UNKNOWN" } else { "REJECTED" },
@@ -203,11 +217,14 @@ async fn record_failure(
         return Ok((DialRecorded::Superseded, Vec::new()));
     };
     let status = super::parse_status(current.try_get("status")?)?;
-    let attempts: i32 = current.try_get("attempts")?;
     let max_attempts: i32 = current.try_get("max_attempts")?;
-    if status != CallStatus::InProgress || attempts != claimed.attempt_no {
+    if status != CallStatus::InProgress
+        || current.try_get::<_, i32>("attempts")? != claimed.attempt_no
+    {
         return Ok((DialRecorded::Superseded, Vec::new()));
     }
+    // The attempts that count: dials the provider refused for its concurrency limit do not.
+    let attempts: i32 = current.try_get("counted")?;
     if let Some((retry_after, true)) = retry {
         // The dial's fate is unknown: the provider may be ringing the phone right now. The
         // call keeps its slot and its phone (invariants 1 and 2) until the webhook, a redial
@@ -269,6 +286,82 @@ async fn record_failure(
         }
     };
     Ok((recorded, nudges))
+}
+
+/// A dial the provider refused for its account's concurrency limit: nothing was placed, so
+/// the slot is released and the call waits, its attempt not counted. No waiting call is
+/// nudged into the slot (the provider is full: it would be refused too); the next call to
+/// end at the provider frees room, and its settlement nudges.
+async fn record_limited(
+    tx: &Transaction<'_>,
+    claimed: &ClaimedCall,
+    error: &str,
+    retry_after: Option<Duration>,
+    policy: &RetryPolicy,
+) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
+    let current = query_opt(
+        tx,
+        "SELECT status, attempts, limited_dials FROM calls WHERE id = $1 FOR UPDATE",
+        &[&claimed.call_id],
+    )
+    .await?;
+    execute(
+        tx,
+        "UPDATE call_attempts SET dial_state = 'LIMITED', ended_at = now(), error = $2 \
+          WHERE id = $1 AND provider_call_id IS NULL",
+        &[&claimed.attempt_id, &error],
+    )
+    .await?;
+    let Some(current) = current else {
+        return Ok((DialRecorded::Superseded, Vec::new()));
+    };
+    let status = super::parse_status(current.try_get("status")?)?;
+    if status != CallStatus::InProgress
+        || current.try_get::<_, i32>("attempts")? != claimed.attempt_no
+    {
+        return Ok((DialRecorded::Superseded, Vec::new()));
+    }
+    let limited: i32 = current.try_get("limited_dials")?;
+    let (next_run_at, delay) =
+        wait_for_provider_room(tx, claimed.call_id, limited, retry_after, error, policy).await?;
+    Ok((
+        DialRecorded::ProviderLimited {
+            next_run_at,
+            delay,
+            error: error.to_owned(),
+        },
+        Vec::new(),
+    ))
+}
+
+/// Puts a call whose dial hit the provider's concurrency limit back to PENDING: the slot
+/// released, the dial not counted (`limited_dials`), the next try after a backoff that
+/// grows with the call's limited dials. Returns when it is due.
+pub(crate) async fn wait_for_provider_room(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    limited_before: i32,
+    retry_after: Option<Duration>,
+    error: &str,
+    policy: &RetryPolicy,
+) -> StoreResult<(DateTime<Utc>, Duration)> {
+    release_slot(tx, call_id).await?;
+    let delay = backoff::retry_delay(
+        policy.base_retry_seconds,
+        (limited_before + 1).clamp(1, 6) as u32,
+        retry_after,
+    );
+    let next_run_at: DateTime<Utc> = super::query_one(
+        tx,
+        "UPDATE calls SET status = 'PENDING', limited_dials = limited_dials + 1, \
+                next_run_at = now() + make_interval(secs => $2), last_error = $3, \
+                retry_dial_key = NULL, updated_at = now() \
+          WHERE id = $1 RETURNING next_run_at",
+        &[&call_id, &seconds(delay), &error],
+    )
+    .await?
+    .try_get(0)?;
+    Ok((next_run_at, delay))
 }
 
 /// Moves a call to FAILED with `error` as its `lastError`.

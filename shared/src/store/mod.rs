@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::domain::{CallOutcome, CallStatus};
+use crate::domain::{CallOutcome, CallStatus, DialOutcome};
 
 pub mod calls;
 pub mod claim;
@@ -121,13 +121,17 @@ pub struct DialAttempt {
     pub attempt: i32,
     /// The `Idempotency-Key` sent to the provider.
     pub idempotency_key: Uuid,
-    /// DIALING, ACCEPTED, UNKNOWN (may have been placed) or REJECTED.
+    /// DIALING, ACCEPTED, UNKNOWN (may have been placed), REJECTED, or LIMITED (refused
+    /// for the provider's concurrency limit: not counted as an attempt).
     pub dial_state: String,
     pub provider_call_id: Option<String>,
     pub started_at: DateTime<Utc>,
     pub dialed_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    pub outcome: Option<CallOutcome>,
+    pub outcome: Option<DialOutcome>,
+    /// The provider's own words for how the call ended (Retell's `disconnection_reason`,
+    /// Vapi's `endedReason`, ...).
+    pub end_reason: Option<String>,
     pub duration_sec: Option<i32>,
     pub error: Option<String>,
 }
@@ -166,6 +170,14 @@ pub(crate) fn parse_outcome(raw: Option<String>) -> StoreResult<Option<CallOutco
     raw.map(|o| {
         o.parse()
             .map_err(|_| StoreError::Corrupt(format!("outcome {o:?}")))
+    })
+    .transpose()
+}
+
+pub(crate) fn parse_dial_outcome(raw: Option<String>) -> StoreResult<Option<DialOutcome>> {
+    raw.map(|o| {
+        o.parse()
+            .map_err(|_| StoreError::Corrupt(format!("dial outcome {o:?}")))
     })
     .transpose()
 }

@@ -6,25 +6,16 @@
 //! [`super::dial`] also takes when it records the id: so either the webhook finds the
 //! attempt, or the worker finds the held webhook and applies it.
 
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::dial::{fail_call, RetryPolicy};
+use super::dial::{fail_call, wait_for_provider_room, RetryPolicy};
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
 use crate::domain::{CallOutcome, CallStatus};
+pub use crate::provider::ProviderReport;
+use crate::provider::ReportedOutcome;
 use crate::queue::{Enqueue, MAX_DELAY};
-
-/// A verified provider webhook.
-#[derive(Debug, Clone)]
-pub struct ProviderReport {
-    pub webhook_id: String,
-    pub provider_call_id: String,
-    pub status: CallOutcome,
-    pub duration_sec: Option<i32>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -90,14 +81,18 @@ pub async fn settle_from_webhook(
     let tx = client.transaction().await?;
     let stored = query_opt(
         &tx,
-        "INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+        "INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at, \
+                provider, attempt_key, end_reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
         &[
             &report.webhook_id,
             &report.provider_call_id,
-            &report.status.as_str(),
+            &report.outcome.as_str(),
             &report.duration_sec,
             &report.completed_at,
+            &report.source,
+            &report.attempt_key,
+            &report.end_reason,
         ],
     )
     .await?;
@@ -106,7 +101,14 @@ pub async fn settle_from_webhook(
         return Ok((Settlement::DuplicateDelivery, Vec::new()));
     }
     lock_provider_call(&tx, &report.provider_call_id).await?;
-    let result = match find_attempt(&tx, &report.provider_call_id).await? {
+    let attempt = match find_attempt(&tx, &report.provider_call_id).await? {
+        Some(attempt) => Some(attempt),
+        None => match report.attempt_key {
+            Some(key) => find_attempt_by_key(&tx, key, &report.provider_call_id).await?,
+            None => None,
+        },
+    };
+    let result = match attempt {
         None => (Settlement::Held, Vec::new()),
         Some(attempt) => apply_report(&tx, &attempt, report, policy).await?,
     };
@@ -123,7 +125,8 @@ pub(crate) async fn apply_held_reports(
 ) -> StoreResult<(Vec<Settlement>, Vec<Enqueue>)> {
     let rows = query(
         tx,
-        "SELECT webhook_id, status, duration_sec, completed_at FROM provider_webhooks \
+        "SELECT webhook_id, status, duration_sec, completed_at, provider, attempt_key, end_reason \
+           FROM provider_webhooks \
           WHERE provider_call_id = $1 AND applied_at IS NULL ORDER BY received_at",
         &[&provider_call_id],
     )
@@ -138,12 +141,21 @@ pub(crate) async fn apply_held_reports(
     let mut messages = Vec::new();
     for row in rows {
         let status: String = row.try_get("status")?;
+        let source: String = row.try_get("provider")?;
         let report = ProviderReport {
             webhook_id: row.try_get("webhook_id")?,
+            source: crate::provider::ProviderKind::ALL
+                .into_iter()
+                .map(|kind| kind.report_source())
+                .find(|known| *known == source)
+                .ok_or_else(|| {
+                    super::StoreError::Corrupt(format!("webhook provider {source:?}"))
+                })?,
             provider_call_id: provider_call_id.to_owned(),
-            status: status
-                .parse()
-                .map_err(|_| super::StoreError::Corrupt(format!("webhook status {status:?}")))?,
+            attempt_key: row.try_get("attempt_key")?,
+            outcome: ReportedOutcome::parse_stored(&status)
+                .ok_or_else(|| super::StoreError::Corrupt(format!("webhook status {status:?}")))?,
+            end_reason: row.try_get("end_reason")?,
             duration_sec: row.try_get("duration_sec")?,
             completed_at: row.try_get("completed_at")?,
         };
@@ -158,6 +170,8 @@ struct AttemptRef {
     id: Uuid,
     call_id: Uuid,
     attempt_no: i32,
+    /// Found by the attempt key, with no provider call id recorded yet: this one.
+    learns_provider_call_id: Option<String>,
 }
 
 async fn find_attempt(
@@ -176,6 +190,35 @@ async fn find_attempt(
             id: row.try_get("id")?,
             call_id: row.try_get("call_id")?,
             attempt_no: row.try_get("attempt_no")?,
+            learns_provider_call_id: None,
+        })
+    })
+    .transpose()
+}
+
+/// The latest attempt that carried `key` (a report whose dial's answer was lost, found by
+/// the key the provider echoed back). An attempt that has not recorded a provider call id
+/// learns this one when the report is applied: the call was placed.
+async fn find_attempt_by_key(
+    tx: &Transaction<'_>,
+    key: Uuid,
+    provider_call_id: &str,
+) -> StoreResult<Option<AttemptRef>> {
+    let row = query_opt(
+        tx,
+        "SELECT id, call_id, attempt_no, provider_call_id IS NULL AS unnamed FROM call_attempts \
+          WHERE idempotency_key = $1 ORDER BY attempt_no DESC LIMIT 1",
+        &[&key],
+    )
+    .await?;
+    row.map(|row| {
+        Ok(AttemptRef {
+            id: row.try_get("id")?,
+            call_id: row.try_get("call_id")?,
+            attempt_no: row.try_get("attempt_no")?,
+            learns_provider_call_id: row
+                .try_get::<_, bool>("unnamed")?
+                .then(|| provider_call_id.to_owned()),
         })
     })
     .transpose()
@@ -189,7 +232,7 @@ async fn apply_report(
 ) -> StoreResult<(Settlement, Vec<Enqueue>)> {
     let call = query_opt(
         tx,
-        "SELECT status, attempts, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
+        "SELECT status, attempts, limited_dials, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
         &[&attempt.call_id],
     )
     .await?
@@ -198,19 +241,33 @@ async fn apply_report(
     })?;
     let status = super::parse_status(call.try_get("status")?)?;
     let attempts: i32 = call.try_get("attempts")?;
+    let limited_dials: i32 = call.try_get("limited_dials")?;
     let max_attempts: i32 = call.try_get("max_attempts")?;
     let call_id = attempt.call_id;
+
+    if let Some(provider_call_id) = &attempt.learns_provider_call_id {
+        execute(
+            tx,
+            "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, \
+                    dialed_at = COALESCE(dialed_at, now()), error = NULL \
+              WHERE id = $1 AND provider_call_id IS NULL",
+            &[&attempt.id, provider_call_id],
+        )
+        .await?;
+    }
 
     // Record the outcome on the dial once; a second report for it changes nothing.
     let first_report = execute(
         tx,
-        "UPDATE call_attempts SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()) \
+        "UPDATE call_attempts SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()), \
+                end_reason = $5 \
           WHERE id = $1 AND outcome IS NULL",
         &[
             &attempt.id,
-            &report.status.as_str(),
+            &report.outcome.as_str(),
             &report.duration_sec,
             &report.completed_at,
+            &report.end_reason,
         ],
     )
     .await?
@@ -225,71 +282,42 @@ async fn apply_report(
         Settlement::Superseded { call_id }
     } else {
         let held_slot = status == CallStatus::InProgress;
-        let redial = policy.redial_outcomes.contains(&report.status);
-        let new_status = match report.status {
-            CallOutcome::Completed if !redial => {
-                execute(
+        let new_status = match report.outcome {
+            ReportedOutcome::ConcurrencyLimited => {
+                settle_limited(
                     tx,
-                    "UPDATE calls SET status = 'COMPLETED', outcome = $2, duration_sec = $3, \
-                            ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
-                            retry_dial_key = NULL \
-                      WHERE id = $1",
-                    &[&call_id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
-                )
-                .await?;
-                CallStatus::Completed
-            }
-            _ if redial && attempts < max_attempts && held_slot => {
-                let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, None);
-                let message_delay = delay.min(MAX_DELAY);
-                execute(
-                    tx,
-                    "UPDATE calls SET status = 'PENDING', outcome = $2, duration_sec = $3, \
-                            last_error = $4, next_run_at = now() + make_interval(secs => $5), \
-                            outbox_due_at = now() + make_interval(secs => $6), updated_at = now() \
-                      WHERE id = $1",
-                    &[
-                        &call_id,
-                        &report.status.as_str(),
-                        &report.duration_sec,
-                        &format!("provider reported {}", report.status),
-                        &seconds(delay),
-                        &seconds(message_delay),
-                    ],
-                )
-                .await?;
-                messages.push(Enqueue {
                     call_id,
-                    delay: message_delay,
-                });
-                CallStatus::Pending
+                    limited_dials,
+                    held_slot,
+                    report,
+                    policy,
+                    &mut messages,
+                )
+                .await?
             }
-            // A PENDING call (reclaimed, its redial not placed yet) that the provider now
-            // reports as redialable keeps its scheduled redial.
-            _ if redial && attempts < max_attempts => CallStatus::Pending,
-            _ => {
-                let error = if redial {
-                    format!(
-                        "provider reported {} (after {attempts} attempts)",
-                        report.status
-                    )
-                } else {
-                    format!("provider reported {}", report.status)
-                };
-                fail_call(tx, call_id, &error).await?;
-                execute(
+            ReportedOutcome::Outcome(outcome) => {
+                let budget_left = attempts - limited_dials < max_attempts;
+                let status = settle_outcome(
                     tx,
-                    "UPDATE calls SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, ended_at) WHERE id = $1",
-                    &[&call_id, &report.status.as_str(), &report.duration_sec, &report.completed_at],
+                    call_id,
+                    outcome,
+                    report,
+                    SettleContext {
+                        held_slot,
+                        budget_left,
+                        counted_attempts: attempts - limited_dials,
+                    },
+                    policy,
+                    &mut messages,
                 )
                 .await?;
-                CallStatus::Failed
+                if held_slot {
+                    release_slot(tx, call_id).await?;
+                    messages.extend(nudge_waiting_calls(tx, 1).await?);
+                }
+                status
             }
         };
-        if held_slot {
-            release_slot(tx, call_id).await?;
-            messages.extend(nudge_waiting_calls(tx, 1).await?);
-        }
         Settlement::Applied {
             call_id,
             status: new_status,
@@ -302,4 +330,161 @@ async fn apply_report(
     )
     .await?;
     Ok((settlement, messages))
+}
+
+struct SettleContext {
+    /// The call was IN_PROGRESS (it holds a slot), not waiting for a redial already.
+    held_slot: bool,
+    /// Attempts remain (dials refused for the provider's concurrency limit not counted).
+    budget_left: bool,
+    counted_attempts: i32,
+}
+
+/// Applies an outcome to the call of the report's current attempt. What ends a call and
+/// what is redialed (`REDIAL_OUTCOMES`, while attempts remain):
+/// - COMPLETED, and VOICEMAIL when not redialed: COMPLETED, with the outcome;
+/// - CANCELED when not redialed: CANCELED (stopped at the provider);
+/// - a redialed outcome with attempts left: PENDING, redialed after the backoff;
+/// - anything else (FAILED, or a redialed outcome with no attempts left): FAILED.
+async fn settle_outcome(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    outcome: CallOutcome,
+    report: &ProviderReport,
+    context: SettleContext,
+    policy: &RetryPolicy,
+    messages: &mut Vec<Enqueue>,
+) -> StoreResult<CallStatus> {
+    let redial = policy.redial_outcomes.contains(&outcome);
+    Ok(match outcome {
+        CallOutcome::Completed | CallOutcome::Voicemail if !redial => {
+            end_call_as(tx, call_id, "COMPLETED", outcome, report).await?;
+            CallStatus::Completed
+        }
+        CallOutcome::Canceled if !redial => {
+            end_call_as(tx, call_id, "CANCELED", outcome, report).await?;
+            CallStatus::Canceled
+        }
+        _ if redial && context.budget_left && context.held_slot => {
+            let delay = backoff::retry_delay(
+                policy.base_retry_seconds,
+                context.counted_attempts as u32,
+                None,
+            );
+            let message_delay = delay.min(MAX_DELAY);
+            execute(
+                tx,
+                "UPDATE calls SET status = 'PENDING', outcome = $2, duration_sec = $3, \
+                        last_error = $4, next_run_at = now() + make_interval(secs => $5), \
+                        outbox_due_at = now() + make_interval(secs => $6), updated_at = now() \
+                  WHERE id = $1",
+                &[
+                    &call_id,
+                    &outcome.as_str(),
+                    &report.duration_sec,
+                    &format!("provider reported {outcome}"),
+                    &seconds(delay),
+                    &seconds(message_delay),
+                ],
+            )
+            .await?;
+            messages.push(Enqueue {
+                call_id,
+                delay: message_delay,
+            });
+            CallStatus::Pending
+        }
+        // A PENDING call (reclaimed, its redial not placed yet) that the provider now
+        // reports as redialable keeps its scheduled redial.
+        _ if redial && context.budget_left => CallStatus::Pending,
+        _ => {
+            let error = if redial {
+                format!(
+                    "provider reported {outcome} (after {} attempts)",
+                    context.counted_attempts
+                )
+            } else {
+                format!("provider reported {outcome}")
+            };
+            fail_call(tx, call_id, &error).await?;
+            execute(
+                tx,
+                "UPDATE calls SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, ended_at) WHERE id = $1",
+                &[&call_id, &outcome.as_str(), &report.duration_sec, &report.completed_at],
+            )
+            .await?;
+            CallStatus::Failed
+        }
+    })
+}
+
+/// Ends a call with `status` and the reported outcome.
+async fn end_call_as(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    status: &str,
+    outcome: CallOutcome,
+    report: &ProviderReport,
+) -> StoreResult<()> {
+    execute(
+        tx,
+        "UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
+                ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
+                retry_dial_key = NULL \
+          WHERE id = $1",
+        &[
+            &call_id,
+            &outcome.as_str(),
+            &report.duration_sec,
+            &report.completed_at,
+            &status,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A report that the provider did not run the call for its account's concurrency limit:
+/// the attempt does not count, and the call waits and is dialed again (its slot released,
+/// with no nudge: the provider is full).
+async fn settle_limited(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    limited_dials: i32,
+    held_slot: bool,
+    report: &ProviderReport,
+    policy: &RetryPolicy,
+    messages: &mut Vec<Enqueue>,
+) -> StoreResult<CallStatus> {
+    if !held_slot {
+        // Reclaimed already: its redial is scheduled.
+        return Ok(CallStatus::Pending);
+    }
+    let error = format!(
+        "the provider's concurrency limit was reached{}; GLOBAL_CONCURRENCY is above what the account allows",
+        report
+            .end_reason
+            .as_deref()
+            .map(|reason| format!(" ({reason})"))
+            .unwrap_or_default()
+    );
+    tracing::warn!(
+        %call_id,
+        provider_call_id = %report.provider_call_id,
+        "provider concurrency limit reached: lower GLOBAL_CONCURRENCY to the account's limit"
+    );
+    let (_, delay) =
+        wait_for_provider_room(tx, call_id, limited_dials, None, &error, policy).await?;
+    let message_delay = delay.min(MAX_DELAY);
+    execute(
+        tx,
+        "UPDATE calls SET outbox_due_at = now() + make_interval(secs => $2) WHERE id = $1",
+        &[&call_id, &seconds(message_delay)],
+    )
+    .await?;
+    messages.push(Enqueue {
+        call_id,
+        delay: message_delay,
+    });
+    Ok(CallStatus::Pending)
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -25,37 +26,140 @@ pub struct StaleReclaimed {
     pub failed: u64,
 }
 
-/// IN_PROGRESS calls older than `stale_after` with no outcome: slot released, retried with
-/// backoff while attempts remain, else FAILED ("no outcome reported"). A dial whose
-/// placement is unknown is retried with its idempotency key, so the provider can tell.
+/// An IN_PROGRESS call silent for longer than the stale threshold, with what its current
+/// attempt knows: what the reclaimer asks the provider about before acting.
+#[derive(Debug, Clone)]
+pub struct StaleCall {
+    pub call_id: Uuid,
+    pub phone: String,
+    pub script_id: String,
+    pub started_at: DateTime<Utc>,
+    pub attempt_no: i32,
+    pub dial_state: Option<String>,
+    pub provider_call_id: Option<String>,
+    pub idempotency_key: Option<Uuid>,
+    /// When the first dial with this attempt's key started.
+    pub key_since: Option<DateTime<Utc>>,
+    /// Provider call ids of the call's attempts with other keys.
+    pub known_provider_call_ids: Vec<String>,
+}
+
+/// A stale call a pass asked about is not taken again by another pass for this long.
+const LOOKUP_LEASE_SECONDS: f64 = 30.0;
+
+/// Takes up to `limit` IN_PROGRESS calls started more than `stale_after` ago, oldest first,
+/// to ask the provider about: each is marked (`looked_up_at`) so that a concurrent pass
+/// takes others, and no row lock is held while the provider answers; [`reclaim_stale_calls`]
+/// re-checks each one under its lock.
+pub async fn stale_calls(
+    pool: &Pool,
+    stale_after: Duration,
+    limit: i64,
+) -> StoreResult<Vec<StaleCall>> {
+    let client = pool.get().await?;
+    let rows = query(
+        &client,
+        "WITH taken AS ( \
+             UPDATE calls SET looked_up_at = now() WHERE id IN ( \
+                 SELECT id FROM calls \
+                  WHERE status = 'IN_PROGRESS' AND started_at < now() - make_interval(secs => $1) \
+                    AND (looked_up_at IS NULL OR looked_up_at < now() - make_interval(secs => $3)) \
+                  ORDER BY started_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, phone, script_id, started_at, attempts) \
+         SELECT c.id, c.phone, c.script_id, c.started_at, a.attempt_no, a.dial_state, \
+                a.provider_call_id, a.idempotency_key, \
+                (SELECT min(k.started_at) FROM call_attempts k \
+                  WHERE k.call_id = c.id AND k.idempotency_key = a.idempotency_key) AS key_since, \
+                COALESCE((SELECT array_agg(o.provider_call_id) FROM call_attempts o \
+                  WHERE o.call_id = c.id AND o.provider_call_id IS NOT NULL \
+                    AND o.idempotency_key <> a.idempotency_key), '{}') AS known \
+           FROM taken c \
+           LEFT JOIN call_attempts a ON a.call_id = c.id AND a.attempt_no = c.attempts \
+          ORDER BY c.started_at",
+        &[&seconds(stale_after), &limit, &LOOKUP_LEASE_SECONDS],
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StaleCall {
+                call_id: row.try_get("id")?,
+                phone: row.try_get("phone")?,
+                script_id: row.try_get("script_id")?,
+                started_at: row.try_get("started_at")?,
+                attempt_no: row.try_get::<_, Option<i32>>("attempt_no")?.unwrap_or(0),
+                dial_state: row.try_get("dial_state")?,
+                provider_call_id: row.try_get("provider_call_id")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                key_since: row.try_get("key_since")?,
+                known_provider_call_ids: row.try_get("known")?,
+            })
+        })
+        .collect()
+}
+
+/// Which stale calls [`reclaim_stale_calls`] acts on.
+#[derive(Debug, Clone, Copy)]
+pub enum ReclaimScope<'a> {
+    /// Every stale call (a provider that cannot be asked and deduplicates by key).
+    All,
+    /// These calls, retried while attempts remain (the provider has no such call, or could
+    /// not be asked and deduplicates by key).
+    Redial(&'a [Uuid]),
+    /// These calls, FAILED without a redial: the provider could not be asked for too long,
+    /// and it would not recognise a redial (no idempotency key).
+    GiveUp(&'a [Uuid]),
+}
+
+/// IN_PROGRESS calls older than `stale_after` with no outcome (those in `scope`): slot
+/// released, retried with backoff while attempts remain, else FAILED ("no outcome
+/// reported"). A dial whose placement is unknown is retried with its idempotency key, so
+/// the provider can tell.
 pub async fn reclaim_stale_calls(
     pool: &Pool,
     stale_after: Duration,
     policy: &RetryPolicy,
+    scope: ReclaimScope<'_>,
 ) -> StoreResult<(StaleReclaimed, Vec<Enqueue>)> {
+    let (only, give_up): (Option<&[Uuid]>, bool) = match scope {
+        ReclaimScope::All => (None, false),
+        ReclaimScope::Redial(ids) => (Some(ids), false),
+        ReclaimScope::GiveUp(ids) => (Some(ids), true),
+    };
+    if only.is_some_and(<[Uuid]>::is_empty) {
+        return Ok((StaleReclaimed::default(), Vec::new()));
+    }
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = query(
         &tx,
-        "SELECT c.id, c.attempts, c.max_attempts, a.id AS attempt_id, a.dial_state, a.idempotency_key \
+        "SELECT c.id, c.attempts - c.limited_dials AS counted, c.max_attempts, a.id AS attempt_id, \
+                a.dial_state, a.idempotency_key \
            FROM calls c \
            LEFT JOIN call_attempts a ON a.call_id = c.id AND a.attempt_no = c.attempts \
           WHERE c.status = 'IN_PROGRESS' AND c.started_at < now() - make_interval(secs => $1) \
+            AND ($3::uuid[] IS NULL OR c.id = ANY($3)) \
           ORDER BY c.started_at LIMIT $2 \
           FOR UPDATE OF c SKIP LOCKED",
-        &[&seconds(stale_after), &BATCH],
+        &[&seconds(stale_after), &BATCH, &only],
     )
     .await?;
     let mut report = StaleReclaimed::default();
     let mut messages = Vec::new();
     for row in &rows {
         let call_id: Uuid = row.try_get("id")?;
-        let attempts: i32 = row.try_get("attempts")?;
+        let attempts: i32 = row.try_get("counted")?;
         let max_attempts: i32 = row.try_get("max_attempts")?;
         let attempt_id: Option<Uuid> = row.try_get("attempt_id")?;
         let dial_state: Option<String> = row.try_get("dial_state")?;
         let key: Option<Uuid> = row.try_get("idempotency_key")?;
-        let error = format!("no outcome reported within {}s", stale_after.as_secs());
+        let error = if give_up {
+            format!(
+                "no outcome reported within {}s, and the provider could not be asked",
+                stale_after.as_secs()
+            )
+        } else {
+            format!("no outcome reported within {}s", stale_after.as_secs())
+        };
         if let Some(attempt_id) = attempt_id {
             execute(
                 &tx,
@@ -67,11 +171,11 @@ pub async fn reclaim_stale_calls(
             .await?;
         }
         release_slot(&tx, call_id).await?;
-        if attempts < max_attempts {
+        if attempts < max_attempts && !give_up {
             // Placed and then silent: a real redial (new key). Never known to be placed:
             // same key, so a provider that did place it answers with the same call.
             let retry_key = match dial_state.as_deref() {
-                Some("ACCEPTED") | Some("REJECTED") | None => None,
+                Some("ACCEPTED") | Some("REJECTED") | Some("LIMITED") | None => None,
                 _ => key,
             };
             let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, None);
@@ -91,12 +195,12 @@ pub async fn reclaim_stale_calls(
             });
             report.retried += 1;
         } else {
-            fail_call(
-                &tx,
-                call_id,
-                &format!("{error} (after {attempts} attempts)"),
-            )
-            .await?;
+            let error = if give_up {
+                error
+            } else {
+                format!("{error} (after {attempts} attempts)")
+            };
+            fail_call(&tx, call_id, &error).await?;
             report.failed += 1;
         }
     }
