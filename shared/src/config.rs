@@ -359,8 +359,9 @@ pub struct WebhookCredentials {
     pub retell: Option<String>,
     /// `VAPI_WEBHOOK_SECRET`.
     pub vapi: Option<VapiWebhookSecret>,
-    /// `TWILIO_AUTH_TOKEN`: Twilio signs with the auth token.
-    pub twilio: Option<String>,
+    /// `TWILIO_AUTH_TOKEN` (Twilio signs with it), then any `TWILIO_WEBHOOK_SHARED_KEYS`
+    /// (space-separated webhook shared keys, HMAC-SHA256).
+    pub twilio: Option<Vec<String>>,
     /// `ELEVENLABS_WEBHOOK_SECRET`.
     pub elevenlabs: Option<String>,
 }
@@ -396,7 +397,17 @@ impl WebhookCredentials {
                         .map_err(|message| ConfigError::new("VAPI_WEBHOOK_SECRET", message))
                 })
                 .transpose()?,
-            twilio: settings.get("TWILIO_AUTH_TOKEN"),
+            twilio: settings.get("TWILIO_AUTH_TOKEN").map(|token| {
+                std::iter::once(token.trim().to_owned())
+                    .chain(
+                        settings
+                            .get("TWILIO_WEBHOOK_SHARED_KEYS")
+                            .unwrap_or_default()
+                            .split_whitespace()
+                            .map(str::to_owned),
+                    )
+                    .collect()
+            }),
             elevenlabs: settings.get("ELEVENLABS_WEBHOOK_SECRET"),
         })
     }

@@ -55,12 +55,20 @@ pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     mac
 }
 
-/// Whether `hex_signature` (lowercase or uppercase hex) is the MAC of what `mac` was fed,
-/// compared in constant time. An empty or non-hex signature never matches.
+/// Whether `hex_signature` (lowercase hex, as every provider sends it and their SDKs
+/// compare it) is the MAC of what `mac` was fed, compared in constant time. An empty,
+/// uppercase or non-hex signature never matches.
 pub fn verify_hex_mac<M: Mac>(mac: M, hex_signature: &str) -> bool {
+    if hex_signature.is_empty()
+        || !hex_signature
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return false;
+    }
     match hex::decode(hex_signature) {
-        Ok(expected) if !expected.is_empty() => mac.verify_slice(&expected).is_ok(),
-        _ => false,
+        Ok(expected) => mac.verify_slice(&expected).is_ok(),
+        Err(_) => false,
     }
 }
 

@@ -297,12 +297,10 @@ async fn receive_report(
         headers: &headers,
         body: &raw,
     };
-    scheme
-        .verify(&request, Utc::now().timestamp())
-        .map_err(|reason| {
-            tracing::warn!(%provider, %reason, "webhook signature refused");
-            WebhookError::Unauthenticated(reason)
-        })?;
+    scheme.verify(&request, Utc::now()).map_err(|reason| {
+        tracing::warn!(%provider, %reason, "webhook signature refused");
+        WebhookError::Unauthenticated(reason)
+    })?;
     let report = match scheme.parse(&request).map_err(|error| {
         tracing::warn!(%provider, %error, "signed webhook with an invalid body");
         WebhookError::from(error)

@@ -32,9 +32,10 @@ use crate::webhook_signature::{check_window, hmac_sha256, verify_hex_mac, Verify
 
 pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
 
-/// How old a signature may be (ElevenLabs' own SDK allows 30 minutes), and how far ahead.
-const SIGNATURE_MAX_AGE_SECONDS: i64 = 30 * 60;
-const SIGNATURE_MAX_AHEAD_SECONDS: i64 = 5 * 60;
+/// How old a signature may be (ElevenLabs' own SDK allows 30 minutes), and how far ahead
+/// (its SDK sets no bound; a clock a little ahead is no attack, an hour is), in ms.
+const SIGNATURE_MAX_AGE_MS: i64 = 30 * 60 * 1000;
+const SIGNATURE_MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
 
 /// Which telephony the agent's phone number is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,19 +401,23 @@ impl ElevenLabsWebhooks {
     }
 }
 
-/// `t=<unix seconds>,v0=<hex>` (several `v0=` may follow, during a rotation).
-fn parse_signature(header: &str) -> Option<(i64, Vec<&str>)> {
+/// `t=<unix seconds>,v0=<hex>`, read as ElevenLabs' SDK reads it: parts split on ',' and
+/// not trimmed, in any order, unknown parts ignored, the last `t=` and the last `v0=` taken.
+fn parse_signature(header: &str) -> Option<(i64, &str)> {
     let mut timestamp = None;
-    let mut signatures = Vec::new();
+    let mut signature = None;
     for part in header.split(',') {
-        let (name, value) = part.trim().split_once('=')?;
-        match name {
-            "t" => timestamp = Some(value.parse().ok()?),
-            "v0" => signatures.push(value),
-            _ => {}
+        if let Some(value) = part.strip_prefix("t=") {
+            timestamp = Some(value);
+        } else if let Some(value) = part.strip_prefix("v0=") {
+            signature = Some(value);
         }
     }
-    Some((timestamp?, signatures)).filter(|(_, s)| !s.is_empty())
+    let timestamp = timestamp?;
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((timestamp.parse().ok()?, signature?))
 }
 
 impl WebhookScheme for ElevenLabsWebhooks {
@@ -420,28 +425,29 @@ impl WebhookScheme for ElevenLabsWebhooks {
         ProviderKind::ElevenLabs
     }
 
-    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &InboundWebhook<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), VerifyError> {
         const HEADER: &str = "elevenlabs-signature";
         let header = request
             .header(HEADER)?
             .filter(|h| !h.trim().is_empty())
             .ok_or(VerifyError::MissingHeader(HEADER))?;
-        let (timestamp, signatures) =
+        let (timestamp, signature) =
             parse_signature(header).ok_or(VerifyError::MalformedHeader(HEADER))?;
         check_window(
-            timestamp,
-            now,
-            SIGNATURE_MAX_AGE_SECONDS,
-            SIGNATURE_MAX_AHEAD_SECONDS,
+            timestamp.saturating_mul(1000),
+            now.timestamp_millis(),
+            SIGNATURE_MAX_AGE_MS,
+            SIGNATURE_MAX_AHEAD_MS,
         )?;
-        let matched = signatures.iter().any(|signature| {
-            let mac = hmac_sha256(
-                self.secret.as_bytes(),
-                &[timestamp.to_string().as_bytes(), b".", request.body],
-            );
-            verify_hex_mac(mac, signature)
-        });
-        if matched {
+        let mac = hmac_sha256(
+            self.secret.as_bytes(),
+            &[timestamp.to_string().as_bytes(), b".", request.body],
+        );
+        if verify_hex_mac(mac, signature) {
             Ok(())
         } else {
             Err(VerifyError::NoMatch)
@@ -524,11 +530,16 @@ mod tests {
     fn parses_the_signature_header() {
         assert_eq!(
             parse_signature("t=1700000000,v0=abcd"),
-            Some((1_700_000_000, vec!["abcd"]))
+            Some((1_700_000_000, "abcd"))
+        );
+        assert_eq!(
+            parse_signature("v0=aa,x=1,t=1700000000,v0=bb"),
+            Some((1_700_000_000, "bb"))
         );
         assert_eq!(parse_signature("t=1700000000"), None);
         assert_eq!(parse_signature("v0=abcd"), None);
         assert_eq!(parse_signature("t=x,v0=abcd"), None);
+        assert_eq!(parse_signature("t=1700000000, v0=abcd"), None);
     }
 
     #[test]

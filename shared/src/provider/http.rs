@@ -118,13 +118,17 @@ impl WebhookScheme for StandardWebhooks {
         ProviderKind::Http
     }
 
-    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &InboundWebhook<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), VerifyError> {
         self.secret.verify(
             request.header("webhook-id")?,
             request.header("webhook-timestamp")?,
             request.header("webhook-signature")?,
             request.body,
-            now,
+            now.timestamp(),
         )
     }
 

@@ -393,8 +393,8 @@ pub enum ReportError {
 pub trait WebhookScheme: Send + Sync {
     fn provider(&self) -> ProviderKind;
 
-    /// Checks the request's signature or credential. `now` is Unix seconds.
-    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError>;
+    /// Checks the request's signature or credential at time `now`.
+    fn verify(&self, request: &InboundWebhook<'_>, now: DateTime<Utc>) -> Result<(), VerifyError>;
 
     /// Reads a verified request.
     fn parse(&self, request: &InboundWebhook<'_>) -> Result<WebhookEvent, ReportError>;
@@ -439,8 +439,8 @@ pub fn webhook_schemes(config: &Config) -> WebhookSchemes {
     if let Some(secret) = &credentials.vapi {
         schemes.push(Arc::new(vapi::VapiWebhooks::new(secret.clone())));
     }
-    if let Some(auth_token) = &credentials.twilio {
-        schemes.push(Arc::new(twilio::TwilioWebhooks::new(auth_token.clone())));
+    if let Some(keys) = &credentials.twilio {
+        schemes.push(Arc::new(twilio::TwilioWebhooks::new(keys.clone())));
     }
     if let Some(secret) = &credentials.elevenlabs {
         schemes.push(Arc::new(elevenlabs::ElevenLabsWebhooks::new(

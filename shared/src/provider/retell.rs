@@ -322,10 +322,15 @@ impl RetellWebhooks {
     }
 }
 
-/// Retell's signature header: `v=<timestamp ms>,d=<64 hex>`.
+/// Retell's signature header, exactly `v=<digits: timestamp ms>,d=<64 lowercase hex>` (its
+/// SDK's `fullmatch`).
 fn parse_signature(header: &str) -> Option<(i64, &str)> {
-    let (version, digest) = header.trim().split_once(',')?;
-    let timestamp = version.strip_prefix("v=")?.parse().ok()?;
+    let (version, digest) = header.split_once(',')?;
+    let digits = version.strip_prefix("v=")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let timestamp = digits.parse().ok()?;
     let digest = digest.strip_prefix("d=")?;
     (digest.len() == 64).then_some((timestamp, digest))
 }
@@ -335,7 +340,11 @@ impl WebhookScheme for RetellWebhooks {
         ProviderKind::Retell
     }
 
-    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &InboundWebhook<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), VerifyError> {
         const HEADER: &str = "x-retell-signature";
         let header = request
             .header(HEADER)?
@@ -345,10 +354,12 @@ impl WebhookScheme for RetellWebhooks {
             parse_signature(header).ok_or(VerifyError::MalformedHeader(HEADER))?;
         check_window(
             timestamp_ms,
-            now.saturating_mul(1000),
+            now.timestamp_millis(),
             SIGNATURE_WINDOW_MS,
             SIGNATURE_WINDOW_MS,
         )?;
+        // Signed over the timestamp as a number (so "v=0017..." verifies like "v=17...", as
+        // in Retell's SDK).
         let mac = hmac_sha256(
             self.api_key.as_bytes(),
             &[request.body, timestamp_ms.to_string().as_bytes()],
@@ -416,6 +427,8 @@ mod tests {
         assert_eq!(parse_signature("v=1,d=abc"), None);
         assert_eq!(parse_signature(&format!("d={digest},v=1")), None);
         assert_eq!(parse_signature(""), None);
+        assert_eq!(parse_signature(&format!("v=-1,d={digest}")), None);
+        assert_eq!(parse_signature(&format!("v=1, d={digest}")), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use futures::FutureExt as _;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha1::Sha1;
+use sha2::Digest as _;
 use uuid::Uuid;
 
 use super::transport::{self, Answer};
@@ -364,26 +365,68 @@ fn lookup_of(call: &Value) -> CallLookup {
 
 /// `/callbacks/twilio`.
 pub struct TwilioWebhooks {
-    auth_token: String,
+    /// The account's auth token, and any webhook shared keys (`TWILIO_WEBHOOK_SHARED_KEYS`).
+    keys: Vec<String>,
+}
+
+/// The MAC a Twilio signature uses: HMAC-SHA1 by default, HMAC-SHA256 when the request's
+/// `X-Twilio-Webhooks-Signature-Settings` says so (webhook shared keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Sha1,
+    Sha256,
 }
 
 impl TwilioWebhooks {
-    pub fn new(auth_token: String) -> Self {
-        Self { auth_token }
+    pub fn new(keys: Vec<String>) -> Self {
+        Self { keys }
     }
 
-    fn signature_of(&self, url: &str, params: &[(String, String)]) -> Vec<u8> {
+    fn signature_of(
+        key: &str,
+        algorithm: Algorithm,
+        url: &str,
+        params: &[(String, String)],
+    ) -> Vec<u8> {
         let mut sorted: Vec<&(String, String)> = params.iter().collect();
-        // By name, then value, as Twilio's SDKs sort repeated names.
+        // By name (code point order), then value, as Twilio's SDKs sort repeated names.
         sorted.sort();
-        let mut mac = Hmac::<Sha1>::new_from_slice(self.auth_token.as_bytes())
-            .expect("HMAC takes keys of any length");
-        mac.update(url.as_bytes());
-        for (name, value) in sorted {
-            mac.update(name.as_bytes());
-            mac.update(value.as_bytes());
+        let parts = std::iter::once(url.as_bytes()).chain(
+            sorted
+                .into_iter()
+                .flat_map(|(name, value)| [name.as_bytes(), value.as_bytes()]),
+        );
+        match algorithm {
+            Algorithm::Sha1 => {
+                let mut mac = Hmac::<Sha1>::new_from_slice(key.as_bytes())
+                    .expect("HMAC takes keys of any length");
+                parts.for_each(|part| mac.update(part));
+                mac.finalize().into_bytes().to_vec()
+            }
+            Algorithm::Sha256 => {
+                let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+                    .expect("HMAC takes keys of any length");
+                parts.for_each(|part| mac.update(part));
+                mac.finalize().into_bytes().to_vec()
+            }
         }
-        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+/// The algorithm named by `X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=...`.
+fn algorithm(request: &InboundWebhook<'_>) -> Result<Algorithm, VerifyError> {
+    const HEADER: &str = "x-twilio-webhooks-signature-settings";
+    let Some(settings) = request.header(HEADER)? else {
+        return Ok(Algorithm::Sha1);
+    };
+    let named = settings
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("algorithm="))
+        .next_back();
+    match named {
+        Some("HMAC_SHA256") => Ok(Algorithm::Sha256),
+        Some("HMAC_SHA1") | None => Ok(Algorithm::Sha1),
+        Some(_) => Err(VerifyError::MalformedHeader(HEADER)),
     }
 }
 
@@ -425,21 +468,47 @@ impl WebhookScheme for TwilioWebhooks {
 
     /// Twilio's signature carries no timestamp, so there is no replay window: a replayed
     /// callback is absorbed as a duplicate (same call, same status).
-    fn verify(&self, request: &InboundWebhook<'_>, _now: i64) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &InboundWebhook<'_>,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), VerifyError> {
         const HEADER: &str = "x-twilio-signature";
         let signature = request
             .header(HEADER)?
-            .filter(|s| !s.trim().is_empty())
+            .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MissingHeader(HEADER))?;
         let expected = BASE64
-            .decode(signature.trim())
+            .decode(signature)
             .ok()
             .filter(|s| !s.is_empty())
             .ok_or(VerifyError::MalformedHeader(HEADER))?;
-        let params = form_params(request.body);
-        let matched = url_variants(request.url).iter().any(|url| {
-            crate::webhook_signature::constant_time_eq(&self.signature_of(url, &params), &expected)
+        let algorithm = algorithm(request)?;
+        // A JSON body is signed through its hash in the URL's `bodySHA256`, with no
+        // parameters; a form body through its parameters.
+        let body_hash = url::Url::parse(request.url).ok().and_then(|url| {
+            url.query_pairs()
+                .find(|(name, _)| name == "bodySHA256")
+                .map(|(_, value)| value.into_owned())
         });
+        let params = match &body_hash {
+            Some(hash) => {
+                let actual = hex::encode(sha2::Sha256::digest(request.body));
+                if !crate::webhook_signature::constant_time_eq(actual.as_bytes(), hash.as_bytes()) {
+                    return Err(VerifyError::NoMatch);
+                }
+                Vec::new()
+            }
+            None => form_params(request.body),
+        };
+        // Every key and URL form is tried, so the time taken does not say which matched.
+        let matched = url_variants(request.url)
+            .iter()
+            .flat_map(|url| self.keys.iter().map(move |key| (url, key)))
+            .fold(false, |matched, (url, key)| {
+                let computed = Self::signature_of(key, algorithm, url, &params);
+                crate::webhook_signature::constant_time_eq(&computed, &expected) | matched
+            });
         if matched {
             Ok(())
         } else {

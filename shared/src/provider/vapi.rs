@@ -408,7 +408,12 @@ impl WebhookScheme for VapiWebhooks {
         ProviderKind::Vapi
     }
 
-    fn verify(&self, request: &InboundWebhook<'_>, now: i64) -> Result<(), VerifyError> {
+    fn verify(
+        &self,
+        request: &InboundWebhook<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), VerifyError> {
+        let now = now.timestamp();
         if let Some(signature) = request.header("x-signature")? {
             let timestamp_raw = request
                 .header("x-timestamp")?
