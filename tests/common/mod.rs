@@ -8,6 +8,9 @@
 //!   `moto_server`).
 #![allow(dead_code)]
 
+pub mod contract;
+pub mod fakes;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,0 +1,1 @@
+//! The elevenlabs contract fake: being written (see tests/common/fakes/retell.rs for the shape).

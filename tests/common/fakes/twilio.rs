@@ -1,0 +1,1 @@
+//! The twilio contract fake: being written (see tests/common/fakes/retell.rs for the shape).
