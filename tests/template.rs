@@ -66,6 +66,11 @@ fn secrets_are_dynamic_references() {
 }
 
 #[test]
+fn the_provider_parameter_offers_exactly_the_providers_ebra_speaks() {
+    run(check_provider(&template()));
+}
+
+#[test]
 fn api_routes_are_all_wired_and_authenticated() {
     run(check_api_routes(&template()));
 }
@@ -348,15 +353,58 @@ fn check_max_receive_count(doc: &Value) -> Check {
 }
 
 // (f) DATABASE_URL and WEBHOOK_SECRET (and API_TOKEN, if set) are dynamic references.
+/// Every secret a function reads, each from a dynamic reference.
+const SECRETS: [&str; 8] = [
+    "DATABASE_URL",
+    "WEBHOOK_SECRET",
+    "RETELL_API_KEY",
+    "VAPI_API_KEY",
+    "VAPI_WEBHOOK_SECRET",
+    "TWILIO_AUTH_TOKEN",
+    "ELEVENLABS_API_KEY",
+    "ELEVENLABS_WEBHOOK_SECRET",
+];
+
 fn check_secrets(doc: &Value) -> Check {
     for (id, function) in functions(doc) {
-        for name in ["DATABASE_URL", "WEBHOOK_SECRET"] {
+        for name in SECRETS {
             let value =
                 env_var(doc, function, name).ok_or_else(|| format!("{id} has no {name}"))?;
             dynamic_reference(value).map_err(|e| format!("{id} env {name}: {e}"))?;
         }
         if let Some(value) = env_var(doc, function, "API_TOKEN") {
             dynamic_reference(value).map_err(|e| format!("{id} env API_TOKEN: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+// The Provider parameter lists exactly the providers of `PROVIDER` (shared::provider), and
+// every function reads PROVIDER from it.
+fn check_provider(doc: &Value) -> Check {
+    let allowed: Vec<&str> = doc["Parameters"]["Provider"]["AllowedValues"]
+        .as_sequence()
+        .ok_or("the Provider parameter has no AllowedValues")?
+        .iter()
+        .filter_map(plain_str)
+        .collect();
+    let known: Vec<&str> = ebra_shared::provider::ProviderKind::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    if allowed != known {
+        return Err(format!(
+            "Provider allows {allowed:?}, Ebra speaks {known:?}"
+        ));
+    }
+    for (id, function) in functions(doc) {
+        let value =
+            env_var(doc, function, "PROVIDER").ok_or_else(|| format!("{id} has no PROVIDER"))?;
+        if as_ref(value) != Some("Provider") {
+            return Err(format!(
+                "{id} env PROVIDER is {}, not !Ref Provider",
+                show(value)
+            ));
         }
     }
     Ok(())
@@ -1009,6 +1057,27 @@ fn plain_secrets_are_caught() {
     assert_caught(check_secrets, |doc| {
         globals_env(doc)["WEBHOOK_SECRET"] =
             yaml("!Sub \"{{resolve:ssm-secure:${WebhookSecretId}}}\"");
+    });
+    assert_caught(check_secrets, |doc| {
+        globals_env(doc)["RETELL_API_KEY"] = yaml("!Ref ProviderSecretId");
+    });
+    assert_caught(check_secrets, |doc| {
+        globals_env(doc)["TWILIO_AUTH_TOKEN"] = yaml(
+            "[IsTwilio, '{{resolve:secretsmanager:x:SecretString:TWILIO_AUTH_TOKEN}}', plain]",
+        );
+    });
+}
+
+#[test]
+fn provider_drift_is_caught() {
+    assert_caught(check_provider, |doc| {
+        doc["Parameters"]["Provider"]["AllowedValues"]
+            .as_sequence_mut()
+            .unwrap()
+            .pop();
+    });
+    assert_caught(check_provider, |doc| {
+        globals_env(doc)["PROVIDER"] = Value::from("retell");
     });
 }
 
