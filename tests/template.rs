@@ -1062,9 +1062,8 @@ fn plain_secrets_are_caught() {
         globals_env(doc)["RETELL_API_KEY"] = yaml("!Ref ProviderSecretId");
     });
     assert_caught(check_secrets, |doc| {
-        globals_env(doc)["TWILIO_AUTH_TOKEN"] = yaml(
-            "[IsTwilio, '{{resolve:secretsmanager:x:SecretString:TWILIO_AUTH_TOKEN}}', plain]",
-        );
+        globals_env(doc)["TWILIO_AUTH_TOKEN"] =
+            yaml("!If [IsTwilio, 'a-plain-token', !Ref AWS::NoValue]");
     });
 }
 
