@@ -405,6 +405,99 @@ async fn scheduled_create_is_not_due_before_its_time_and_its_message_is_delayed(
     );
 }
 
+/// SQS traffic follows dials, not the backlog (issue 12): a create gets a message only while
+/// a slot is free that no other message is on its way to; the rest are parked, PENDING with
+/// no message and no outbox mark, for a freed slot's nudge or the reclaimer's refill.
+#[tokio::test]
+async fn creates_beyond_the_free_slots_are_parked_without_a_message() {
+    let env = TestEnv::new().await;
+    let router = ebra_api::router(state(
+        &env,
+        &[("GLOBAL_CONCURRENCY", "3")],
+        Some(env.queue.clone()),
+    ));
+    let api = Api {
+        env,
+        router,
+        token: None,
+    };
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let call = api
+            .create(json!({"to": format!("+1415555{:04}", 3100 + n), "scriptId": "s"}))
+            .await;
+        assert_eq!(call["status"], "PENDING");
+        ids.push(id_of(&call));
+    }
+    let mut queued = api.drain_call_ids().await;
+    queued.sort();
+    let mut first_three: Vec<String> = ids[..3].iter().map(|id| id.to_string()).collect();
+    first_three.sort();
+    assert_eq!(queued, first_three, "one message per free slot");
+    assert_eq!(
+        api.env
+            .count("SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL")
+            .await,
+        3
+    );
+    // Far in the future, even with slots free: parked (SQS holds a message 15 minutes at
+    // most), and the reclaimer's refill brings it once it is within the horizon.
+    api.env
+        .execute("UPDATE calls SET outbox_due_at = NULL")
+        .await;
+    api.env.execute("DELETE FROM calls").await;
+    let later = api
+        .create(json!({"to": PHONE, "scriptId": "s", "scheduledAt": rfc3339(Utc::now() + TimeDelta::hours(2))}))
+        .await;
+    assert!(api.drain_call_ids().await.is_empty());
+    assert_eq!(
+        api.delayed_messages().await,
+        0,
+        "no message for a call due in 2 h"
+    );
+    let id = id_of(&later);
+    let config = api.env.config(&[("GLOBAL_CONCURRENCY", "3")]);
+    let (_, messages) =
+        ebra_shared::store::sweep::refill_free_slots(&api.env.pool, config.global_concurrency)
+            .await
+            .expect("refill");
+    assert!(
+        messages.is_empty(),
+        "not within the horizon yet: {messages:?}"
+    );
+    api.env
+        .execute(&format!(
+            "UPDATE calls SET next_run_at = now() + interval '5 minutes' WHERE id = '{id}'"
+        ))
+        .await;
+    let (_, messages) =
+        ebra_shared::store::sweep::refill_free_slots(&api.env.pool, config.global_concurrency)
+            .await
+            .expect("refill");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].call_id.to_string(), id.to_string());
+    assert!(
+        messages[0].delay > std::time::Duration::from_secs(280)
+            && messages[0].delay <= std::time::Duration::from_secs(300),
+        "held until it is due: {:?}",
+        messages[0].delay
+    );
+    assert_eq!(
+        api.env
+            .count(&format!(
+                "SELECT count(*) FROM calls WHERE id = '{id}' AND outbox_due_at IS NOT NULL"
+            ))
+            .await,
+        1,
+        "marked, so the outbox sweep re-sends a lost message"
+    );
+    let (_, again) =
+        ebra_shared::store::sweep::refill_free_slots(&api.env.pool, config.global_concurrency)
+            .await
+            .expect("refill");
+    assert!(again.is_empty(), "given its message once: {again:?}");
+}
+
 /// One bad create: what is sent, the status expected, and the fields a 422 must list.
 struct BadCreate {
     name: &'static str,

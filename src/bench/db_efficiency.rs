@@ -111,7 +111,7 @@ async fn measure(db: &BenchDatabase, calls: usize) -> anyhow::Result<ScenarioRep
 }
 
 async fn create(pool: &Pool, n: usize) -> anyhow::Result<Uuid> {
-    match create_call(pool, &harness::new_call(n), 3)
+    match create_call(pool, &harness::new_call(n), 3, 30)
         .await
         .context("create_call")?
     {

@@ -389,7 +389,7 @@ async fn insert_calls(db: &BenchDatabase, first: usize, count: usize) -> anyhow:
     let pool = &db.pool;
     let created: Vec<anyhow::Result<Uuid>> = futures::stream::iter(first..first + count)
         .map(|n| async move {
-            match create_call(pool, &harness::new_call(n), 3)
+            match create_call(pool, &harness::new_call(n), 3, CAP)
                 .await
                 .context("creating a bench call")?
             {

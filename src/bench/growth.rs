@@ -197,7 +197,7 @@ async fn measure_at(
     let base = 50_000 + round_no * (OPERATIONS + WARM_UP);
     let mut fresh = Vec::with_capacity(OPERATIONS + WARM_UP);
     for n in 0..OPERATIONS + WARM_UP {
-        match create_call(pool, &harness::new_call(base + n), 3)
+        match create_call(pool, &harness::new_call(base + n), 3, 30)
             .await
             .context("create_call")?
         {

@@ -115,9 +115,14 @@ impl Stage {
             expires_at: None,
             idempotency: None,
         };
-        match create_call(&self.env.pool, &new, self.config.max_attempts)
-            .await
-            .expect("create")
+        match create_call(
+            &self.env.pool,
+            &new,
+            self.config.max_attempts,
+            self.config.global_concurrency,
+        )
+        .await
+        .expect("create")
         {
             Created::New { call, .. } => call.id,
             other => panic!("expected a new call, got {other:?}"),

@@ -190,9 +190,14 @@ impl TestEnv {
             expires_at,
             idempotency: None,
         };
-        match create_call(&self.pool, &new, config.max_attempts)
-            .await
-            .expect("create")
+        match create_call(
+            &self.pool,
+            &new,
+            config.max_attempts,
+            config.global_concurrency,
+        )
+        .await
+        .expect("create")
         {
             Created::New { call, .. } => call.id,
             other => panic!("expected a new call, got {other:?}"),

@@ -230,10 +230,26 @@ pub async fn create_call(
         let hash = request_hash(&new);
         (key, hash)
     });
-    match store::create_call(&state.pool, &new, state.config.max_attempts).await? {
+    match store::create_call(
+        &state.pool,
+        &new,
+        state.config.max_attempts,
+        state.config.global_concurrency,
+    )
+    .await?
+    {
         Created::New { call, enqueue } => {
-            tracing::info!(call_id = %call.id, scheduled_at = ?call.scheduled_at, "call accepted");
-            send_dial_message(&state, enqueue).await;
+            tracing::info!(
+                call_id = %call.id,
+                scheduled_at = ?call.scheduled_at,
+                parked = enqueue.is_none(),
+                "call accepted"
+            );
+            // Parked (no slot free, or due beyond the delay horizon): a freed slot's nudge
+            // or the reclaimer's refill sends its message.
+            if let Some(enqueue) = enqueue {
+                send_dial_message(&state, enqueue).await;
+            }
             Ok((
                 StatusCode::CREATED,
                 [(header::LOCATION, location(call.id)?)],
@@ -340,7 +356,7 @@ pub async fn patch_call(
     JsonBody(request): JsonBody<PatchCallRequest>,
 ) -> Result<Json<Call>, ApiError> {
     let patch = request.validate()?;
-    match store::patch_call(&state.pool, id, &patch).await? {
+    match store::patch_call(&state.pool, id, &patch, state.config.global_concurrency).await? {
         Changed::Done { call, enqueue } => {
             tracing::info!(call_id = %id, "call updated");
             // A new schedule needs a message that arrives on time, sent like a create's.

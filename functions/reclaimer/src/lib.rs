@@ -173,6 +173,7 @@ async fn reclaim_stale(
     }
     let give_up_after =
         chrono::Duration::seconds((config.stale_inprog_seconds * u64::from(GIVE_UP_FACTOR)) as i64);
+    let taken: Vec<Uuid> = stale.iter().map(|call| call.call_id).collect();
     let verdicts: Vec<(Uuid, StaleVerdict)> = futures::stream::iter(stale)
         .map(|call| async move {
             let verdict = verdict_on(state, &call, give_up_after).await;
@@ -223,6 +224,9 @@ async fn reclaim_stale(
         report.nudged += (messages.len() as u64).saturating_sub(stale.retried);
         report.send_failures += send(&state.queue, &messages).await;
     }
+    sweep::release_stale_calls(&state.pool, &taken)
+        .await
+        .context("releasing the stale calls this pass took")?;
     Ok(())
 }
 

@@ -29,13 +29,29 @@ pub struct NewCall {
 
 #[derive(Debug)]
 pub enum Created {
-    /// A new call; send `enqueue` after this returns (its outbox mark is already set).
-    New { call: Call, enqueue: Enqueue },
+    /// A new call. `enqueue`: its message, to send after this returns (its outbox mark is
+    /// already set), when it can be dialed soon; `None` when it is parked (every slot taken
+    /// or promised, or due beyond SQS's 15-minute delay): a freed slot's nudge or the
+    /// reclaimer's refill brings it.
+    New {
+        call: Call,
+        enqueue: Option<Enqueue>,
+    },
     /// The `Idempotency-Key` was seen before with the same request: the original call.
     Replayed(Call),
     /// The `Idempotency-Key` was seen before with a different request.
     KeyReused,
 }
+
+/// SQL, with the cap as `$12`: whether a slot is free that no message is already on its
+/// way to — fewer PENDING calls with an unconfirmed message (outbox mark) than free slots
+/// among the first `cap`. Both counts stop at the cap, so the check costs the same on any
+/// table size. Concurrent creates may each see the same free slot: a few extra messages,
+/// each of which the claim parks again, never a missed call.
+const ROOM_FOR_A_MESSAGE: &str = "(SELECT count(*) FROM (SELECT 1 FROM call_slots \
+         WHERE call_id IS NULL AND slot_no <= $12 LIMIT $12) AS free) \
+     > (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
+         LIMIT $12) AS promised)";
 
 /// How long SQS should hold a message for a call due at `due`.
 pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
@@ -44,11 +60,22 @@ pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
         .min(MAX_DELAY)
 }
 
-/// Inserts a call and its outbox mark in one statement (one commit).
-pub async fn create_call(pool: &Pool, new: &NewCall, max_attempts: u32) -> StoreResult<Created> {
+/// Inserts a call in one statement (one commit), with its outbox mark when it can be dialed
+/// soon: due within SQS's delay horizon, and a slot free that no other message is already
+/// on its way to (fewer calls marked than slots free, both counted up to `cap`). Otherwise
+/// the call is parked, with no message: SQS traffic follows dials, not the backlog.
+pub async fn create_call(
+    pool: &Pool,
+    new: &NewCall,
+    max_attempts: u32,
+    cap: u32,
+) -> StoreResult<Created> {
     let client = pool.get().await?;
     let id = Uuid::now_v7();
     let delay = message_delay(new.scheduled_at);
+    let due_within_horizon = new
+        .scheduled_at
+        .is_none_or(|at| at - Utc::now() <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64));
     let (key, hash) = match &new.idempotency {
         Some((key, hash)) => (Some(key.as_str()), Some(hash.as_str())),
         None => (None, None),
@@ -57,9 +84,10 @@ pub async fn create_call(pool: &Pool, new: &NewCall, max_attempts: u32) -> Store
         "INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
              next_run_at, outbox_due_at, idempotency_key, request_hash) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
-             now() + make_interval(secs => $8), $9, $10) \
+             CASE WHEN $11 AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8) END, \
+             $9, $10) \
          ON CONFLICT (idempotency_key) DO NOTHING \
-         RETURNING {CALL_COLUMNS}"
+         RETURNING {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged"
     );
     let inserted = query_opt(
         &client,
@@ -75,15 +103,17 @@ pub async fn create_call(pool: &Pool, new: &NewCall, max_attempts: u32) -> Store
             &seconds(delay),
             &key,
             &hash,
+            &due_within_horizon,
+            &(cap as i32),
         ],
     )
     .await?;
     if let Some(row) = inserted {
         let call = call_from_row(&row)?;
-        let enqueue = Enqueue {
+        let enqueue = row.try_get::<_, bool>("messaged")?.then_some(Enqueue {
             call_id: call.id,
             delay,
-        };
+        });
         return Ok(Created::New { call, enqueue });
     }
     // The key exists: ON CONFLICT waited for its transaction, so the row is visible now.
@@ -288,7 +318,14 @@ pub enum Changed {
     ScheduleAfterExpiry,
 }
 
-pub async fn patch_call(pool: &Pool, id: Uuid, patch: &CallPatch) -> StoreResult<Changed> {
+/// Changes a PENDING call. A new schedule gets a message (as [`create_call`] gives one:
+/// when due within the horizon and a slot has room), or parks the call.
+pub async fn patch_call(
+    pool: &Pool,
+    id: Uuid,
+    patch: &CallPatch,
+    cap: u32,
+) -> StoreResult<Changed> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = query_opt(
@@ -327,15 +364,21 @@ pub async fn patch_call(pool: &Pool, id: Uuid, patch: &CallPatch) -> StoreResult
         }
     };
     let delay = message_delay(Some(new_next_run));
+    let due_within_horizon =
+        new_next_run - now <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64);
+    // The room check leaves this call's own mark out of the count.
     let sql = format!(
         "UPDATE calls SET phone = COALESCE($2, phone), script_id = COALESCE($3, script_id), \
              metadata = COALESCE($4, metadata), \
              scheduled_at = CASE WHEN $5 THEN $6 ELSE scheduled_at END, \
              next_run_at = $7, \
-             outbox_due_at = CASE WHEN $5 THEN now() + make_interval(secs => $8) ELSE outbox_due_at END, \
+             outbox_due_at = CASE WHEN NOT $5 THEN outbox_due_at \
+                                  WHEN $9 AND (outbox_due_at IS NOT NULL OR {ROOM_FOR_A_MESSAGE}) \
+                                  THEN now() + make_interval(secs => $8) END, \
              updated_at = now() \
-         WHERE id = $1 RETURNING {CALL_COLUMNS}"
-    );
+         WHERE id = $1 RETURNING {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged"
+    )
+    .replace("$12", "$10");
     let row = query_one(
         &tx,
         &sql,
@@ -348,13 +391,16 @@ pub async fn patch_call(pool: &Pool, id: Uuid, patch: &CallPatch) -> StoreResult
             &scheduled_at,
             &new_next_run,
             &seconds(delay),
+            &due_within_horizon,
+            &(cap as i32),
         ],
     )
     .await?;
     tx.commit().await?;
     let call = call_from_row(&row)?;
     // A new schedule needs a message that arrives on time, not when the old one wakes.
-    let enqueue = schedule_changed.then_some(Enqueue { call_id: id, delay });
+    let enqueue = (schedule_changed && row.try_get::<_, bool>("messaged")?)
+        .then_some(Enqueue { call_id: id, delay });
     Ok(Changed::Done { call, enqueue })
 }
 

@@ -27,7 +27,8 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 }
 
 /// Marks up to `count` waiting calls as nudged and returns their messages, to send after
-/// the commit.
+/// the commit. A call with an outbox mark may be nudged too: its message may be the one
+/// whose send failed, and a second message costs less than waiting for the outbox sweep.
 pub(crate) async fn nudge_waiting_calls(
     tx: &Transaction<'_>,
     count: i64,

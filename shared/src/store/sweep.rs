@@ -44,8 +44,9 @@ pub struct StaleCall {
     pub known_provider_call_ids: Vec<String>,
 }
 
-/// A stale call a pass asked about is not taken again by another pass for this long.
-const LOOKUP_LEASE_SECONDS: f64 = 30.0;
+/// A stale call a pass takes to ask about is not taken by another pass for this long, or
+/// until the pass lets it go ([`release_stale_calls`]): only a pass that died keeps it.
+const LOOKUP_LEASE_SECONDS: f64 = 10.0;
 
 /// Takes up to `limit` IN_PROGRESS calls started more than `stale_after` ago, oldest first,
 /// to ask the provider about: each is marked (`looked_up_at`) so that a concurrent pass
@@ -95,6 +96,21 @@ pub async fn stale_calls(
             })
         })
         .collect()
+}
+
+/// Lets go of the stale calls a pass took ([`stale_calls`]), so the next pass asks again.
+pub async fn release_stale_calls(pool: &Pool, call_ids: &[Uuid]) -> StoreResult<()> {
+    if call_ids.is_empty() {
+        return Ok(());
+    }
+    let client = pool.get().await?;
+    execute(
+        &client,
+        "UPDATE calls SET looked_up_at = NULL WHERE id = ANY($1) AND looked_up_at IS NOT NULL",
+        &[&call_ids],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Which stale calls [`reclaim_stale_calls`] acts on.
@@ -265,20 +281,48 @@ pub async fn expire_pending_calls(
     Ok(rows.len() as u64)
 }
 
-/// The safety net for invariant 8: if slots are free while due calls wait (their nudge or
-/// message was lost), nudge as many as there are free slots.
+/// The safety net for invariant 8, and what brings parked calls: nudges as many due
+/// waiting calls as there are free slots (a lost nudge or send must not leave a slot idle
+/// until the outbox sweep), then, with slots still free that no message is on its way to,
+/// gives the calls due within SQS's delay horizon a delayed message each (outbox-marked,
+/// so the sweep covers a lost send). Returns the calls in progress and the messages.
 pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let in_progress: i64 = query_one(
+    let row = query_one(
         &tx,
-        "SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL",
-        &[],
+        "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
+                (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
+                  LIMIT $1) AS promised)",
+        &[&i64::from(cap)],
     )
-    .await?
-    .try_get(0)?;
+    .await?;
+    let in_progress: i64 = row.try_get(0)?;
+    let promised: i64 = row.try_get(1)?;
     let free = (i64::from(cap) - in_progress).clamp(0, BATCH);
-    let messages = nudge_waiting_calls(&tx, free).await?;
+    let mut messages = nudge_waiting_calls(&tx, free).await?;
+    let left = free - promised - messages.len() as i64;
+    if left > 0 {
+        let upcoming = query(
+            &tx,
+            "UPDATE calls SET outbox_due_at = next_run_at WHERE id IN ( \
+                 SELECT id FROM calls \
+                  WHERE status = 'PENDING' AND next_run_at > now() \
+                    AND next_run_at <= now() + make_interval(secs => $2) \
+                    AND outbox_due_at IS NULL \
+                  ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, GREATEST(EXTRACT(EPOCH FROM next_run_at - now()), 0)::float8 AS wait",
+            &[&left, &seconds(MAX_DELAY)],
+        )
+        .await?;
+        for row in &upcoming {
+            let wait: f64 = row.try_get("wait")?;
+            messages.push(Enqueue {
+                call_id: row.try_get("id")?,
+                delay: Duration::from_secs_f64(wait.clamp(0.0, MAX_DELAY.as_secs_f64())),
+            });
+        }
+    }
     tx.commit().await?;
     Ok((in_progress, messages))
 }
