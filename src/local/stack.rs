@@ -168,6 +168,15 @@ async fn serve(
     println!("Ebra is running.");
     println!("  API + webhook   {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)");
     println!(
+        "  console         {base}{}{}",
+        ebra_api::console::PATH,
+        if config.api_token.is_some() {
+            "  (it asks for API_TOKEN)"
+        } else {
+            ""
+        }
+    );
+    println!(
         "  webhook URL     {}",
         config.webhook_url.as_deref().unwrap_or(&local_webhook)
     );
