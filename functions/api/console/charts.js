@@ -39,15 +39,16 @@ export function gauge(inProgress, cap) {
   h('p', { class: `gauge-words gauge-words-${level}` }, `${percent}% of the cap, ${words}`));
 }
 
-const WIDTH = 640;
-const HEIGHT = 220;
 const MARGIN = { left: 40, right: 14, top: 14, bottom: 30 };
 
 /**
  * A step chart of the peak calls in progress per minute, with the cap as a dashed line.
- * `points`: [{at, peakInProgress}], oldest first.
+ * `points`: [{at, peakInProgress}], oldest first. `width`: the space it has, in CSS pixels
+ * (drawn at that size, its labels stay legible on a narrow screen).
  */
-export function historyChart(points, cap) {
+export function historyChart(points, cap, width) {
+  const WIDTH = Math.round(Math.min(760, Math.max(280, width || 640)));
+  const HEIGHT = WIDTH < 480 ? 180 : 220;
   const n = points.length;
   const peaks = points.map((p) => p.peakInProgress);
   const highest = Math.max(0, ...peaks);

@@ -57,6 +57,7 @@ const dateTime = new Intl.DateTimeFormat(undefined, {
   hour: '2-digit', minute: '2-digit', second: '2-digit',
 });
 const timeOfDay = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const timeWithSeconds = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 /** A <time> element in local time, its exact ISO instant in `datetime` and `title`. */
 export function time(iso) {
@@ -67,6 +68,10 @@ export function time(iso) {
 
 export function clock(date) {
   return timeOfDay.format(date);
+}
+
+export function clockWithSeconds(date) {
+  return timeWithSeconds.format(date);
 }
 
 /** 0 s, 42 s, 3 min 5 s, 2 h 4 min, 3 d 2 h */

@@ -69,15 +69,17 @@ export async function render(main, view) {
   const cancel = async () => {
     actionResult.replaceChildren(h('p', { class: 'muted' }, 'Canceling…'));
     try {
-      data.call = await api(`calls/${encodeURIComponent(id)}/cancel`, { method: 'POST', signal: view.signal });
-      actionResult.replaceChildren(h('p', { class: 'success', role: 'status' }, 'The call is canceled.'));
-      announce('The call is canceled.');
-      draw();
+      await api(`calls/${encodeURIComponent(id)}/cancel`, { method: 'POST', signal: view.signal });
     } catch (error) {
       if (error.name === 'AbortError' || view.handle(error)) return;
       actionResult.replaceChildren(problemBox(error, { heading: 'The cancel was refused' }));
       await refresh();
+      return;
     }
+    actionResult.replaceChildren(h('p', { class: 'success' }, 'The call is canceled.'));
+    announce('The call is canceled.');
+    // The cancel answers the call alone; the page shows it with its dials and webhooks.
+    await refresh();
   };
 
   function actionButtons(call) {
@@ -168,7 +170,11 @@ function timelineOf(call, webhooks) {
     events.push({ at: webhook.receivedAt, order: 2, node: () => webhookEntry(webhook) });
   }
   if (call.endedAt) {
-    events.push({ at: call.endedAt, order: 3, node: () => entry(`ended ended-${call.status.toLowerCase()}`, `Ended ${call.status}`, call.endedAt, call.lastError ? h('p', { class: 'error-text' }, call.lastError) : null) });
+    // The end is reported by a webhook whose `completedAt` (the provider's clock) may come
+    // before we received it: the end is placed after the report that caused it.
+    const applied = webhooks.items.filter((w) => w.disposition === 'APPLIED').map((w) => new Date(w.receivedAt));
+    const placed = new Date(Math.max(new Date(call.endedAt), ...applied)).toISOString();
+    events.push({ at: placed, order: 3, node: () => entry(`ended ended-${call.status.toLowerCase()}`, `Ended ${call.status}`, call.endedAt, call.lastError ? h('p', { class: 'error-text' }, call.lastError) : null) });
   }
   events.sort((a, b) => new Date(a.at) - new Date(b.at) || a.order - b.order);
   const list = h('ol', { class: 'timeline' }, events.map((e) => e.node()));

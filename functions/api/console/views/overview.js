@@ -5,7 +5,7 @@
 
 import { api } from '../api.js';
 import { gauge, historyChart } from '../charts.js';
-import { h, STATUSES, statusLabel, duration, problemBox, clock, shortId } from '../ui.js';
+import { h, STATUSES, statusLabel, duration, problemBox, clockWithSeconds, shortId } from '../ui.js';
 
 const METRICS_EVERY_MS = 5000;
 const HISTORY_EVERY_MS = 30000;
@@ -24,9 +24,11 @@ export async function render(main, view) {
   const chartSlot = h('div', { class: 'chart-slot' });
   const countsSlot = h('div');
   const waitingSlot = h('div');
-  const updated = h('p', { class: 'muted updated' });
+  const updated = h('span', { class: 'muted updated' });
+  const refreshNow = h('button', { type: 'button', class: 'button-quiet' }, 'Refresh now');
   main.replaceChildren(
     h('h1', { tabindex: '-1' }, 'Overview'),
+    h('div', { class: 'toolbar' }, refreshNow, updated),
     errorSlot,
     h('div', { class: 'overview-grid' },
       h('section', { class: 'panel', 'aria-labelledby': 'in-progress-heading' },
@@ -38,8 +40,7 @@ export async function render(main, view) {
     h('section', { class: 'panel', 'aria-labelledby': 'counts-heading' },
       h('h2', { id: 'counts-heading' }, 'Calls by status'), countsSlot),
     h('section', { class: 'panel', 'aria-labelledby': 'waiting-heading' },
-      h('h2', { id: 'waiting-heading' }, 'Waiting'), waitingSlot),
-    updated);
+      h('h2', { id: 'waiting-heading' }, 'Waiting'), waitingSlot));
 
   const draw = () => {
     const m = state.metrics;
@@ -50,10 +51,10 @@ export async function render(main, view) {
       const last = points[points.length - 1];
       last.peakInProgress = Math.max(last.peakInProgress, m.inProgress);
     }
-    chartSlot.replaceChildren(historyChart(points, state.history.globalConcurrency));
+    chartSlot.replaceChildren(historyChart(points, state.history.globalConcurrency, chartSlot.clientWidth));
     countsSlot.replaceChildren(counts(m.calls));
     waitingSlot.replaceChildren(waiting(m));
-    updated.textContent = `Updated at ${clock(new Date())}; refreshes every ${METRICS_EVERY_MS / 1000} s.`;
+    updated.textContent = `Updated at ${clockWithSeconds(new Date())}; refreshes every ${METRICS_EVERY_MS / 1000} s.`;
   };
   draw();
 
@@ -69,9 +70,11 @@ export async function render(main, view) {
       }
     }
   };
-  view.every(METRICS_EVERY_MS, refresh(async () => {
+  const refreshMetrics = refresh(async () => {
     state.metrics = await api('metrics', { signal: view.signal });
-  }));
+  });
+  refreshNow.addEventListener('click', refreshMetrics);
+  view.every(METRICS_EVERY_MS, refreshMetrics);
   view.every(HISTORY_EVERY_MS, refresh(async () => {
     state.history = await api('metrics/history', { signal: view.signal });
   }));
