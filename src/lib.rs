@@ -4,7 +4,9 @@
 //! listener, the worker behind an emulation of the SQS event source mapping, the
 //! reclaimer on a timer, the provider simulator calling back — against a real Postgres
 //! and a real SQS endpoint (`moto_server`), starting either itself when none is there.
-//! `ebra migrate` applies the schema; `ebra bench` measures.
+//! `ebra migrate` applies the schema; `ebra bench` measures; `ebra console` serves the
+//! operator console against a deployed API, signing its requests with SigV4.
 
 pub mod bench;
+pub mod console;
 pub mod local;

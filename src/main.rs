@@ -1,4 +1,5 @@
-//! `ebra`: run the local stack, migrate a database, measure.
+//! `ebra`: run the local stack, migrate a database, measure, open the console on a deployed
+//! stack.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,6 +37,9 @@ enum Command {
     },
     /// Measure throughput, slot utilisation, latency, commits, cold start and growth.
     Bench(ebra::bench::BenchArgs),
+    /// Serve the operator console on 127.0.0.1 against a deployed API, signing its requests
+    /// with SigV4 (IAM authorization) using the standard AWS credential chain.
+    Console(ebra::console::ConsoleArgs),
 }
 
 #[tokio::main]
@@ -55,6 +59,7 @@ async fn main() -> ExitCode {
         }
         Command::Migrate { create_database } => migrate(create_database).await,
         Command::Bench(args) => ebra::bench::run(args).await,
+        Command::Console(args) => ebra::console::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

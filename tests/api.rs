@@ -1577,7 +1577,9 @@ async fn with_a_token_every_route_but_openapi_needs_it() {
         (Method::GET, format!("/calls/{id}")),
         (Method::PATCH, format!("/calls/{id}")),
         (Method::POST, format!("/calls/{id}/cancel")),
+        (Method::GET, format!("/calls/{id}/webhooks")),
         (Method::GET, "/metrics".to_owned()),
+        (Method::GET, "/metrics/history".to_owned()),
     ];
     let credentials = [
         None,
@@ -1723,7 +1725,9 @@ async fn openapi_lists_exactly_the_routes_served() {
         ("GET", "/calls/{id}"),
         ("PATCH", "/calls/{id}"),
         ("POST", "/calls/{id}/cancel"),
+        ("GET", "/calls/{id}/webhooks"),
         ("GET", "/metrics"),
+        ("GET", "/metrics/history"),
         ("GET", "/openapi.json"),
     ]
     .into_iter()
@@ -1830,6 +1834,9 @@ async fn openapi_lists_exactly_the_routes_served() {
         "FieldError",
         "CreateCallRequest",
         "PatchCallRequest",
+        "ReceivedWebhook",
+        "WebhookList",
+        "InProgressHistory",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),
@@ -2096,4 +2103,485 @@ async fn lambda_events_create_read_and_refuse() {
     );
 
     assert_eq!(api.calls_in_db().await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the console reads: the phone filter, a call's webhooks, the last hour, the console's
+// own files.
+
+#[tokio::test]
+async fn list_filters_by_phone_number() {
+    let api = Api::start().await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(id_of(&api.create(valid_call()).await));
+        api.create(json!({"to": OTHER_PHONE, "scriptId": "s"}))
+            .await;
+    }
+    api.cancel(&mine[1]).await;
+
+    // `+` is `%2B` in a query string (a bare `+` would read as a space).
+    let to = "to=%2B14155550100";
+    let listed = api.get(&format!("/calls?{to}")).await.json();
+    assert_eq!(listed["total"], 3);
+    let ids: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(ids, [mine[2].clone(), mine[1].clone(), mine[0].clone()]);
+    assert!(listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["to"] == PHONE));
+
+    // With a status, and paged by cursor.
+    let pending = api
+        .get(&format!("/calls?{to}&status=PENDING&pageSize=1"))
+        .await
+        .json();
+    assert_eq!(pending["total"], 2);
+    assert_eq!(pending["items"][0]["id"], mine[2].as_str());
+    let cursor = pending["nextCursor"].as_str().expect("a next page");
+    let next = api
+        .get(&format!(
+            "/calls?{to}&status=PENDING&pageSize=1&cursor={cursor}"
+        ))
+        .await
+        .json();
+    assert_eq!(next["items"][0]["id"], mine[0].as_str());
+    let last = next["nextCursor"]
+        .as_str()
+        .expect("a full page has a cursor");
+    let after_last = api
+        .get(&format!(
+            "/calls?{to}&status=PENDING&pageSize=1&cursor={last}"
+        ))
+        .await
+        .json();
+    assert_eq!(after_last["items"], json!([]));
+    assert_eq!(after_last["nextCursor"], Value::Null);
+
+    let nobody = api.get("/calls?to=%2B12025550143").await.json();
+    assert_eq!(nobody["total"], 0);
+    assert_eq!(nobody["items"], json!([]));
+}
+
+#[tokio::test]
+async fn every_bad_phone_filter_is_a_400_problem_naming_to() {
+    let api = Api::start().await;
+    api.create(valid_call()).await;
+    for query in [
+        "to=14155550100",
+        "to=+14155550100", // a bare `+` is a space: " 14155550100"
+        "to=",
+        "to=%2B",
+        "to=%2B1",
+        "to=%2B1%20415%20555%200100",
+        "to=%2B014155550100",
+        "to=%2B1415555010012345678",
+        "to=%2B999123",
+        "to=abc",
+        "to=%2B14155550100&to=%2B14155550100",
+    ] {
+        let reply = api.get(&format!("/calls?{query}")).await;
+        reply.problem(400);
+        if !query.contains("&to=") {
+            assert_eq!(reply.fields(), ["to"], "{query}");
+        }
+    }
+    // Every bad parameter at once, `to` among them.
+    let reply = api.get("/calls?status=x&to=123&pageSize=0").await;
+    reply.problem(400);
+    assert_eq!(reply.fields(), ["status", "to", "pageSize"]);
+}
+
+/// Reports a provider outcome for `provider_call_id` as the webhook function would.
+async fn report(
+    env: &TestEnv,
+    webhook_id: &str,
+    provider_call_id: &str,
+    status: ebra_shared::domain::CallOutcome,
+) -> ebra_shared::store::settle::Settlement {
+    use ebra_shared::store::dial::RetryPolicy;
+    use ebra_shared::store::settle::settle_from_webhook;
+    let report = common::generic_report(webhook_id, provider_call_id, status, Some(42), None);
+    let (settlement, _) =
+        settle_from_webhook(&env.pool, &report, &RetryPolicy::from(&env.config(&[])))
+            .await
+            .expect("settle");
+    settlement
+}
+
+#[tokio::test]
+async fn a_calls_webhooks_are_listed_with_their_dial() {
+    use ebra_shared::domain::CallOutcome;
+    let api = Api::start().await;
+    let config = api.env.config(&[]);
+    let id = id_of(&api.create(valid_call()).await);
+    let other = id_of(
+        &api.create(json!({"to": OTHER_PHONE, "scriptId": "s"}))
+            .await,
+    );
+
+    let none = api.get(&format!("/calls/{id}/webhooks")).await;
+    assert_eq!(none.status, StatusCode::OK, "{}", none.text());
+    assert_eq!(none.json(), json!({"items": [], "truncated": false}));
+
+    let claimed = api.env.claim(&config, id.parse().unwrap()).await;
+    api.env.record_accepted(&config, &claimed, "prov-1").await;
+    let claimed_other = api.env.claim(&config, other.parse().unwrap()).await;
+    api.env
+        .record_accepted(&config, &claimed_other, "prov-other")
+        .await;
+
+    report(&api.env, "msg_1", "prov-1", CallOutcome::Failed).await;
+    // A second report for the settled dial, another call's, and one for no known dial.
+    report(&api.env, "msg_2", "prov-1", CallOutcome::Completed).await;
+    report(&api.env, "msg_other", "prov-other", CallOutcome::Completed).await;
+    report(&api.env, "msg_held", "prov-unknown", CallOutcome::Completed).await;
+
+    let body = api.get(&format!("/calls/{id}/webhooks")).await.json();
+    assert_eq!(body["truncated"], false);
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{body}");
+    assert_eq!(items[0]["webhookId"], "msg_1");
+    assert_eq!(items[0]["providerCallId"], "prov-1");
+    assert_eq!(items[0]["attempt"], 1);
+    assert_eq!(items[0]["status"], "FAILED");
+    assert_eq!(items[0]["durationSec"], 42);
+    assert_eq!(items[0]["disposition"], "APPLIED");
+    assert!(items[0]["appliedAt"].is_string());
+    assert!(instant(&items[0]["receivedAt"]) <= instant(&items[1]["receivedAt"]));
+    assert_eq!(items[1]["webhookId"], "msg_2");
+    assert_eq!(items[1]["disposition"], "ALREADY_SETTLED");
+
+    // The call page's two reads agree: the dial the reports name, and the call they failed.
+    let call = api.get(&format!("/calls/{id}")).await.json();
+    assert_eq!(call["status"], "FAILED");
+    assert_eq!(call["dials"][0]["providerCallId"], "prov-1");
+    assert_eq!(call["lastError"], "provider reported FAILED");
+}
+
+#[tokio::test]
+async fn webhooks_of_an_unknown_or_malformed_call_are_problems() {
+    let api = Api::start().await;
+    let unknown = api
+        .get(&format!("/calls/{}/webhooks", Uuid::new_v4()))
+        .await;
+    assert_eq!(
+        unknown.problem(404)["type"],
+        "urn:ebra:problem:call-not-found"
+    );
+    api.get("/calls/not-a-uuid/webhooks").await.problem(400);
+    api.call(Method::POST, &format!("/calls/{}/webhooks", Uuid::new_v4()))
+        .await
+        .problem(405);
+}
+
+#[tokio::test]
+async fn metrics_history_has_the_peak_in_progress_of_each_minute() {
+    let api = Api::start().await;
+    let config = api.env.config(&[]);
+    let phones = [
+        "+14155550101",
+        "+14155550102",
+        "+14155550103",
+        "+14155550104",
+        "+14155550105",
+        "+14155550106",
+        "+14155550107",
+    ];
+    let mut attempts = Vec::new();
+    for phone in phones {
+        let id = api.env.pending_call(&config, phone, None).await;
+        attempts.push(api.env.claim(&config, id).await.attempt_id);
+    }
+    // Dials placed at minutes relative to T, the current minute's start when this runs:
+    // offsets in seconds from T, and None for a dial not ended.
+    let spans: [(i64, Option<i64>); 7] = [
+        (-30 * 60 + 10, Some(-20 * 60 + 10)), // A
+        (-25 * 60 + 10, Some(-10 * 60 + 10)), // B
+        (-120 * 60, Some(-90 * 60)),          // C: before the window
+        (-90 * 60, None),                     // D: in progress the whole hour
+        (-5 * 60 + 10, Some(-5 * 60 + 20)),   // E: ten seconds
+        (-17 * 60, Some(-15 * 60 + 30)),      // F, handing its slot straight to G
+        (-15 * 60 + 30, Some(-14 * 60 + 20)), // G
+    ];
+    let t: DateTime<Utc> = {
+        let client = api.env.pool.get().await.unwrap();
+        client
+            .query_one("SELECT date_trunc('minute', now())", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    for (attempt, (start, end)) in attempts.iter().zip(spans) {
+        let at = |offset: i64| format!("'{}'", rfc3339(t + TimeDelta::seconds(offset)));
+        api.env
+            .execute(&format!(
+                "UPDATE call_attempts SET started_at = {}, ended_at = {} WHERE id = '{attempt}'",
+                at(start),
+                end.map(at).unwrap_or_else(|| "NULL".to_owned())
+            ))
+            .await;
+    }
+
+    let body = api.get("/metrics/history").await.json();
+    assert_eq!(body["globalConcurrency"], 30);
+    let minutes = body["minutes"].as_array().expect("minutes");
+    assert_eq!(minutes.len(), 60);
+    let at: Vec<DateTime<Utc>> = minutes.iter().map(|m| instant(&m["at"])).collect();
+    for pair in at.windows(2) {
+        assert_eq!(pair[1] - pair[0], TimeDelta::minutes(1));
+    }
+    assert!(at[0].timestamp() % 60 == 0, "minutes start on the minute");
+    let peak = |minute: i64| {
+        let wanted = t + TimeDelta::minutes(minute);
+        let i = at
+            .iter()
+            .position(|a| *a == wanted)
+            .unwrap_or_else(|| panic!("no point for T{minute:+} min in {body}"));
+        minutes[i]["peakInProgress"].as_i64().unwrap()
+    };
+    assert_eq!(peak(-45), 1, "D alone");
+    assert_eq!(peak(-30), 2, "D, A");
+    assert_eq!(peak(-25), 3, "D, A, B");
+    assert_eq!(peak(-20), 3, "A ends in this minute");
+    assert_eq!(peak(-19), 2, "D, B");
+    assert_eq!(peak(-17), 3, "D, B, F");
+    assert_eq!(peak(-15), 3, "F hands over to G: not counted twice");
+    assert_eq!(peak(-14), 3, "G ends in this minute");
+    assert_eq!(peak(-13), 2, "D, B");
+    assert_eq!(peak(-10), 2, "B ends in this minute");
+    assert_eq!(peak(-9), 1, "D");
+    assert_eq!(peak(-5), 2, "D, E for ten seconds");
+    assert_eq!(peak(-4), 1, "D");
+    assert_eq!(minutes.last().unwrap()["peakInProgress"], 1, "D, now");
+
+    let short = api.get("/metrics/history?minutes=5").await.json();
+    assert_eq!(short["minutes"].as_array().unwrap().len(), 5);
+    let long = api.get("/metrics/history?minutes=360").await.json();
+    let long = long["minutes"].as_array().unwrap();
+    assert_eq!(long.len(), 360);
+    // C (two hours ago, thirty minutes long) shows in the longer window, with D.
+    let c_minute = t + TimeDelta::minutes(-100);
+    let c = long
+        .iter()
+        .find(|m| instant(&m["at"]) == c_minute)
+        .expect("T-100 min");
+    assert_eq!(c["peakInProgress"], 1);
+}
+
+#[tokio::test]
+async fn metrics_history_of_an_empty_database_is_zeros() {
+    let api = Api::start().await;
+    let body = api.get("/metrics/history?minutes=3").await.json();
+    let minutes = body["minutes"].as_array().expect("minutes");
+    assert_eq!(minutes.len(), 3);
+    assert!(minutes.iter().all(|m| m["peakInProgress"] == 0), "{body}");
+}
+
+#[tokio::test]
+async fn every_bad_history_query_is_a_400_problem() {
+    let api = Api::start().await;
+    for query in [
+        "minutes=0",
+        "minutes=361",
+        "minutes=-1",
+        "minutes=1.5",
+        "minutes=",
+        "minutes=sixty",
+        "minutes=60&minutes=60",
+        "hours=1",
+    ] {
+        let reply = api.get(&format!("/metrics/history?{query}")).await;
+        reply.problem(400);
+    }
+    assert_eq!(
+        api.get("/metrics/history?minutes=0").await.fields(),
+        ["minutes"]
+    );
+    api.call(Method::POST, "/metrics/history")
+        .await
+        .problem(405);
+}
+
+#[tokio::test]
+async fn metrics_name_the_oldest_due_waiting_call() {
+    let api = Api::start().await;
+    let body = api.get("/metrics").await.json();
+    assert_eq!(body["oldestDuePendingCallId"], Value::Null);
+    let first = id_of(&api.create(valid_call()).await);
+    api.create(json!({"to": OTHER_PHONE, "scriptId": "s"}))
+        .await;
+    // Not due: scheduled later.
+    api.create(json!({"to": PHONE, "scriptId": "s", "scheduledAt": "2099-01-01T00:00:00Z"}))
+        .await;
+    let body = api.get("/metrics").await.json();
+    assert_eq!(body["oldestDuePendingCallId"], first.as_str());
+    assert!(body["oldestDuePendingAgeSeconds"].as_f64().unwrap() >= 0.0);
+}
+
+/// A GET with extra headers.
+async fn get_with(api: &Api, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut builder = Request::builder().uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    api.send(builder.body(Body::empty()).unwrap()).await
+}
+
+#[tokio::test]
+async fn the_console_is_served_without_a_token() {
+    // With a token: the console's files are public, the API it calls is not.
+    let api = Api::with_token().await;
+    let page = get_with(&api, "/console", &[]).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(page.header("content-encoding"), None);
+    assert!(page
+        .text()
+        .contains(r#"<script type="module" src="console/main.js">"#));
+    let csp = page.header("content-security-policy").expect("a CSP");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("cache-control"), Some("no-cache"));
+
+    // Every file the page and its modules name is served with its type.
+    let mut names: Vec<String> = Vec::new();
+    for asset in ebra_api::console::ASSETS {
+        names.push(asset.path.to_owned());
+    }
+    assert!(names.iter().any(|n| n == "views/call.js"), "{names:?}");
+    for name in names.iter().filter(|n| *n != "index.html") {
+        let reply = get_with(&api, &format!("/console/{name}"), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}");
+        let expected = if name.ends_with(".js") {
+            "text/javascript; charset=utf-8"
+        } else if name.ends_with(".css") {
+            "text/css; charset=utf-8"
+        } else {
+            "image/svg+xml"
+        };
+        assert_eq!(reply.header("content-type"), Some(expected), "{name}");
+    }
+    // The modules import only files that exist.
+    for asset in ebra_api::console::ASSETS
+        .iter()
+        .filter(|a| a.path.ends_with(".js"))
+    {
+        let text = std::str::from_utf8(asset.raw).unwrap();
+        for line in text.lines().filter(|l| l.starts_with("import ")) {
+            let target = line.split('\'').nth(1).expect("import path");
+            let base = asset
+                .path
+                .rsplit_once('/')
+                .map(|(dir, _)| dir)
+                .unwrap_or("");
+            let resolved = resolve(base, target);
+            assert!(
+                ebra_api::console::asset(&resolved).is_some(),
+                "{} imports {target} ({resolved}), which is not embedded",
+                asset.path
+            );
+        }
+    }
+
+    let js = get_with(&api, "/console/main.js", &[("accept-encoding", "gzip, br")]).await;
+    assert_eq!(js.header("content-encoding"), Some("gzip"));
+    assert_eq!(&js.body[..2], &[0x1f, 0x8b]);
+    assert_eq!(js.header("vary"), Some("accept-encoding"));
+    let plain = get_with(&api, "/console/main.js", &[]).await;
+    assert!(js.body.len() < plain.body.len(), "gzip is smaller");
+    let etag = js.header("etag").expect("an ETag").to_owned();
+    assert_ne!(Some(etag.as_str()), plain.header("etag"));
+    let again = get_with(
+        &api,
+        "/console/main.js",
+        &[("accept-encoding", "gzip"), ("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+
+    let slash = get_with(&api, "/console/", &[]).await;
+    assert_eq!(slash.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(slash.header("location"), Some("../console"));
+    get_with(&api, "/console/nope.js", &[]).await.problem(404);
+    get_with(&api, "/console/index.html", &[])
+        .await
+        .problem(404);
+    get_with(&api, "/console/../openapi.json", &[])
+        .await
+        .problem(404);
+    api.call(Method::POST, "/console").await.problem(405);
+    api.call(Method::DELETE, "/console/main.js")
+        .await
+        .problem(405);
+
+    // The API behind it still wants the token.
+    get_with(&api, "/metrics/history", &[]).await.problem(401);
+    get_with(&api, &format!("/calls/{}/webhooks", Uuid::new_v4()), &[])
+        .await
+        .problem(401);
+}
+
+/// `target` (`./x.js`, `../x.js`) relative to the directory `base` (`` or `views`).
+fn resolve(base: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    for segment in target.split('/') {
+        match segment {
+            "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    parts.join("/")
+}
+
+#[tokio::test]
+async fn the_console_through_api_gateway_is_base64_gzip() {
+    let api = Api::with_token().await;
+    let page = invoke(
+        &api.router,
+        apigw_v2_event(
+            "GET",
+            "/console",
+            "",
+            json!({"accept-encoding": "gzip, deflate, br"}),
+            None,
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(page["statusCode"], 200, "{page}");
+    assert_eq!(page["isBase64Encoded"], true, "gzip travels base64-encoded");
+    assert_eq!(page["headers"]["content-encoding"], "gzip");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(page["body"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        bytes,
+        ebra_api::console::asset("index.html").unwrap().gzip,
+        "the embedded gzip, byte for byte"
+    );
+    let plain = invoke(
+        &api.router,
+        apigw_v2_event("GET", "/console/console.css", "", json!({}), None, false),
+    )
+    .await;
+    assert_eq!(plain["statusCode"], 200, "{plain}");
+    assert_eq!(plain["isBase64Encoded"], false);
+    assert!(plain["body"].as_str().unwrap().contains(":root"));
 }

@@ -26,10 +26,19 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/calls/{id}"),
     ("PATCH", "/calls/{id}"),
     ("POST", "/calls/{id}/cancel"),
+    ("GET", "/calls/{id}/webhooks"),
     ("GET", "/metrics"),
+    ("GET", "/metrics/history"),
     ("GET", "/openapi.json"),
+    ("GET", "/console"),
+    ("GET", "/console/{proxy+}"),
 ];
-const PUBLIC_ROUTES: &[(&str, &str)] = &[("GET", "/openapi.json")];
+/// The OpenAPI document and the console's static files (the page authenticates its API calls).
+const PUBLIC_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/openapi.json"),
+    ("GET", "/console"),
+    ("GET", "/console/{proxy+}"),
+];
 
 // ---------------------------------------------------------------------------------------------
 // The checks, run on template.yaml

@@ -11,7 +11,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ebra_shared::store::calls::{create_call, list_calls, Created, ListCursor, ListPosition};
+use ebra_shared::store::calls::{
+    create_call, list_calls, CallFilter, Created, ListCursor, ListPosition,
+};
 use ebra_shared::store::claim::{claim_call, Claim};
 use ebra_shared::store::Pool;
 use serde_json::json;
@@ -217,9 +219,14 @@ async fn measure_at(
     .await?;
 
     let first_page = time_each(&[(); OPERATIONS + WARM_UP], |()| async move {
-        let page = list_calls(pool, None, &ListPosition::Page(1), PAGE_SIZE)
-            .await
-            .context("list_calls page 1")?;
+        let page = list_calls(
+            pool,
+            &CallFilter::default(),
+            &ListPosition::Page(1),
+            PAGE_SIZE,
+        )
+        .await
+        .context("list_calls page 1")?;
         anyhow::ensure!(
             page.items.len() == PAGE_SIZE as usize,
             "page 1 has {} calls",
@@ -231,9 +238,14 @@ async fn measure_at(
 
     let cursors = random_cursors(pool, OPERATIONS + WARM_UP).await?;
     let cursor_page = time_each(&cursors, |cursor| async move {
-        list_calls(pool, None, &ListPosition::After(cursor), PAGE_SIZE)
-            .await
-            .context("list_calls after a cursor")?;
+        list_calls(
+            pool,
+            &CallFilter::default(),
+            &ListPosition::After(cursor),
+            PAGE_SIZE,
+        )
+        .await
+        .context("list_calls after a cursor")?;
         Ok(())
     })
     .await?;

@@ -160,6 +160,15 @@ async fn serve(
     println!();
     println!("Ebra is running.");
     println!("  API + webhook   {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)");
+    println!(
+        "  console         {base}{}{}",
+        ebra_api::console::PATH,
+        if config.api_token.is_some() {
+            "  (it asks for API_TOKEN)"
+        } else {
+            ""
+        }
+    );
     let routes: Vec<String> = webhook_schemes(&config)
         .iter()
         .map(|scheme| format!("{base}{}", scheme.provider().webhook_path()))

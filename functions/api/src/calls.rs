@@ -7,10 +7,12 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use ebra_shared::domain::{CallStatus, InvalidValue};
+use ebra_shared::domain::{CallStatus, InvalidValue, PhoneNumber};
 use ebra_shared::problem::Problem;
 use ebra_shared::queue::Enqueue;
-use ebra_shared::store::calls::{self as store, Changed, Created, ListCursor, ListPosition};
+use ebra_shared::store::calls::{
+    self as store, CallFilter, Changed, Created, ListCursor, ListPosition,
+};
 use ebra_shared::store::{Call, DialAttempt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -75,6 +77,10 @@ pub struct ListCallsParams {
     /// Only calls in this status.
     #[param(value_type = Option<CallStatus>)]
     pub status: Option<String>,
+    /// Only calls to this phone number, in E.164 form (`+14155550100`; in a query string the
+    /// `+` is sent as `%2B`).
+    #[param(value_type = Option<String>, example = "+14155550100")]
+    pub to: Option<String>,
     /// 1-based page number (offset paging, with `total`). Not with `cursor`.
     #[param(value_type = Option<u32>, minimum = 1)]
     pub page: Option<String>,
@@ -87,7 +93,7 @@ pub struct ListCallsParams {
 }
 
 struct ListRequest {
-    status: Option<CallStatus>,
+    filter: CallFilter,
     position: ListPosition,
     page_size: u32,
 }
@@ -95,6 +101,8 @@ struct ListRequest {
 impl ListCallsParams {
     fn parse(self) -> Result<ListRequest, ApiError> {
         let status = self.status.map(|raw| raw.parse::<CallStatus>()).transpose();
+        // Its errors name the field `to`, as the query parameter is named.
+        let phone = self.to.map(|raw| PhoneNumber::parse(&raw)).transpose();
         let page = self
             .page
             .map(|raw| {
@@ -133,8 +141,8 @@ impl ListCallsParams {
                 })
             })
             .transpose();
-        match (status, page, page_size, cursor) {
-            (Ok(status), Ok(page), Ok(page_size), Ok(cursor)) => {
+        match (status, phone, page, page_size, cursor) {
+            (Ok(status), Ok(phone), Ok(page), Ok(page_size), Ok(cursor)) => {
                 let position = match (page, cursor) {
                     (Some(_), Some(_)) => {
                         return Err(ApiError::InvalidQuery(vec![InvalidValue::new(
@@ -146,16 +154,22 @@ impl ListCallsParams {
                     (None, Some(cursor)) => ListPosition::After(cursor),
                 };
                 Ok(ListRequest {
-                    status,
+                    filter: CallFilter { status, phone },
                     position,
                     page_size: page_size.unwrap_or(DEFAULT_PAGE_SIZE),
                 })
             }
-            (status, page, page_size, cursor) => Err(ApiError::InvalidQuery(
-                [status.err(), page.err(), page_size.err(), cursor.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
+            (status, phone, page, page_size, cursor) => Err(ApiError::InvalidQuery(
+                [
+                    status.err(),
+                    phone.err(),
+                    page.err(),
+                    page_size.err(),
+                    cursor.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
             )),
         }
     }
@@ -269,7 +283,7 @@ pub async fn create_call(
     }
 }
 
-/// List calls, newest first.
+/// List calls, newest first, optionally only those in one status or to one phone number.
 ///
 /// Page mode (`page`, default) counts `total` (up to 10,000, see `totalRelation`); cursor mode (`cursor` = the previous page's
 /// `nextCursor`) stays fast on any table size and leaves `total` null.
@@ -281,7 +295,7 @@ pub async fn create_call(
     params(ListCallsParams),
     responses(
         (status = 200, description = "One page of calls.", body = CallList),
-        (status = 400, description = "Unknown status, pageSize outside 1–100, malformed page or cursor, page with cursor, or an unknown parameter.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Unknown status, a `to` that is not an E.164 number, pageSize outside 1–100, malformed page or cursor, page with cursor, or an unknown parameter.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_calls(
@@ -289,7 +303,8 @@ pub async fn list_calls(
     QueryParams(params): QueryParams<ListCallsParams>,
 ) -> Result<Json<CallList>, ApiError> {
     let list = params.parse()?;
-    let found = store::list_calls(&state.pool, list.status, &list.position, list.page_size).await?;
+    let found =
+        store::list_calls(&state.pool, &list.filter, &list.position, list.page_size).await?;
     Ok(Json(CallList {
         items: found.items,
         page: match list.position {

@@ -5,7 +5,9 @@
 //! and the local listener of `ebra dev`, which merges [`routes`] with the webhook's routes.
 //!
 //! - [`calls`]: the `/calls` handlers; [`requests`]: their bodies and validation.
-//! - [`metrics`]: `GET /metrics`, JSON or Prometheus.
+//! - [`webhooks`]: `GET /calls/{id}/webhooks`, the provider's reports for a call.
+//! - [`metrics`]: `GET /metrics`, JSON or Prometheus; [`history`]: `GET /metrics/history`.
+//! - [`console`]: the operator console at `/console`, static files embedded at build time.
 //! - [`openapi`]: `GET /openapi.json`.
 //! - [`auth`]: the optional bearer token.
 //! - [`error`]: the one error type, mapped to RFC 9457 problems; [`extract`]: axum's
@@ -23,11 +25,14 @@ use ebra_shared::Config;
 
 pub mod auth;
 pub mod calls;
+pub mod console;
 pub mod error;
 pub mod extract;
+pub mod history;
 pub mod metrics;
 pub mod openapi;
 pub mod requests;
+pub mod webhooks;
 
 pub use error::ApiError;
 
@@ -62,7 +67,9 @@ pub fn routes(state: AppState) -> Router {
         .route("/calls", post(calls::create_call).get(calls::list_calls))
         .route("/calls/{id}", get(calls::get_call).patch(calls::patch_call))
         .route("/calls/{id}/cancel", post(calls::cancel_call))
-        .route("/metrics", get(metrics::metrics));
+        .route("/calls/{id}/webhooks", get(webhooks::list_call_webhooks))
+        .route("/metrics", get(metrics::metrics))
+        .route("/metrics/history", get(history::metrics_history));
     // `route_layer`: the token guards these routes only, not those merged in later (the
     // provider's webhook has its own signature check) nor unknown paths.
     let calls = match state.config.api_token.as_deref() {
@@ -72,8 +79,10 @@ pub fn routes(state: AppState) -> Router {
         )),
         None => calls,
     };
+    // The console's files are public: they hold no data, and the page asks for the token.
     calls
         .route(openapi::PATH, get(openapi::openapi_json))
+        .merge(console::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -13,6 +13,7 @@ use ebra_shared::problem::Problem;
 use ebra_shared::store::calls::{self as store, Metrics};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::QueryParams;
@@ -47,6 +48,8 @@ pub struct MetricsReport {
     pub global_concurrency: u32,
     /// Age in seconds of the oldest PENDING call that is due; null when none is.
     pub oldest_due_pending_age_seconds: Option<f64>,
+    /// That call's id (what it waits for shows on its page); null when none is due.
+    pub oldest_due_pending_call_id: Option<Uuid>,
     /// PENDING calls whose queue message is not confirmed yet (the outbox).
     pub outbox_unconfirmed: i64,
     /// Dials (and reports) the provider refused for its account's concurrency limit in the
@@ -70,6 +73,7 @@ impl MetricsReport {
             in_progress: metrics.in_progress,
             global_concurrency,
             oldest_due_pending_age_seconds: metrics.oldest_due_pending_age_seconds,
+            oldest_due_pending_call_id: metrics.oldest_due_pending_call_id,
             outbox_unconfirmed: metrics.outbox_unconfirmed,
             provider_limited_dials_last_hour: metrics.provider_limited_dials_last_hour,
         }

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{calls, metrics};
+use crate::{calls, history, metrics, webhooks};
 
 pub const PATH: &str = "/openapi.json";
 /// The security scheme's name (also spelled out in `#[openapi(security(..))]`).
@@ -28,15 +28,17 @@ const BEARER: &str = "bearer";
         calls::get_call,
         calls::patch_call,
         calls::cancel_call,
+        webhooks::list_call_webhooks,
         metrics::metrics,
+        history::metrics_history,
         openapi_json,
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&CommonResponses),
     security(("bearer" = [])),
     tags(
-        (name = "calls", description = "Enqueue, inspect, change and cancel calls."),
-        (name = "operations", description = "Metrics and this document."),
+        (name = "calls", description = "Enqueue, inspect, change and cancel calls, and read the webhooks received for them."),
+        (name = "operations", description = "Metrics, their last hour, and this document."),
     )
 )]
 pub struct ApiDoc;

@@ -1,4 +1,4 @@
-//! The API's queries: create, read, list, patch, cancel, metrics.
+//! The API's queries: create, read, list (by status or phone number), patch, cancel, metrics.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,6 +6,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
@@ -220,30 +221,58 @@ pub struct CallsPage {
     pub next_cursor: Option<String>,
 }
 
+/// Which calls a listing shows. Each filter that is set narrows it; a campaign filter joins
+/// here when campaigns exist.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub status: Option<CallStatus>,
+    /// One phone number's calls (served by `calls_phone_newest`).
+    pub phone: Option<PhoneNumber>,
+}
+
 pub async fn list_calls(
     pool: &Pool,
-    status: Option<CallStatus>,
+    filter: &CallFilter,
     position: &ListPosition,
     page_size: u32,
 ) -> StoreResult<CallsPage> {
     let client = pool.get().await?;
-    let status_filter = status.map(|s| s.as_str());
+    let status = filter.status.map(|s| s.as_str());
+    let phone = filter.phone.as_ref().map(PhoneNumber::as_str);
     let limit = i64::from(page_size);
+    // One statement per combination of filters (each prepared and cached once), so that the
+    // planner sees which index serves it: (status, created_at, id), (phone, created_at, id)
+    // or (created_at, id).
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    let mut conditions: Vec<String> = Vec::new();
+    if let Some(status) = &status {
+        params.push(status);
+        conditions.push(format!("status = ${}", params.len()));
+    }
+    if let Some(phone) = &phone {
+        params.push(phone);
+        conditions.push(format!("phone = ${}", params.len()));
+    }
     let (rows, total) = match position {
         ListPosition::Page(page) => {
             let offset = i64::from(page.saturating_sub(1)) * limit;
-            let (list_sql, count_sql) = match status_filter {
-                Some(_) => (
-                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
-                    "SELECT count(*) FROM (SELECT 1 FROM calls WHERE status = $1 LIMIT $2) AS counted",
-                ),
-                None => (
-                    format!("SELECT {CALL_COLUMNS} FROM calls WHERE $1::text IS NULL ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"),
-                    "SELECT count(*) FROM (SELECT 1 FROM calls WHERE $1::text IS NULL LIMIT $2) AS counted",
-                ),
-            };
-            let rows = query(&client, &list_sql, &[&status_filter, &limit, &offset]).await?;
-            let counted: i64 = query_one(&client, count_sql, &[&status_filter, &TOTAL_COUNT_LIMIT])
+            let filtered = where_clause(&conditions);
+            let count_sql = format!(
+                "SELECT count(*) FROM (SELECT 1 FROM calls{filtered} LIMIT ${}) AS counted",
+                params.len() + 1
+            );
+            let mut count_params = params.clone();
+            count_params.push(&TOTAL_COUNT_LIMIT);
+            let list_sql = format!(
+                "SELECT {CALL_COLUMNS} FROM calls{filtered} ORDER BY created_at DESC, id DESC \
+                 LIMIT ${} OFFSET ${}",
+                params.len() + 1,
+                params.len() + 2
+            );
+            params.push(&limit);
+            params.push(&offset);
+            let rows = query(&client, &list_sql, &params).await?;
+            let counted: i64 = query_one(&client, &count_sql, &count_params)
                 .await?
                 .try_get(0)?;
             let total = Total {
@@ -253,23 +282,20 @@ pub async fn list_calls(
             (rows, Some(total))
         }
         ListPosition::After(cursor) => {
-            let sql = match status_filter {
-                Some(_) => format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE status = $1 AND (created_at, id) < ($2, $3) \
-                     ORDER BY created_at DESC, id DESC LIMIT $4"
-                ),
-                None => format!(
-                    "SELECT {CALL_COLUMNS} FROM calls WHERE $1::text IS NULL AND (created_at, id) < ($2, $3) \
-                     ORDER BY created_at DESC, id DESC LIMIT $4"
-                ),
-            };
-            let rows = query(
-                &client,
-                &sql,
-                &[&status_filter, &cursor.created_at, &cursor.id, &limit],
-            )
-            .await?;
-            (rows, None)
+            conditions.push(format!(
+                "(created_at, id) < (${}, ${})",
+                params.len() + 1,
+                params.len() + 2
+            ));
+            params.push(&cursor.created_at);
+            params.push(&cursor.id);
+            let sql = format!(
+                "SELECT {CALL_COLUMNS} FROM calls{} ORDER BY created_at DESC, id DESC LIMIT ${}",
+                where_clause(&conditions),
+                params.len() + 1
+            );
+            params.push(&limit);
+            (query(&client, &sql, &params).await?, None)
         }
     };
     let items = rows
@@ -291,6 +317,15 @@ pub async fn list_calls(
         total,
         next_cursor,
     })
+}
+
+/// ` WHERE a AND b`, or nothing.
+fn where_clause(conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    }
 }
 
 /// The fields a PATCH may change; `None` leaves a field as it is.
@@ -430,6 +465,8 @@ pub struct Metrics {
     pub in_progress: i64,
     /// Age of the oldest PENDING call that is due, in seconds.
     pub oldest_due_pending_age_seconds: Option<f64>,
+    /// That call.
+    pub oldest_due_pending_call_id: Option<Uuid>,
     /// PENDING calls whose SQS message is not confirmed yet.
     pub outbox_unconfirmed: i64,
     /// Dials the provider refused for its account's concurrency limit in the last hour:
@@ -460,7 +497,9 @@ pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
                 (SELECT count(*) FROM call_attempts \
                   WHERE dial_state = 'LIMITED' AND started_at > now() - interval '1 hour') \
               + (SELECT count(*) FROM provider_webhooks \
-                  WHERE status = 'LIMITED' AND received_at > now() - interval '1 hour')",
+                  WHERE status = 'LIMITED' AND received_at > now() - interval '1 hour'), \
+                (SELECT id FROM calls WHERE status = 'PENDING' AND next_run_at <= now() \
+                  ORDER BY next_run_at LIMIT 1)",
         &[],
     )
     .await?;
@@ -470,6 +509,7 @@ pub async fn metrics(pool: &Pool) -> StoreResult<Metrics> {
         oldest_due_pending_age_seconds: row.try_get(1)?,
         outbox_unconfirmed: row.try_get(2)?,
         provider_limited_dials_last_hour: row.try_get(3)?,
+        oldest_due_pending_call_id: row.try_get(4)?,
     })
 }
 

@@ -7,6 +7,8 @@
 //! - [`settle`]: applying provider outcomes from webhooks (invariant 5).
 //! - [`sweep`]: the reclaimer's passes (invariant 4).
 //! - [`slots`]: releasing slots and nudging waiting calls (invariant 8).
+//! - [`webhooks`]: the provider's reports received for a call (the console's timeline).
+//! - [`history`]: calls in progress per minute, from the dials (the console's chart).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -20,9 +22,11 @@ use crate::domain::{CallOutcome, CallStatus, DialOutcome};
 pub mod calls;
 pub mod claim;
 pub mod dial;
+pub mod history;
 pub mod settle;
 pub mod slots;
 pub mod sweep;
+pub mod webhooks;
 
 pub use deadpool_postgres::{Pool, Transaction};
 
