@@ -150,11 +150,17 @@ impl Stage {
             .await;
     }
 
-    /// Makes an in-progress call look silent for two hours.
+    /// Makes an in-progress call look silent for two minutes: stale (the stages'
+    /// `STALE_INPROG_SECONDS` is 60), within the reclaimer's give-up age (4 × 60 s).
     pub async fn make_stale(&self, call_id: Uuid) {
+        self.silent_for(call_id, "2 minutes").await;
+    }
+
+    /// Makes an in-progress call look silent for `interval` (Postgres syntax).
+    pub async fn silent_for(&self, call_id: Uuid, interval: &str) {
         self.env
             .execute(&format!(
-                "UPDATE calls SET started_at = now() - interval '2 hours' WHERE id = '{call_id}'"
+                "UPDATE calls SET started_at = now() - interval '{interval}' WHERE id = '{call_id}'"
             ))
             .await;
     }
@@ -207,10 +213,11 @@ impl Stage {
         client
             .query_one(
                 "SELECT concat_ws(' | ', \
-                   (SELECT json_agg(c ORDER BY c.id)::text FROM calls c), \
-                   (SELECT json_agg(a ORDER BY a.id)::text FROM call_attempts a), \
-                   (SELECT json_agg(s ORDER BY s.slot_no)::text FROM call_slots s WHERE s.call_id IS NOT NULL), \
-                   (SELECT json_agg(w ORDER BY w.webhook_id)::text FROM provider_webhooks w))",
+                   COALESCE((SELECT json_agg(c ORDER BY c.id)::text FROM calls c), '[]'), \
+                   COALESCE((SELECT json_agg(a ORDER BY a.id)::text FROM call_attempts a), '[]'), \
+                   COALESCE((SELECT json_agg(s ORDER BY s.slot_no)::text FROM call_slots s \
+                              WHERE s.call_id IS NOT NULL), '[]'), \
+                   COALESCE((SELECT json_agg(w ORDER BY w.webhook_id)::text FROM provider_webhooks w), '[]'))",
                 &[],
             )
             .await
@@ -334,7 +341,7 @@ pub async fn an_early_webhook_is_not_lost(contract: &dyn Contract) {
         "early_",
         &call.to,
         Some(claimed.idempotency_key),
-        json!({"metadata": {"ebra_attempt_key": claimed.idempotency_key.to_string()}}),
+        contract.placed_dial(&call.to, claimed.idempotency_key, call_id),
     );
     let placement = stage
         .fake
@@ -559,7 +566,8 @@ pub async fn a_lost_webhook_is_settled_by_the_reclaimers_lookup(contract: &dyn C
 
 /// When the provider cannot be asked about a stale call, a provider that deduplicates by
 /// key is redialed with the same key; any other is not redialed (a blind redial could ring
-/// the person twice).
+/// the person twice): it is held, asked again each pass, and FAILED without a redial once
+/// it has been silent for the reclaimer's give-up age.
 pub async fn a_stale_call_the_provider_cannot_be_asked_about(contract: &dyn Contract) {
     let stage = Stage::new(contract, &[]).await;
     let (call_id, _) = stage.dialed().await;
@@ -570,11 +578,29 @@ pub async fn a_stale_call_the_provider_cannot_be_asked_about(contract: &dyn Cont
     if contract.deduplicates_by_key() {
         assert_eq!(report.stale_retried, 1, "{report:?}");
         assert_eq!(call.status, CallStatus::Pending);
-    } else {
-        assert_eq!(report.lookup_undecided, 1, "{report:?}");
-        assert_eq!(call.status, CallStatus::InProgress, "held, not redialed");
-        assert_eq!(stage.fake.placements().len(), 1);
+        return;
     }
+    assert_eq!(report.lookup_undecided, 1, "{report:?}");
+    assert_eq!(call.status, CallStatus::InProgress, "held, not redialed");
+    // Past the give-up age (4 × STALE_INPROG_SECONDS): FAILED, never redialed.
+    stage.silent_for(call_id, "2 hours").await;
+    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
+    assert_eq!(
+        (report.stale_failed, report.stale_retried),
+        (1, 0),
+        "{report:?}"
+    );
+    let (call, _) = stage.read(call_id).await;
+    assert_eq!(call.status, CallStatus::Failed);
+    assert!(
+        call.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not be asked")),
+        "{:?}",
+        call.last_error
+    );
+    assert!(!stage.holds_slot(call_id).await);
+    assert_eq!(stage.fake.placements().len(), 1, "nothing redialed");
 }
 
 /// Unsigned, forged, stale and wrong-key webhooks get 401 and change nothing.

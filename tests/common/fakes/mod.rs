@@ -277,6 +277,19 @@ pub trait Contract: Send + Sync {
     /// An end reason that means the account's concurrency limit stopped the call, when the
     /// provider reports one that way.
     fn limited_end_reason(&self) -> Option<&'static str>;
+
+    /// The dial body the provider would have received for a call placed to `to` with
+    /// Ebra's attempt `key` (for placements a scenario makes directly in the fake's book).
+    /// The default is the shape of Retell's (`metadata` carries Ebra's keys).
+    fn placed_dial(&self, to: &str, key: Uuid, call_id: Uuid) -> Value {
+        serde_json::json!({
+            "to_number": to,
+            "metadata": {
+                "ebra_attempt_key": key.to_string(),
+                "ebra_call_id": call_id.to_string(),
+            },
+        })
+    }
 }
 
 /// What a dial must carry.
