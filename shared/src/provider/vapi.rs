@@ -157,10 +157,11 @@ impl Vapi {
     /// another attempt's: one call per phone makes it this attempt's).
     ///
     /// `GET /call` returns at most `limit` calls, so a full page does not show them all: the
-    /// lookup pages back through `createdAtLe` (Vapi lists newest first) and answers
-    /// [`CallLookup::NotFound`] only after a page that is not full. What it cannot see whole
-    /// (too many pages, a page out of order, a 404 from the list itself) is undecided: a
-    /// "not found" there would redial a call that may be ringing.
+    /// lookup pages back through `createdAtLe` and answers [`CallLookup::NotFound`] only
+    /// after a page that is not full. The list's order is not documented: paging takes it to
+    /// be newest first, as the dashboard shows calls, and checks it. What it cannot see whole
+    /// (too many pages, a full page out of that order, a 404 from the list itself) is
+    /// undecided: a "not found" there would redial a call that may be ringing.
     async fn lookup_by_key(&self, query: &StatusQuery) -> CallLookup {
         let base = match url::Url::parse(&self.url("/call")) {
             Ok(url) => url,
