@@ -138,10 +138,7 @@ impl Twilio {
             Ok(url) => url,
             Err(error) => return DialResult::Permanent { error },
         };
-        let status_callback = match with_query(
-            &dial.webhook_url,
-            &[(ATTEMPT_KEY_PARAM, &dial.idempotency_key.to_string())],
-        ) {
+        let status_callback = match status_callback(&dial.webhook_url, dial.idempotency_key) {
             Ok(url) => url,
             Err(error) => return DialResult::Permanent { error },
         };
@@ -216,17 +213,29 @@ impl Twilio {
         // Twilio's clock and ours may differ by a little; a minute of margin, and the other
         // attempts' calls excluded by sid.
         let since = query.since - chrono::Duration::seconds(60);
-        let newest = calls
-            .iter()
-            .filter(|call| {
-                call.get("sid")
-                    .and_then(Value::as_str)
-                    .is_some_and(|sid| !query.known_provider_call_ids.iter().any(|k| k == sid))
-            })
-            .filter(|call| rfc2822(call.get("date_created")).is_some_and(|at| at >= since))
-            .max_by_key(|call| rfc2822(call.get("date_created")));
+        let mut newest: Option<(DateTime<Utc>, &Value)> = None;
+        for call in calls {
+            let Some(sid) = call.get("sid").and_then(Value::as_str) else {
+                return CallLookup::Undecided {
+                    reason: "a call in Twilio's call list has no sid".into(),
+                };
+            };
+            if query.known_provider_call_ids.iter().any(|k| k == sid) {
+                continue;
+            }
+            // A call whose creation time cannot be read might be this dial's: answering
+            // NotFound would redial it.
+            let Some(created) = rfc2822(call.get("date_created")) else {
+                return CallLookup::Undecided {
+                    reason: format!("Twilio's call {sid} has no readable date_created"),
+                };
+            };
+            if created >= since && newest.is_none_or(|(at, _)| created > at) {
+                newest = Some((created, call));
+            }
+        }
         match newest {
-            Some(call) => lookup_of(call),
+            Some((_, call)) => lookup_of(call),
             None => CallLookup::NotFound,
         }
     }
@@ -249,6 +258,31 @@ async fn read_json(request: reqwest::RequestBuilder) -> Result<Value, CallLookup
     serde_json::from_slice(&answer.body).map_err(|error| CallLookup::Undecided {
         reason: format!("Twilio's answer is not JSON: {error}"),
     })
+}
+
+/// The StatusCallback URL: `webhook_url` (`PUBLIC_BASE_URL` + `/callbacks/twilio`) with the
+/// attempt key appended to its query as text. Twilio signs this URL exactly as given and the
+/// webhook function rebuilds it from `PUBLIC_BASE_URL` as configured, so it must not be
+/// re-serialized: a URL parser would lowercase the host, drop a default port or re-encode
+/// the path, and every callback would then fail its signature.
+fn status_callback(webhook_url: &str, key: Uuid) -> Result<String, String> {
+    url::Url::parse(webhook_url).map_err(|e| format!("invalid URL {webhook_url:?}: {e}"))?;
+    let (url, fragment) = match webhook_url.split_once('#') {
+        Some((url, fragment)) => (url, Some(fragment)),
+        None => (webhook_url, None),
+    };
+    let separator = match url.split_once('?') {
+        None => "?",
+        Some((_, "")) => "",
+        Some((_, query)) if query.ends_with('&') => "",
+        Some(_) => "&",
+    };
+    let mut callback = format!("{url}{separator}{ATTEMPT_KEY_PARAM}={key}");
+    if let Some(fragment) = fragment {
+        callback.push('#');
+        callback.push_str(fragment);
+    }
+    Ok(callback)
 }
 
 /// `base` with `pairs` added to its query.
@@ -330,10 +364,24 @@ pub fn outcome_of(call_status: &str, answered_by: Option<&str>) -> Option<CallOu
     Some(outcome)
 }
 
-fn end_reason(call_status: &str, answered_by: Option<&str>) -> String {
-    match answered_by {
-        Some(by) => format!("{call_status} ({by})"),
-        None => call_status.to_owned(),
+/// The end reason kept for operators: the final `CallStatus`, then what says more about it:
+/// `AnsweredBy` (machine detection), and for a failed call the SIP response code that failed
+/// it (404 no such number, 503 carrier unavailable, ...), which only callbacks carry.
+/// `completed (machine_end_beep)`, `failed (SIP 404)`, `busy`.
+fn end_reason(call_status: &str, answered_by: Option<&str>, sip_code: Option<&str>) -> String {
+    let mut details: Vec<String> = Vec::new();
+    if let Some(by) = answered_by.filter(|by| !by.is_empty()) {
+        details.push(by.to_owned());
+    }
+    if call_status == "failed" {
+        if let Some(code) = sip_code.filter(|code| !code.is_empty()) {
+            details.push(format!("SIP {code}"));
+        }
+    }
+    if details.is_empty() {
+        call_status.to_owned()
+    } else {
+        format!("{call_status} ({})", details.join(", "))
     }
 }
 
@@ -349,7 +397,7 @@ fn lookup_of(call: &Value) -> CallLookup {
         Some(outcome) => CallLookup::Ended(EndOfCall {
             provider_call_id: sid.to_owned(),
             outcome: ReportedOutcome::Outcome(outcome),
-            end_reason: Some(end_reason(status, answered_by)),
+            end_reason: Some(end_reason(status, answered_by, None)),
             duration_sec: call
                 .get("duration")
                 .and_then(|d| d.as_str().and_then(|s| s.parse().ok()).or(d.as_i64()))
@@ -413,19 +461,23 @@ impl TwilioWebhooks {
     }
 }
 
-/// The algorithm named by `X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=...`.
+/// The algorithm named by `X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=...`, read
+/// as the SDK's `get_signature_algorithm` reads it: the first `algorithm` part with a value
+/// (names and values trimmed, the value in any case); none (or no header) means HMAC-SHA1.
+/// An algorithm the SDK does not support is refused, as the SDK's `validate` refuses it.
 fn algorithm(request: &InboundWebhook<'_>) -> Result<Algorithm, VerifyError> {
     const HEADER: &str = "x-twilio-webhooks-signature-settings";
     let Some(settings) = request.header(HEADER)? else {
         return Ok(Algorithm::Sha1);
     };
-    let named = settings
-        .split(',')
-        .filter_map(|part| part.trim().strip_prefix("algorithm="))
-        .next_back();
+    let named = settings.split(',').find_map(|part| {
+        let (name, value) = part.split_once('=')?;
+        (name.trim() == "algorithm" && !value.trim().is_empty()).then(|| value.trim())
+    });
     match named {
-        Some("HMAC_SHA256") => Ok(Algorithm::Sha256),
-        Some("HMAC_SHA1") | None => Ok(Algorithm::Sha1),
+        None => Ok(Algorithm::Sha1),
+        Some(name) if name.eq_ignore_ascii_case("HMAC_SHA1") => Ok(Algorithm::Sha1),
+        Some(name) if name.eq_ignore_ascii_case("HMAC_SHA256") => Ok(Algorithm::Sha256),
         Some(_) => Err(VerifyError::MalformedHeader(HEADER)),
     }
 }
@@ -542,8 +594,9 @@ impl WebhookScheme for TwilioWebhooks {
         let ended_at = param("Timestamp")
             .and_then(|raw| DateTime::parse_from_rfc2822(raw).ok())
             .map(|at| at.with_timezone(&Utc));
+        // `CallDuration` is in seconds; `Duration` is the billed minutes (117 s -> 2), not a
+        // fallback for it.
         let duration_sec = param("CallDuration")
-            .or_else(|| param("Duration"))
             .and_then(|raw| raw.parse::<i32>().ok())
             .filter(|d| *d >= 0);
         Ok(WebhookEvent::EndOfCall(ProviderReport {
@@ -552,7 +605,7 @@ impl WebhookScheme for TwilioWebhooks {
             provider_call_id: sid.to_owned(),
             attempt_key,
             outcome: ReportedOutcome::Outcome(outcome),
-            end_reason: Some(end_reason(status, answered_by)),
+            end_reason: Some(end_reason(status, answered_by, param("SipResponseCode"))),
             duration_sec,
             completed_at: ended_at,
         }))
@@ -580,6 +633,120 @@ mod tests {
             url_variants("https://h.example:443/cb"),
             ["https://h.example:443/cb", "https://h.example/cb"]
         );
+    }
+
+    #[test]
+    fn the_status_callback_is_the_public_url_as_configured() {
+        let key = Uuid::parse_str("3f6c2a71-9d4e-4b8a-a1c5-7e2f90d3b614").unwrap();
+        // Not re-serialized: the host keeps its case, the default port stays, the path is
+        // not re-encoded (the webhook function rebuilds the URL from PUBLIC_BASE_URL as is).
+        assert_eq!(
+            status_callback("https://Hooks.Example.com:443/a%7eb/callbacks/twilio", key).unwrap(),
+            "https://Hooks.Example.com:443/a%7eb/callbacks/twilio?ebraKey=3f6c2a71-9d4e-4b8a-a1c5-7e2f90d3b614"
+        );
+        assert_eq!(
+            status_callback("https://h.example/cb?stage=prod", key).unwrap(),
+            "https://h.example/cb?stage=prod&ebraKey=3f6c2a71-9d4e-4b8a-a1c5-7e2f90d3b614"
+        );
+        assert_eq!(
+            status_callback("https://h.example/cb?#rc=3", key).unwrap(),
+            "https://h.example/cb?ebraKey=3f6c2a71-9d4e-4b8a-a1c5-7e2f90d3b614#rc=3"
+        );
+        assert!(status_callback("not a url", key).is_err());
+    }
+
+    fn settings_header(value: &'static str) -> Result<Algorithm, VerifyError> {
+        let mut headers = ::http::HeaderMap::new();
+        headers.insert(
+            "x-twilio-webhooks-signature-settings",
+            ::http::HeaderValue::from_static(value),
+        );
+        algorithm(&InboundWebhook {
+            url: "https://h.example/cb",
+            headers: &headers,
+            body: b"",
+        })
+    }
+
+    #[test]
+    fn reads_the_algorithm_as_the_sdk_does() {
+        use Algorithm::*;
+        let cases: [(&str, Option<Algorithm>); 9] = [
+            ("key=k1,algorithm=HMAC_SHA256", Some(Sha256)),
+            ("algorithm=hmac_sha256,key=k1", Some(Sha256)),
+            ("key=k1, algorithm = HMAC_SHA256 ", Some(Sha256)),
+            ("key=k1", Some(Sha1)),
+            ("", Some(Sha1)),
+            ("key=k1,algorithm=", Some(Sha1)),
+            ("algorithm=,algorithm=HMAC_SHA256", Some(Sha256)),
+            ("algorithm=HMAC_SHA1,algorithm=HMAC_SHA256", Some(Sha1)),
+            ("key=k1,algorithm=HMAC_MD5", None),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(settings_header(header).ok(), expected, "{header:?}");
+        }
+    }
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: reqwest::StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            body: bytes::Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn capacity_refusals_wait_whatever_status_twilio_pairs_them_with() {
+        for status in [400, 403, 429, 503] {
+            for code in CAPACITY_ERROR_CODES {
+                let body = format!(
+                    r#"{{"code": {code}, "message": "limit", "more_info": "https://www.twilio.com/docs/errors/{code}", "status": {status}}}"#
+                );
+                assert!(
+                    matches!(
+                        classify(&answer(status, &body)),
+                        DialResult::ConcurrencyLimited { .. }
+                    ),
+                    "{status} {code}"
+                );
+            }
+        }
+        assert!(matches!(
+            classify(&answer(
+                400,
+                r#"{"code": 21211, "message": "Invalid 'To' Phone Number", "status": 400}"#
+            )),
+            DialResult::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(&answer(
+                429,
+                r#"{"code": 20429, "message": "Too Many Requests", "status": 429}"#
+            )),
+            DialResult::Retryable {
+                maybe_placed: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&answer(201, r#"{"status": "queued"}"#)),
+            DialResult::Retryable {
+                maybe_placed: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn end_reasons_say_what_twilio_said() {
+        assert_eq!(end_reason("completed", None, Some("200")), "completed");
+        assert_eq!(
+            end_reason("completed", Some("machine_end_beep"), Some("200")),
+            "completed (machine_end_beep)"
+        );
+        assert_eq!(end_reason("busy", None, Some("486")), "busy");
+        assert_eq!(end_reason("failed", None, Some("404")), "failed (SIP 404)");
+        assert_eq!(end_reason("failed", None, None), "failed");
     }
 
     #[test]
