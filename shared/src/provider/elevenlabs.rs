@@ -5,6 +5,9 @@
 //!   `xi-api-key: <ELEVENLABS_API_KEY>`, `{agent_id, agent_phone_number_id, to_number,
 //!   conversation_initiation_client_data: {dynamic_variables}}` → `{success, message,
 //!   conversation_id, callSid | sip_call_id}`; `success: false` is a refusal even on a 200.
+//!   How ElevenLabs refuses a call over its concurrency or burst limit is not documented: a
+//!   4xx or a `success: false` whose own words (not the request it echoes) name a
+//!   concurrency or burst limit waits without counting an attempt.
 //!   ElevenLabs takes no idempotency key: the attempt key travels as a dynamic variable, and
 //!   before a redial of a dial of unknown fate the conversation is looked for
 //!   ([`super::dial_once`]).
@@ -13,8 +16,14 @@
 //!   webhook's secret (`ELEVENLABS_WEBHOOK_SECRET`), 30 minutes back (as ElevenLabs' SDK)
 //!   and 5 ahead. `post_call_transcription` and `call_initiation_failure` end a call.
 //!   ElevenLabs never retries a webhook: the reclaimer's lookup is the backstop.
+//!   The stored end reason keeps ElevenLabs' words: `call_result=…; status=…;
+//!   termination_reason=…`, or `call_initiation_failure=<reason>` with the telephony's
+//!   status (Twilio's `CallStatus` / `SipResponseCode`, SIP's `sip_status_code` /
+//!   `error_reason`).
 //! - Lookup: `GET /v1/convai/conversations/{conversation_id}`, or the agent's conversations
-//!   since the first dial with the key, compared by the echoed key.
+//!   since the first dial with the key (`dynamic_variable_filter=ebra_attempt_key:eq:<key>`,
+//!   the SDK's `name:op:value`), compared by the echoed key. A conversation has ended only
+//!   once its `status` says so (`done`, `failed`, or `processing` with a `call_result`).
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
@@ -262,19 +271,14 @@ impl Provider for ElevenLabs {
 
 /// Maps ElevenLabs' answer to a dial.
 fn classify(answer: &Answer) -> DialResult {
-    let body = serde_json::from_slice::<Value>(&answer.body).ok();
-    let mentions_limit = || {
-        let text = String::from_utf8_lossy(&answer.body).to_ascii_lowercase();
-        text.contains("concurren") || text.contains("burst")
-    };
+    let body = serde_json::from_slice::<Value>(&answer.body).unwrap_or(Value::Null);
     if answer.status.is_success() {
-        let body = body.unwrap_or(Value::Null);
         if body.get("success").and_then(Value::as_bool) == Some(false) {
             let message = body
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("no message");
-            return if mentions_limit() {
+            return if names_the_call_limit(&body) {
                 DialResult::ConcurrencyLimited {
                     error: format!(
                         "ElevenLabs refused the dial for its concurrency limit: {message}"
@@ -294,7 +298,12 @@ fn classify(answer: &Answer) -> DialResult {
             _ => transport::accepted_without_id(answer, "conversation_id"),
         };
     }
-    if answer.status.is_client_error() && mentions_limit() {
+    // A validation error (422) echoes the request, client metadata included: it never
+    // names the limit, whatever words the metadata holds.
+    if answer.status.is_client_error()
+        && answer.status != reqwest::StatusCode::UNPROCESSABLE_ENTITY
+        && names_the_call_limit(&body)
+    {
         return DialResult::ConcurrencyLimited {
             error: format!(
                 "ElevenLabs refused the dial for the concurrency limit ({}): {}",
@@ -305,6 +314,31 @@ fn classify(answer: &Answer) -> DialResult {
         };
     }
     transport::failure(answer)
+}
+
+/// Whether ElevenLabs' own words in an answer (its `message`, or the `detail` of an error:
+/// a text, or its `status` / `code` / `type` / `message`) name a concurrency or burst limit:
+/// `concurrent_limit_exceeded`, `too_many_concurrent_requests`, "... burst limit ...". How
+/// ElevenLabs refuses a call over the limit is not documented (PROVIDERS.md §9); the
+/// request's own fields, which some answers echo, are never read.
+fn names_the_call_limit(body: &Value) -> bool {
+    let detail = body.get("detail");
+    let words = [
+        body.get("message"),
+        detail.filter(|d| d.is_string()),
+        detail.and_then(|d| d.get("status")),
+        detail.and_then(|d| d.get("code")),
+        detail.and_then(|d| d.get("type")),
+        detail.and_then(|d| d.get("message")),
+    ];
+    words
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|text| {
+            let text = text.to_ascii_lowercase();
+            text.contains("concurren") || text.contains("burst")
+        })
 }
 
 /// `metadata.phone_call.call_result` → outcome.
@@ -328,9 +362,23 @@ pub fn outcome_of_failure_reason(failure_reason: &str) -> CallOutcome {
     }
 }
 
-/// How a conversation ended (a `post_call_transcription`'s data, or the conversation a
-/// lookup returns), or `None` while it has not.
-fn end_of(conversation: &Value) -> Result<Option<EndOfCall>, String> {
+/// Where a conversation was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A `post_call_transcription` webhook's data: sent once the call is over.
+    PostCall,
+    /// `GET /v1/convai/conversations/{id}`: the conversation may still be running.
+    Lookup,
+}
+
+/// How a conversation ended, or `None` while it has not.
+///
+/// `status` says whether it is over: `initiated` and `in-progress` are running, `processing`
+/// is over and being analysed, `done` and `failed` are final. `metadata.phone_call.call_result`
+/// says how the call went, and is trusted only once the conversation is over: ElevenLabs
+/// does not document when it is set, and a running conversation taken for ended would free
+/// its slot while the person is still on the line (invariant 1).
+fn end_of(conversation: &Value, source: Source) -> Result<Option<EndOfCall>, String> {
     let provider_call_id = conversation
         .get("conversation_id")
         .and_then(Value::as_str)
@@ -341,22 +389,33 @@ fn end_of(conversation: &Value) -> Result<Option<EndOfCall>, String> {
     let call_result = conversation
         .pointer("/metadata/phone_call/call_result")
         .and_then(Value::as_str);
-    let outcome = match (call_result.and_then(outcome_of_call_result), status) {
-        (Some(outcome), _) => outcome,
-        (None, Some("done")) => CallOutcome::Completed,
-        (None, Some("failed")) => CallOutcome::Failed,
-        // initiated, in-progress, processing: not ended yet.
-        (None, _) => return Ok(None),
+    let result = call_result.and_then(outcome_of_call_result);
+    let outcome = match (status, result, source) {
+        (Some("done" | "failed" | "processing"), Some(outcome), _) => outcome,
+        (Some("done"), None, _) => CallOutcome::Completed,
+        (Some("failed"), None, _) => CallOutcome::Failed,
+        // A post-call webhook comes once the call is over, whatever status it carries.
+        (_, Some(outcome), Source::PostCall) => outcome,
+        (_, None, Source::PostCall) => CallOutcome::Completed,
+        // Running, or over without a result yet (the next look sees it done).
+        (Some("initiated" | "in-progress" | "processing"), _, Source::Lookup) => return Ok(None),
+        (other, _, Source::Lookup) => {
+            return Err(format!("the conversation's status is unknown: {other:?}"))
+        }
     };
-    let end_reason = call_result
-        .map(str::to_owned)
-        .or_else(|| {
-            conversation
-                .pointer("/metadata/termination_reason")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .or_else(|| status.map(str::to_owned));
+    let termination_reason = conversation
+        .pointer("/metadata/termination_reason")
+        .and_then(Value::as_str)
+        .filter(|reason| !reason.is_empty());
+    let end_reason = [
+        call_result.map(|r| format!("call_result={r}")),
+        status.map(|s| format!("status={s}")),
+        termination_reason.map(|t| format!("termination_reason={t}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("; ");
     let started = conversation
         .pointer("/metadata/start_time_unix_secs")
         .and_then(Value::as_i64);
@@ -367,7 +426,7 @@ fn end_of(conversation: &Value) -> Result<Option<EndOfCall>, String> {
     Ok(Some(EndOfCall {
         provider_call_id,
         outcome: ReportedOutcome::Outcome(outcome),
-        end_reason: end_reason.map(|r| r.chars().take(255).collect()),
+        end_reason: (!end_reason.is_empty()).then(|| bounded(&end_reason)),
         duration_sec: duration.and_then(|d| i32::try_from(d).ok()),
         ended_at: started
             .zip(duration)
@@ -375,8 +434,39 @@ fn end_of(conversation: &Value) -> Result<Option<EndOfCall>, String> {
     }))
 }
 
+/// An end reason as stored: at most 255 characters.
+fn bounded(reason: &str) -> String {
+    reason.chars().take(255).collect()
+}
+
+/// A `call_initiation_failure`'s end reason: the failure reason and what the telephony said
+/// (`metadata.type` twilio: its status callback's `CallStatus` and `SipResponseCode`; sip:
+/// `sip_status_code` and `error_reason`).
+fn initiation_failure_reason(reason: &str, data: &Value) -> String {
+    let mut text = format!("call_initiation_failure={reason}");
+    let kind = data.pointer("/metadata/type").and_then(Value::as_str);
+    let fields: &[&str] = match kind {
+        Some("twilio") => &["CallStatus", "SipResponseCode"],
+        Some("sip") => &["sip_status_code", "error_reason"],
+        _ => &[],
+    };
+    for field in fields {
+        let value = data
+            .pointer("/metadata/body")
+            .and_then(|body| body.get(*field));
+        match value {
+            Some(Value::String(value)) if !value.is_empty() => {
+                text.push_str(&format!("; {field}={value}"))
+            }
+            Some(value @ Value::Number(_)) => text.push_str(&format!("; {field}={value}")),
+            _ => {}
+        }
+    }
+    bounded(&text)
+}
+
 fn lookup_of(conversation: &Value) -> CallLookup {
-    match end_of(conversation) {
+    match end_of(conversation, Source::Lookup) {
         Ok(Some(end)) => CallLookup::Ended(end),
         Ok(None) => match conversation.get("conversation_id").and_then(Value::as_str) {
             Some(id) => CallLookup::Live {
@@ -403,7 +493,8 @@ impl ElevenLabsWebhooks {
 
 /// `t=<unix seconds>,v0=<hex>`, read as ElevenLabs' SDK reads it: parts split on ',' and
 /// not trimmed, in any order, unknown parts ignored, the last `t=` and the last `v0=` taken.
-fn parse_signature(header: &str) -> Option<(i64, &str)> {
+/// The timestamp comes back as sent (the SDK signs its text) and as a number.
+fn parse_signature(header: &str) -> Option<(&str, i64, &str)> {
     let mut timestamp = None;
     let mut signature = None;
     for part in header.split(',') {
@@ -417,7 +508,7 @@ fn parse_signature(header: &str) -> Option<(i64, &str)> {
     if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((timestamp.parse().ok()?, signature?))
+    Some((timestamp, timestamp.parse().ok()?, signature?))
 }
 
 impl WebhookScheme for ElevenLabsWebhooks {
@@ -435,7 +526,7 @@ impl WebhookScheme for ElevenLabsWebhooks {
             .header(HEADER)?
             .filter(|h| !h.trim().is_empty())
             .ok_or(VerifyError::MissingHeader(HEADER))?;
-        let (timestamp, signature) =
+        let (signed_timestamp, timestamp, signature) =
             parse_signature(header).ok_or(VerifyError::MalformedHeader(HEADER))?;
         check_window(
             timestamp.saturating_mul(1000),
@@ -445,7 +536,7 @@ impl WebhookScheme for ElevenLabsWebhooks {
         )?;
         let mac = hmac_sha256(
             self.secret.as_bytes(),
-            &[timestamp.to_string().as_bytes(), b".", request.body],
+            &[signed_timestamp.as_bytes(), b".", request.body],
         );
         if verify_hex_mac(mac, signature) {
             Ok(())
@@ -465,7 +556,7 @@ impl WebhookScheme for ElevenLabsWebhooks {
         let end = match kind {
             "post_call_transcription" => {
                 let data = data.ok_or_else(|| invalid("data", "is required (an object)"))?;
-                match end_of(data) {
+                match end_of(data, Source::PostCall) {
                     Ok(Some(end)) => end,
                     Ok(None) => {
                         return Ok(WebhookEvent::Ignored {
@@ -489,7 +580,7 @@ impl WebhookScheme for ElevenLabsWebhooks {
                 EndOfCall {
                     provider_call_id: provider_call_id.to_owned(),
                     outcome: ReportedOutcome::Outcome(outcome_of_failure_reason(reason)),
-                    end_reason: Some(format!("call_initiation_failure: {reason}")),
+                    end_reason: Some(initiation_failure_reason(reason, data)),
                     duration_sec: Some(0),
                     ended_at: body
                         .get("event_timestamp")
@@ -525,16 +616,17 @@ fn invalid(field: &str, message: &str) -> ReportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac as _;
 
     #[test]
     fn parses_the_signature_header() {
         assert_eq!(
             parse_signature("t=1700000000,v0=abcd"),
-            Some((1_700_000_000, "abcd"))
+            Some(("1700000000", 1_700_000_000, "abcd"))
         );
         assert_eq!(
             parse_signature("v0=aa,x=1,t=1700000000,v0=bb"),
-            Some((1_700_000_000, "bb"))
+            Some(("1700000000", 1_700_000_000, "bb"))
         );
         assert_eq!(parse_signature("t=1700000000"), None);
         assert_eq!(parse_signature("v0=abcd"), None);
@@ -553,5 +645,218 @@ mod tests {
             CallOutcome::NoAnswer
         );
         assert_eq!(outcome_of_failure_reason("unknown"), CallOutcome::Failed);
+    }
+
+    fn answer(status: u16, body: Value) -> Answer {
+        Answer {
+            status: reqwest::StatusCode::from_u16(status).expect("a status"),
+            retry_after: None,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn classifies_dial_answers() {
+        let accepted = answer(
+            200,
+            json!({"success": true, "message": "ok", "conversation_id": "conv_1", "callSid": "CA1"}),
+        );
+        assert_eq!(
+            classify(&accepted),
+            DialResult::Accepted {
+                provider_call_id: "conv_1".into()
+            }
+        );
+        let limited = [
+            answer(
+                200,
+                json!({"success": false, "message": "Concurrency limit reached", "conversation_id": null}),
+            ),
+            answer(
+                429,
+                json!({"detail": {"type": "rate_limit_error", "code": "concurrent_limit_exceeded", "message": "x"}}),
+            ),
+            answer(
+                429,
+                json!({"detail": {"status": "too_many_concurrent_requests", "message": "x"}}),
+            ),
+            answer(
+                403,
+                json!({"detail": "Calls exceeding the burst limit are rejected"}),
+            ),
+        ];
+        for one in &limited {
+            assert!(
+                matches!(classify(one), DialResult::ConcurrencyLimited { .. }),
+                "{}",
+                one.snippet()
+            );
+        }
+        let rate_limited = answer(
+            429,
+            json!({"detail": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "slow down"}}),
+        );
+        assert!(matches!(
+            classify(&rate_limited),
+            DialResult::Retryable {
+                maybe_placed: false,
+                ..
+            }
+        ));
+        // The request's own words, echoed back, never name the limit.
+        let refused = [
+            answer(
+                200,
+                json!({"success": false, "message": "Invalid number", "conversation_id": null, "echo": "burst"}),
+            ),
+            answer(
+                422,
+                json!({"detail": [{"type": "value_error", "loc": ["body", "to_number"], "msg": "invalid", "input": {"plan": "burst", "note": "concurrency"}}]}),
+            ),
+            answer(
+                400,
+                json!({"detail": {"status": "invalid_parameters", "message": "bad"}, "input": "concurrent"}),
+            ),
+        ];
+        for one in &refused {
+            assert!(
+                matches!(classify(one), DialResult::Permanent { .. }),
+                "{}",
+                one.snippet()
+            );
+        }
+        assert!(matches!(
+            classify(&answer(200, json!({"success": true, "message": "ok"}))),
+            DialResult::Retryable {
+                maybe_placed: true,
+                ..
+            }
+        ));
+    }
+
+    fn conversation(status: &str, call_result: Option<&str>) -> Value {
+        let mut conversation = json!({
+            "conversation_id": "conv_1",
+            "status": status,
+            "metadata": {
+                "start_time_unix_secs": 1_700_000_000,
+                "call_duration_secs": 42,
+                "termination_reason": "Call ended by remote party",
+                "phone_call": {"type": "twilio"},
+            },
+        });
+        if let Some(result) = call_result {
+            conversation["metadata"]["phone_call"]["call_result"] = json!(result);
+        }
+        conversation
+    }
+
+    #[test]
+    fn a_running_conversation_has_not_ended_whatever_its_call_result() {
+        for (status, result) in [
+            ("initiated", None),
+            ("in-progress", None),
+            ("in-progress", Some("answered")),
+            ("initiated", Some("busy")),
+            ("processing", None),
+        ] {
+            assert_eq!(
+                lookup_of(&conversation(status, result)),
+                CallLookup::Live {
+                    provider_call_id: "conv_1".into()
+                },
+                "{status} {result:?}"
+            );
+        }
+        assert!(matches!(
+            lookup_of(&conversation("archived", Some("answered"))),
+            CallLookup::Undecided { .. }
+        ));
+    }
+
+    #[test]
+    fn an_ended_conversation_settles_by_its_call_result_else_its_status() {
+        let ended = |status, result| match lookup_of(&conversation(status, result)) {
+            CallLookup::Ended(end) => (end.outcome, end.end_reason),
+            other => panic!("{status} {result:?}: {other:?}"),
+        };
+        let outcome = ReportedOutcome::Outcome;
+        assert_eq!(
+            ended("done", Some("voicemail")),
+            (
+                outcome(CallOutcome::Voicemail),
+                Some(
+                    "call_result=voicemail; status=done; termination_reason=Call ended by remote party"
+                        .into()
+                )
+            )
+        );
+        assert_eq!(
+            ended("processing", Some("busy")).0,
+            outcome(CallOutcome::Busy)
+        );
+        assert_eq!(
+            ended("failed", Some("no_answer")).0,
+            outcome(CallOutcome::NoAnswer)
+        );
+        assert_eq!(ended("done", None).0, outcome(CallOutcome::Completed));
+        assert_eq!(ended("failed", None).0, outcome(CallOutcome::Failed));
+        assert_eq!(
+            ended("done", Some("new_value")).0,
+            outcome(CallOutcome::Completed)
+        );
+        // A post-call webhook is an end, whatever status it carries.
+        let end = end_of(&conversation("in-progress", None), Source::PostCall)
+            .expect("valid")
+            .expect("ended");
+        assert_eq!(end.outcome, outcome(CallOutcome::Completed));
+        assert_eq!(end.duration_sec, Some(42));
+        assert_eq!(
+            end.ended_at,
+            chrono::DateTime::from_timestamp(1_700_000_042, 0)
+        );
+    }
+
+    #[test]
+    fn initiation_failures_keep_what_the_telephony_said() {
+        let twilio = json!({"metadata": {"type": "twilio", "body": {"CallStatus": "busy", "SipResponseCode": "486"}}});
+        assert_eq!(
+            initiation_failure_reason("busy", &twilio),
+            "call_initiation_failure=busy; CallStatus=busy; SipResponseCode=486"
+        );
+        let sip = json!({"metadata": {"type": "sip", "body": {"sip_status_code": 480, "error_reason": "Temporarily Unavailable"}}});
+        assert_eq!(
+            initiation_failure_reason("no-answer", &sip),
+            "call_initiation_failure=no-answer; sip_status_code=480; error_reason=Temporarily Unavailable"
+        );
+        assert_eq!(
+            initiation_failure_reason("unknown", &json!({})),
+            "call_initiation_failure=unknown"
+        );
+    }
+
+    #[test]
+    fn the_timestamp_is_signed_as_sent() {
+        let body = br#"{"type":"post_call_audio"}"#;
+        let mac = hmac_sha256(b"wsec", &[b"01700000000", b".", body]);
+        let header = format!(
+            "t=01700000000,v0={}",
+            hex::encode(mac.finalize().into_bytes())
+        );
+        let mut headers = ::http::HeaderMap::new();
+        headers.insert(
+            "elevenlabs-signature",
+            header.parse().expect("a header value"),
+        );
+        let request = InboundWebhook {
+            url: "https://hooks.ebra.test/callbacks/elevenlabs",
+            headers: &headers,
+            body,
+        };
+        let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a time");
+        assert_eq!(
+            ElevenLabsWebhooks::new("wsec".into()).verify(&request, now),
+            Ok(())
+        );
     }
 }
