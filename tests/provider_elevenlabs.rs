@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::contract::{self, Stage, PUBLIC_BASE};
 use common::fakes::elevenlabs::{ElevenLabs, ElevenLabsWith};
 use common::fakes::{Contract, DialPlan};
-use ebra_reclaimer::run_pass;
 use ebra_shared::domain::{CallStatus, DialOutcome};
 use ebra_worker::{DeferReason, MessageOutcome};
 use serde_json::json;
@@ -57,45 +56,9 @@ async fn a_lost_webhook_is_settled_by_the_reclaimers_lookup() {
     contract::a_lost_webhook_is_settled_by_the_reclaimers_lookup(&ElevenLabs).await;
 }
 
-/// The shared scenario makes the call stale by two hours, past the reclaimer's give-up
-/// (`GIVE_UP_FACTOR` × `STALE_INPROG_SECONDS`, 4 × 60 s on the stage): for a provider that
-/// cannot deduplicate by key it then sees the call FAILED, not held, and cannot pass. Its
-/// intent, here: stale within the give-up window, the call is held and not redialed; past
-/// it, FAILED, still not redialed.
 #[tokio::test]
 async fn a_stale_call_the_provider_cannot_be_asked_about() {
-    let stage = Stage::new(&ElevenLabs, &[]).await;
-    let (call_id, _) = stage.dialed().await;
-    stage.fake.book().lookups_fail = true;
-    let started = |ago: &str| {
-        format!(
-            "UPDATE calls SET started_at = now() - interval '{ago}', looked_up_at = NULL \
-              WHERE id = '{call_id}'"
-        )
-    };
-    stage.env.execute(&started("2 minutes")).await;
-    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
-    assert_eq!(report.lookup_undecided, 1, "{report:?}");
-    assert_eq!(
-        (report.stale_retried, report.stale_failed),
-        (0, 0),
-        "{report:?}"
-    );
-    let (call, _) = stage.read(call_id).await;
-    assert_eq!(call.status, CallStatus::InProgress, "held, not redialed");
-    assert!(stage.holds_slot(call_id).await);
-    assert!(
-        !stage.fake.book().lookups.is_empty(),
-        "ElevenLabs was asked"
-    );
-
-    stage.env.execute(&started("2 hours")).await;
-    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
-    assert_eq!(report.stale_failed, 1, "{report:?}");
-    let (call, _) = stage.read(call_id).await;
-    assert_eq!(call.status, CallStatus::Failed, "given up, not redialed");
-    assert!(!stage.holds_slot(call_id).await);
-    assert_eq!(stage.fake.placements().len(), 1);
+    contract::a_stale_call_the_provider_cannot_be_asked_about(&ElevenLabs).await;
 }
 
 #[tokio::test]

@@ -239,53 +239,6 @@ async fn a_contradicting_final_status_changes_nothing() {
     );
 }
 
-/// A stale call Twilio cannot be asked about is held (never redialed: Twilio takes no
-/// idempotency key) while it may still be live, and FAILED without a redial once it has
-/// been in progress `GIVE_UP_FACTOR` times `STALE_INPROG_SECONDS` (60 s here).
-#[tokio::test]
-async fn a_stale_call_twilio_cannot_be_asked_about_is_held_then_given_up() {
-    let stage = Stage::new(&Twilio, &[]).await;
-    let (call_id, _) = stage.dialed().await;
-    stage.fake.book().lookups_fail = true;
-    // Stale (over 60 s) but not past the give-up age (4 x 60 s).
-    stage
-        .env
-        .execute(&format!(
-            "UPDATE calls SET started_at = now() - interval '2 minutes' WHERE id = '{call_id}'"
-        ))
-        .await;
-    let report = ebra_reclaimer::run_pass(&stage.reclaimer)
-        .await
-        .expect("a reclaimer pass");
-    assert_eq!(report.lookup_undecided, 1, "{report:?}");
-    assert_eq!(
-        (report.stale_retried, report.stale_failed),
-        (0, 0),
-        "{report:?}"
-    );
-    assert_eq!(
-        stage.read(call_id).await.0.status,
-        CallStatus::InProgress,
-        "held"
-    );
-    assert!(!stage.fake.book().lookups.is_empty(), "Twilio was asked");
-
-    // Two hours in progress, and the last pass's lookup lease over.
-    stage.make_stale(call_id).await;
-    stage
-        .env
-        .execute(&format!(
-            "UPDATE calls SET looked_up_at = now() - interval '1 minute' WHERE id = '{call_id}'"
-        ))
-        .await;
-    let report = ebra_reclaimer::run_pass(&stage.reclaimer)
-        .await
-        .expect("a reclaimer pass");
-    assert_eq!(report.stale_failed, 1, "{report:?}");
-    assert_eq!(stage.read(call_id).await.0.status, CallStatus::Failed);
-    assert_eq!(stage.fake.placements().len(), 1, "never redialed");
-}
-
 /// `TWILIO_MACHINE_DETECTION` asks Twilio for answering machine detection, which reports
 /// machines as VOICEMAIL.
 #[tokio::test]

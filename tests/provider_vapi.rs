@@ -58,48 +58,9 @@ async fn a_lost_webhook_is_settled_by_the_reclaimers_lookup() {
     contract::a_lost_webhook_is_settled_by_the_reclaimers_lookup(&Vapi).await;
 }
 
-/// The shared scenario of this name makes its call stale by two hours, past the
-/// reclaimer's give-up window (`GIVE_UP_FACTOR` × `STALE_INPROG_SECONDS`, 4 minutes here),
-/// so for a provider without idempotency it meets the give-up, not the wait it asserts
-/// (reported to the lead). Here, both: within the window the call is held and asked about
-/// again; past it, it is FAILED, never redialed.
 #[tokio::test]
 async fn a_stale_call_the_provider_cannot_be_asked_about() {
-    let stage = Stage::new(&Vapi, &[]).await;
-    let (call_id, _) = stage.dialed().await;
-    stage.fake.book().lookups_fail = true;
-    // Started `age` ago, and not looked up lately (the reclaimer's 30-second lease).
-    let stale_by = |age: &'static str| {
-        format!(
-            "UPDATE calls SET started_at = now() - interval '{age}', looked_up_at = NULL \
-              WHERE id = '{call_id}'"
-        )
-    };
-    stage.env.execute(&stale_by("2 minutes")).await;
-    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
-    assert_eq!(report.lookup_undecided, 1, "{report:?}");
-    assert_eq!(
-        stage.read(call_id).await.0.status,
-        CallStatus::InProgress,
-        "held, not redialed"
-    );
-    assert!(
-        !stage.fake.book().lookups.is_empty(),
-        "the provider was asked"
-    );
-    stage.env.execute(&stale_by("2 hours")).await;
-    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
-    assert_eq!(
-        (report.stale_failed, report.stale_retried),
-        (1, 0),
-        "{report:?}"
-    );
-    assert_eq!(
-        stage.read(call_id).await.0.status,
-        CallStatus::Failed,
-        "given up, not redialed"
-    );
-    assert_eq!(stage.fake.placements().len(), 1);
+    contract::a_stale_call_the_provider_cannot_be_asked_about(&Vapi).await;
 }
 
 #[tokio::test]
