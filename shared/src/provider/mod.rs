@@ -144,6 +144,9 @@ pub struct PriorDial {
     /// Provider call ids recorded for the call's other attempts, which a lookup must not
     /// take for this one.
     pub known_provider_call_ids: Vec<String>,
+    /// Whether the last of them may have been placed (its fate unknown: a timeout, a
+    /// worker that died mid-dial), rather than refused outright.
+    pub fate_unknown: bool,
 }
 
 /// What became of a dial.
@@ -295,17 +298,35 @@ pub trait Provider: Send + Sync {
 
 /// Dials without ever placing a second call for one attempt (invariant 3).
 ///
-/// A provider that deduplicates by key is simply dialed again with the same key. Any other
+/// A provider that deduplicates by key is simply dialed again with the same key (and a
+/// refusal of that redial does not free the slot: the earlier dial may still be ringing).
+/// Any other
 /// provider, when an earlier dial with this key may have been placed, is asked first: a
 /// call it has (live or ended) is taken as this dial's, one it does not have is dialed, and
 /// when it cannot tell, nothing is dialed: the attempt stays of unknown fate, holding its
 /// slot and phone, until the webhook, a later try or the reclaimer settles it.
 pub async fn dial_once(provider: &dyn Provider, dial: &Dial) -> DialResult {
-    let Some(prior) = dial
-        .prior
-        .as_ref()
-        .filter(|_| !provider.deduplicates_by_key())
-    else {
+    if provider.deduplicates_by_key() {
+        let result = provider.place(dial).await;
+        let earlier_may_ring = dial.prior.as_ref().is_some_and(|p| p.fate_unknown);
+        return match result {
+            // A redial with the key of a dial that may have been placed: whatever this
+            // request's answer, that dial may be ringing the phone. Only an answer naming
+            // the call settles it; anything else keeps the attempt of unknown fate, so the
+            // call keeps its slot and its phone (invariants 1 and 2).
+            DialResult::Accepted { .. } => result,
+            refused if earlier_may_ring => DialResult::Retryable {
+                error: format!(
+                    "{} (an earlier dial with this key may have been placed)",
+                    describe_refusal(&refused)
+                ),
+                retry_after: refusal_retry_after(&refused),
+                maybe_placed: true,
+            },
+            refused => refused,
+        };
+    }
+    let Some(prior) = dial.prior.as_ref() else {
         return provider.place(dial).await;
     };
     let query = StatusQuery {
@@ -344,6 +365,23 @@ pub async fn dial_once(provider: &dyn Provider, dial: &Dial) -> DialResult {
             retry_after: None,
             maybe_placed: true,
         },
+    }
+}
+
+fn describe_refusal(result: &DialResult) -> String {
+    match result {
+        DialResult::Accepted { provider_call_id } => format!("accepted as {provider_call_id}"),
+        DialResult::Retryable { error, .. }
+        | DialResult::ConcurrencyLimited { error, .. }
+        | DialResult::Permanent { error } => error.clone(),
+    }
+}
+
+fn refusal_retry_after(result: &DialResult) -> Option<Duration> {
+    match result {
+        DialResult::Retryable { retry_after, .. }
+        | DialResult::ConcurrencyLimited { retry_after, .. } => *retry_after,
+        DialResult::Accepted { .. } | DialResult::Permanent { .. } => None,
     }
 }
 
@@ -515,10 +553,13 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// A provider without idempotency whose lookup answers as told, counting placements.
+    /// A provider whose lookup answers as told, counting placements; it answers dials with
+    /// `answer` (accepted by default).
     struct Scripted {
         lookup: CallLookup,
         placed: Mutex<u32>,
+        dedupes: bool,
+        answer: Option<DialResult>,
     }
 
     impl Provider for Scripted {
@@ -526,15 +567,14 @@ mod tests {
             ProviderKind::Vapi
         }
         fn deduplicates_by_key(&self) -> bool {
-            false
+            self.dedupes
         }
         fn place<'a>(&'a self, _dial: &'a Dial) -> BoxFuture<'a, DialResult> {
             *self.placed.lock().unwrap() += 1;
-            Box::pin(async {
-                DialResult::Accepted {
-                    provider_call_id: "new".into(),
-                }
-            })
+            let answer = self.answer.clone().unwrap_or(DialResult::Accepted {
+                provider_call_id: "new".into(),
+            });
+            Box::pin(async move { answer })
         }
         fn status<'a>(&'a self, _query: &'a StatusQuery) -> BoxFuture<'a, CallLookup> {
             let answer = self.lookup.clone();
@@ -553,6 +593,7 @@ mod tests {
             prior: prior.then(|| PriorDial {
                 since: Utc::now(),
                 known_provider_call_ids: vec![],
+                fate_unknown: true,
             }),
         }
     }
@@ -561,6 +602,8 @@ mod tests {
         let provider = Scripted {
             lookup,
             placed: Mutex::new(0),
+            dedupes: false,
+            answer: None,
         };
         let result = dial_once(&provider, &dial(prior)).await;
         let placed = *provider.placed.lock().unwrap();
@@ -613,6 +656,49 @@ mod tests {
                 }
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_refused_redial_of_a_dial_that_may_ring_keeps_its_fate_unknown() {
+        let refusal = DialResult::Retryable {
+            error: "provider error 503".into(),
+            retry_after: None,
+            maybe_placed: false,
+        };
+        for (fate_unknown, expect_maybe_placed) in [(true, true), (false, false)] {
+            let provider = Scripted {
+                lookup: CallLookup::Unsupported,
+                placed: Mutex::new(0),
+                dedupes: true,
+                answer: Some(refusal.clone()),
+            };
+            let mut redial = dial(true);
+            if let Some(prior) = redial.prior.as_mut() {
+                prior.fate_unknown = fate_unknown;
+            }
+            match dial_once(&provider, &redial).await {
+                DialResult::Retryable { maybe_placed, .. } => {
+                    assert_eq!(
+                        maybe_placed, expect_maybe_placed,
+                        "fate unknown: {fate_unknown}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A first dial's refusal is what it says.
+        let provider = Scripted {
+            lookup: CallLookup::Unsupported,
+            placed: Mutex::new(0),
+            dedupes: true,
+            answer: Some(DialResult::Permanent {
+                error: "422".into(),
+            }),
+        };
+        assert!(matches!(
+            dial_once(&provider, &dial(false)).await,
+            DialResult::Permanent { .. }
+        ));
     }
 
     #[test]

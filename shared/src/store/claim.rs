@@ -117,8 +117,8 @@ pub async fn claim_calls(
     let mut settle_marks = Vec::new();
     // Due PENDING calls, at most one per phone, in batch order: (index, id, phone).
     let mut candidates: Vec<(usize, Uuid, String)> = Vec::new();
-    // Claimed calls whose key an earlier dial used: (index, id, key).
-    let mut reused_keys: Vec<(usize, Uuid, Uuid)> = Vec::new();
+    // Claimed calls whose key an earlier dial used: (index, id, key, attempt).
+    let mut reused_keys: Vec<(usize, Uuid, Uuid, i32)> = Vec::new();
     let mut phones = HashSet::new();
     for (index, &call_id) in call_ids.iter().enumerate() {
         if !seen.insert(call_id) {
@@ -266,13 +266,14 @@ pub async fn claim_calls(
                 super::StoreError::Corrupt(format!("call {call_id} claimed but not read"))
             })?;
             let idempotency_key: Uuid = row.try_get("dial_key")?;
+            let attempt_no: i32 = row.try_get("attempt_no")?;
             if row.try_get::<_, bool>("key_reused")? {
-                reused_keys.push((index, call_id, idempotency_key));
+                reused_keys.push((index, call_id, idempotency_key, attempt_no));
             }
             claims[index] = Some(Claim::Claimed(ClaimedCall {
                 call_id,
                 attempt_id: row.try_get("attempt_id")?,
-                attempt_no: row.try_get("attempt_no")?,
+                attempt_no,
                 max_attempts: call.try_get("max_attempts")?,
                 idempotency_key,
                 slot_no,
@@ -284,8 +285,8 @@ pub async fn claim_calls(
         }
     }
 
-    for (index, call_id, key) in reused_keys {
-        let prior = prior_dial(&tx, call_id, key).await?;
+    for (index, call_id, key, attempt_no) in reused_keys {
+        let prior = prior_dial(&tx, call_id, key, attempt_no).await?;
         if let Some(Claim::Claimed(claimed)) = claims[index].as_mut() {
             claimed.prior = Some(prior);
         }
@@ -353,7 +354,7 @@ async fn redial_unknown(
         ],
     )
     .await?;
-    let prior = prior_dial(tx, call_id, idempotency_key).await?;
+    let prior = prior_dial(tx, call_id, idempotency_key, attempt_no).await?;
     Ok(Claim::Claimed(ClaimedCall {
         call_id,
         attempt_id,
@@ -368,25 +369,31 @@ async fn redial_unknown(
     }))
 }
 
-/// What a lookup needs to know of the earlier dials that used `key`: when the first of
-/// them started, and the provider call ids of the call's other attempts.
+/// What a lookup needs to know of the earlier dials that used `key` (before attempt
+/// `attempt_no`): when the first of them started, the provider call ids of the call's other
+/// attempts, and whether the last of them may have been placed.
 pub(crate) async fn prior_dial(
     tx: &Transaction<'_>,
     call_id: Uuid,
     key: Uuid,
+    attempt_no: i32,
 ) -> StoreResult<PriorDial> {
     let row = super::query_one(
         tx,
         "SELECT COALESCE(min(started_at) FILTER (WHERE idempotency_key = $2), now()) AS since, \
                 COALESCE(array_agg(provider_call_id) FILTER \
-                    (WHERE provider_call_id IS NOT NULL AND idempotency_key <> $2), '{}') AS known \
+                    (WHERE provider_call_id IS NOT NULL AND idempotency_key <> $2), '{}') AS known, \
+                COALESCE((array_agg(dial_state ORDER BY attempt_no DESC) \
+                    FILTER (WHERE idempotency_key = $2 AND attempt_no < $3))[1] \
+                    IN ('DIALING', 'UNKNOWN'), false) AS fate_unknown \
            FROM call_attempts WHERE call_id = $1",
-        &[&call_id, &key],
+        &[&call_id, &key, &attempt_no],
     )
     .await?;
     Ok(PriorDial {
         since: row.try_get("since")?,
         known_provider_call_ids: row.try_get("known")?,
+        fate_unknown: row.try_get("fate_unknown")?,
     })
 }
 

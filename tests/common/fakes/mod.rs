@@ -91,6 +91,8 @@ pub struct Placement {
     pub placed_at: chrono::DateTime<chrono::Utc>,
     /// The provider's own end reason once the call ended (what lookups report).
     pub ended: Option<String>,
+    /// When it ended (set by [`Fake::end`]).
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Everything the fake saw and did.
@@ -126,6 +128,7 @@ impl Book {
             dial,
             placed_at: chrono::Utc::now(),
             ended: None,
+            ended_at: None,
         });
         provider_call_id
     }
@@ -182,6 +185,7 @@ impl Fake {
             .find(|p| p.provider_call_id == provider_call_id)
             .expect("a call the fake placed");
         placement.ended = Some(reason.to_owned());
+        placement.ended_at = Some(chrono::Utc::now());
     }
 }
 

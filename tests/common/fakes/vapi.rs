@@ -363,6 +363,7 @@ fn place(book: &mut Book, to: &str, key: Option<Uuid>, dial: Value) -> Placement
         dial,
         placed_at: Utc::now(),
         ended: None,
+        ended_at: None,
     };
     book.placements.push(placement.clone());
     placement
