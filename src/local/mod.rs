@@ -3,6 +3,7 @@
 mod event_source;
 mod postgres;
 mod sqs;
+pub mod sqs_server;
 mod stack;
 
 pub use event_source::{delete_succeeded, sqs_event, EventSourceMapping};

@@ -183,10 +183,9 @@ async fn serve(
     println!(
         "  SQS             {}{}  queue {queue_url}, DLQ {dlq_url}",
         sqs.endpoint,
-        if sqs.started_here() {
-            "  (moto_server started here)"
-        } else {
-            ""
+        match sqs.describe() {
+            "AWS_ENDPOINT_URL_SQS" => String::new(),
+            what => format!("  ({what})"),
         }
     );
     println!(
