@@ -39,6 +39,7 @@ pub struct TestEnv {
     pub database_url: String,
     pub pool: Pool,
     pub sqs: aws_sdk_sqs::Client,
+    pub sqs_endpoint: String,
     pub queue: CallsQueue,
     pub queue_url: String,
     pub dlq_url: String,
@@ -83,6 +84,7 @@ impl TestEnv {
             database_url,
             pool,
             sqs,
+            sqs_endpoint: endpoint,
             queue,
             queue_url,
             dlq_url,
@@ -239,7 +241,9 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
         let db_name = self.db_name.clone();
-        let sqs = self.sqs.clone();
+        // A client of the cleanup's own: the test's client may hold pooled keep-alive
+        // connections driven by the test's runtime, which this thread blocks.
+        let sqs = sqs_client(&self.sqs_endpoint);
         let urls = [self.queue_url.clone(), self.dlq_url.clone()];
         // Async cleanup from Drop: on a thread of its own, with its own runtime.
         let _ = std::thread::spawn(move || {

@@ -236,3 +236,155 @@ async fn stats(State(service): State<Arc<Service>>) -> Json<serde_json::Value> {
         "queues": service.depths(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    async fn queue(server: &SqsServer, name: &str) -> (aws_sdk_sqs::Client, String) {
+        let sqs = crate::local::local_sqs_client(server.endpoint());
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url
+            .expect("a queue URL");
+        (sqs, url)
+    }
+
+    #[tokio::test]
+    async fn counts_requests_by_operation_and_reports_depths() {
+        let server = SqsServer::start_on_loopback().await.expect("server");
+        let (sqs, url) = queue(&server, "counted").await;
+        for n in 0..3 {
+            sqs.send_message()
+                .queue_url(&url)
+                .message_body(format!("m{n}"))
+                .send()
+                .await
+                .expect("SendMessage");
+        }
+        let received = sqs
+            .receive_message()
+            .queue_url(&url)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        assert_eq!(received.messages().len(), 1);
+
+        let handle = server.handle();
+        let counts = handle.request_counts();
+        assert_eq!(counts.get("CreateQueue"), Some(&1));
+        assert_eq!(counts.get("SendMessage"), Some(&3));
+        assert_eq!(counts.get("ReceiveMessage"), Some(&1));
+        assert_eq!(handle.total_requests(), 5);
+        assert_eq!(
+            handle.queue_depth(&url),
+            Some(Depth {
+                visible: 2,
+                in_flight: 1,
+                delayed: 0
+            })
+        );
+
+        let http = reqwest::Client::new();
+        let stats: serde_json::Value = http
+            .get(format!("{}/_ebra/stats", server.endpoint()))
+            .send()
+            .await
+            .expect("GET /_ebra/stats")
+            .json()
+            .await
+            .expect("stats JSON");
+        assert_eq!(stats["requests"]["SendMessage"], 3);
+        assert_eq!(stats["totalRequests"], 5);
+        assert_eq!(stats["queues"]["counted"]["inFlight"], 1);
+
+        let unknown = http
+            .post(server.endpoint())
+            .header("x-amz-target", "AmazonSQS.FlyToTheMoon")
+            .header("content-type", errors::JSON_1_0)
+            .body("{}")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(unknown.status(), 400);
+        let body: serde_json::Value = unknown.json().await.expect("error JSON");
+        assert_eq!(
+            body["__type"],
+            "com.amazon.coral.service#UnknownOperationException"
+        );
+        assert_eq!(handle.request_counts().get("unknown"), Some(&1));
+        server.stop().await;
+    }
+
+    /// The wire format the SDK's error parsing reads: the shape in `__type`, the query
+    /// code in `x-amzn-query-error`.
+    #[tokio::test]
+    async fn errors_carry_the_shape_and_the_query_code() {
+        let server = SqsServer::start_on_loopback().await.expect("server");
+        let response = reqwest::Client::new()
+            .post(server.endpoint())
+            .header("x-amz-target", "AmazonSQS.SendMessage")
+            .header("content-type", errors::JSON_1_0)
+            .body(r#"{"QueueUrl":"http://127.0.0.1:1/000000000000/missing","MessageBody":"x"}"#)
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["x-amzn-query-error"],
+            "AWS.SimpleQueueService.NonExistentQueue;Sender"
+        );
+        assert_eq!(response.headers()["content-type"], errors::JSON_1_0);
+        let body: serde_json::Value = response.json().await.expect("error JSON");
+        assert_eq!(body["__type"], "com.amazonaws.sqs#QueueDoesNotExist");
+        assert_eq!(body["message"], "The specified queue does not exist.");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_answers_long_polls_at_once() {
+        let server = SqsServer::start_on_loopback().await.expect("server");
+        let (sqs, url) = queue(&server, "polled").await;
+        let poll = tokio::spawn(async move {
+            sqs.receive_message()
+                .queue_url(url)
+                .wait_time_seconds(20)
+                .send()
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        server.stop().await;
+        let answered = poll.await.expect("the poll's task");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stop waited {:?} for a 20 s poll",
+            started.elapsed()
+        );
+        assert!(answered.expect("an answer").messages().is_empty());
+    }
+
+    #[test]
+    fn serves_from_a_thread_of_its_own() {
+        let handle = SqsServer::start_on_own_thread().expect("server thread");
+        // No runtime on this thread: the endpoint answers from its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let answered = runtime.block_on(async {
+            crate::local::local_sqs_client(handle.endpoint())
+                .list_queues()
+                .send()
+                .await
+        });
+        assert!(answered.is_ok(), "{answered:?}");
+        assert_eq!(handle.request_counts().get("ListQueues"), Some(&1));
+    }
+}
