@@ -33,6 +33,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
@@ -98,6 +99,13 @@ impl SqsServer {
         let service = Arc::new(Service::new(format!("http://{local}"), stopped.clone()));
         let app = router(service.clone());
         let mut shutdown = stopped;
+        // Small requests and answers on kept-alive connections: without TCP_NODELAY, Nagle
+        // and delayed ACKs hold each exchange for tens of milliseconds.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "embedded SQS: TCP_NODELAY not set");
+            }
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
