@@ -5,9 +5,11 @@
 //! posted by `CLIENTS` concurrent clients, and the run lasts until every call is settled.
 //!
 //! It runs on the embedded SQS endpoint and on moto (behind a counting pass-through, so
-//! that both count requests at the endpoint), measures moto's own `SendMessage` ceiling
-//! with the same number of clients, and runs once more on the embedded endpoint with a
-//! backlog of `BACKLOG_CALLS` calls, for the queue depth a large backlog makes.
+//! that both count requests at the endpoint), measures both endpoints' `SendMessage`
+//! ceiling with the same number of clients, and runs once more on the embedded endpoint
+//! with a backlog: `BACKLOG_CALLS` calls posted while the provider's calls last an hour, so
+//! `CAP` of them hold every slot and the rest wait; that run reports the queue depth the
+//! waiting calls make.
 //!
 //! Figures, per run: creates/s (calls posted ÷ the time the posts took); calls settled/s
 //! end to end (completed calls ÷ (last `ended_at` − first `created_at`)); that rate against
@@ -103,12 +105,12 @@ pub async fn run(quick: bool, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> 
     print_run(&on_moto);
 
     println!(
-        "   embedded SQS with a backlog: {} calls posted, depth sampled until 10 s after the last post ...",
+        "   embedded SQS with a backlog: {} calls posted, {CAP} holding the slots, depth sampled until 10 s after the last post ...",
         sizes.backlog_calls
     );
     let backlog = on_embedded(
         sizes.backlog_calls,
-        Stop::AfterPosting(Duration::from_secs(10)),
+        Stop::BacklogAfterPosting(Duration::from_secs(10)),
     )
     .await?;
     print_run(&backlog);
@@ -134,14 +136,19 @@ pub async fn run(quick: bool, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> 
     Ok(report)
 }
 
-/// When a run ends.
+/// How a run goes, and when it ends.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
-    /// When every posted call is settled (bounded by 3 × the ideal time + 60 s).
+    /// Calls of `CALL_SECONDS`; the run ends when every posted call is settled (bounded by
+    /// 3 × the ideal time + 60 s).
     WhenSettled,
-    /// This long after the last post, settled or not.
-    AfterPosting(Duration),
+    /// Calls that outlast the run (`BACKLOG_CALL`): the first `CAP` hold every slot and the
+    /// rest wait; the run ends this long after the last post.
+    BacklogAfterPosting(Duration),
 }
+
+/// The provider's call duration in a backlog run: longer than any run.
+const BACKLOG_CALL: Duration = Duration::from_secs(3600);
 
 /// Counts the requests an endpoint served.
 enum Counter<'a> {
@@ -245,6 +252,10 @@ struct StackRun {
     post_seconds: f64,
     completed: i64,
     unfinished: i64,
+    /// Calls still PENDING (waiting) when the run ended.
+    pending: i64,
+    /// A backlog run: calls are not meant to settle, figures are per posted call.
+    backlog: bool,
     /// First `created_at` to last `ended_at` of the completed calls.
     span_seconds: f64,
     waited_seconds: f64,
@@ -276,22 +287,32 @@ impl StackRun {
     }
 
     fn requests_per_call(&self) -> f64 {
-        self.requests_total() as f64 / self.completed.max(1) as f64
+        self.requests_total() as f64 / self.per_call_base().0
     }
 
-    /// CPU seconds (this process and its Postgres backends) per completed call.
+    /// What per-call figures divide by: completed calls, or posted ones in a backlog run.
+    fn per_call_base(&self) -> (f64, &'static str) {
+        if self.backlog {
+            (self.posted.max(1) as f64, "posted")
+        } else {
+            (self.completed.max(1) as f64, "completed")
+        }
+    }
+
+    /// CPU seconds (this process and its Postgres backends) per call.
     fn cpu_per_call(&self) -> Option<f64> {
         let cpu = self.cpu?;
-        Some((cpu.ebra_seconds + cpu.postgres_seconds) / self.completed.max(1) as f64)
+        Some((cpu.ebra_seconds + cpu.postgres_seconds) / self.per_call_base().0)
     }
 
     /// "CPU during the loop: ...; 4.1 ms per call (this process and its Postgres backends)".
     fn cpu_note(&self) -> String {
         match (self.cpu, self.cpu_per_call()) {
             (Some(cpu), Some(per_call)) => format!(
-                "{}; {:.2} CPU-ms per completed call (this process and its Postgres backends)",
+                "{}; {:.2} CPU-ms per {} call (this process and its Postgres backends)",
                 cpu.describe(),
-                per_call * 1000.0
+                per_call * 1000.0,
+                self.per_call_base().1
             ),
             _ => "CPU use not measured".to_owned(),
         }
@@ -300,7 +321,7 @@ impl StackRun {
     fn requests_breakdown(&self) -> String {
         self.requests
             .iter()
-            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / self.completed.max(1) as f64))
+            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / self.per_call_base().0))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -316,13 +337,15 @@ impl StackRun {
             "createsPerSecond": round(self.creates_per_s(), 1),
             "completed": self.completed,
             "unfinished": self.unfinished,
+            "pendingAtEnd": self.pending,
             "spanSeconds": round(self.span_seconds, 3),
             "waitedSeconds": round(self.waited_seconds, 3),
-            "settledPerSecond": round(self.settled_per_s(), 1),
-            "utilisation": round(self.utilisation(), 4),
+            "settledPerSecond": (!self.backlog).then(|| round(self.settled_per_s(), 1)),
+            "utilisation": (!self.backlog).then(|| round(self.utilisation(), 4)),
             "sqsRequests": self.requests,
             "sqsRequestsTotal": self.requests_total(),
-            "sqsRequestsPerCompletedCall": round(self.requests_per_call(), 3),
+            "perCallFiguresPer": self.per_call_base().1,
+            "sqsRequestsPerCall": round(self.requests_per_call(), 3),
             "maxQueueDepth": self.max_depth,
             "depthSamples": self.depth_samples,
             "maxInProgress": self.max_in_progress,
@@ -330,14 +353,29 @@ impl StackRun {
             "webhooksSent": self.webhooks_sent,
             "webhookRetries": self.webhook_retries,
             "cpu": self.cpu,
-            "cpuSecondsPerCompletedCall": self.cpu_per_call().map(|c| round(c, 5)),
+            "cpuSecondsPerCall": self.cpu_per_call().map(|c| round(c, 5)),
         })
     }
 }
 
 fn print_run(run: &StackRun) {
+    if run.backlog {
+        println!(
+            "     {}: {} posted at {:.0} creates/s, {} holding the slots, {} waiting; {:.2} SQS requests per posted call ({}), depth ≤ {}; {}",
+            run.served_by,
+            run.posted,
+            run.creates_per_s(),
+            run.max_in_progress,
+            run.pending,
+            run.requests_per_call(),
+            run.requests_breakdown(),
+            run.max_depth,
+            run.cpu_note()
+        );
+        return;
+    }
     println!(
-        "     {}: {}/{} settled, {:.0} creates/s, {:.0} settled/s ({:.3} of {:.0}/s), {:.2} SQS requests/call, depth ≤ {}; {}",
+        "     {}: {}/{} settled, {:.0} creates/s, {:.0} settled/s ({:.3} of {:.0}/s), {:.2} SQS requests/call ({}), depth ≤ {}; {}",
         run.served_by,
         run.completed,
         run.calls,
@@ -346,6 +384,7 @@ fn print_run(run: &StackRun) {
         run.utilisation(),
         slot_bound(),
         run.requests_per_call(),
+        run.requests_breakdown(),
         run.max_depth,
         run.cpu_note()
     );
@@ -382,7 +421,11 @@ async fn drive(
 ) -> anyhow::Result<StackRun> {
     let secret = WebhookSecret::parse(harness::WEBHOOK_SECRET)
         .map_err(|e| anyhow::anyhow!("the bench's webhook secret: {e}"))?;
-    let provider = FakeProvider::start(Duration::from_secs_f64(CALL_SECONDS), secret).await?;
+    let call_duration = match stop {
+        Stop::WhenSettled => Duration::from_secs_f64(CALL_SECONDS),
+        Stop::BacklogAfterPosting(_) => BACKLOG_CALL,
+    };
+    let provider = FakeProvider::start(call_duration, secret).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the local stack's listener")?;
@@ -476,7 +519,7 @@ async fn drive(
             let ideal = calls as f64 / slot_bound();
             started + Duration::from_secs_f64(ideal * 3.0 + 60.0)
         }
-        Stop::AfterPosting(wait) => Instant::now() + wait,
+        Stop::BacklogAfterPosting(wait) => Instant::now() + wait,
     };
     // Every report answered 2xx means every call settled, but for reports the webhook held
     // (202) until the worker recorded the dial: then the rows say. The rows are read once a
@@ -510,6 +553,7 @@ async fn drive(
             .query_one(
                 "SELECT count(*) FILTER (WHERE status = 'COMPLETED'), \
                         count(*) FILTER (WHERE ended_at IS NULL), \
+                        count(*) FILTER (WHERE status = 'PENDING'), \
                         EXTRACT(EPOCH FROM max(ended_at) FILTER (WHERE status = 'COMPLETED') - min(created_at))::float8, \
                         (SELECT COALESCE(max(running), 0) FROM ( \
                              SELECT sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS running FROM ( \
@@ -525,8 +569,9 @@ async fn drive(
     };
     let completed: i64 = row.try_get(0)?;
     let unfinished: i64 = row.try_get(1)?;
-    let span_seconds: f64 = row.try_get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN);
-    let max_in_progress: i64 = row.try_get(3)?;
+    let pending: i64 = row.try_get(2)?;
+    let span_seconds: f64 = row.try_get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN);
+    let max_in_progress: i64 = row.try_get(4)?;
     let requests = after
         .iter()
         .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
@@ -540,6 +585,8 @@ async fn drive(
         post_seconds,
         completed,
         unfinished,
+        pending,
+        backlog: matches!(stop, Stop::BacklogAfterPosting(_)),
         span_seconds,
         waited_seconds,
         requests,
@@ -761,14 +808,18 @@ fn figures(
         .target(Target::AtMost(depth_bound as f64))
         .how(format!(
             "{} calls posted by {CLIENTS} clients in {:.1} s ({:.0} creates/s) to the stack above on the embedded \
-             endpoint, depth sampled every 50 ms until 10 s after the last post; {} calls settled by then ({:.0}/s), \
-             {:.2} SQS requests per settled call; {}",
+             endpoint, the provider's calls lasting {} s so that {} calls held the slots and {} were PENDING \
+             (waiting) at the end; depth sampled every 50 ms ({} samples) until 10 s after the last post; {:.2} SQS \
+             requests per posted call ({}); {}",
             backlog.posted,
             backlog.post_seconds,
             backlog.creates_per_s(),
-            backlog.completed,
-            backlog.completed as f64 / backlog.waited_seconds,
+            BACKLOG_CALL.as_secs(),
+            backlog.max_in_progress,
+            backlog.pending,
+            backlog.depth_samples,
             backlog.requests_per_call(),
+            backlog.requests_breakdown(),
             backlog.cpu_note()
         )),
     );

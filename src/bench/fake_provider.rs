@@ -18,12 +18,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use ebra_shared::webhook_signature::WebhookSecret;
 use serde::Deserialize;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 pub struct FakeProvider {
     pub base_url: String,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: watch::Sender<bool>,
 }
 
 struct Shared {
@@ -35,6 +35,8 @@ struct Shared {
     next_id: AtomicU64,
     webhooks_sent: AtomicU64,
     webhook_retries: AtomicU64,
+    /// Turns true at [`FakeProvider::stop`]: reports not yet due are dropped.
+    stopped: watch::Receiver<bool>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +50,7 @@ impl FakeProvider {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the fake provider")?;
+        let (stop, stopped) = watch::channel(false);
         let base_url = format!("http://{}", listener.local_addr()?);
         let shared = Arc::new(Shared {
             call_duration,
@@ -60,15 +63,16 @@ impl FakeProvider {
             next_id: AtomicU64::new(1),
             webhooks_sent: AtomicU64::new(0),
             webhook_retries: AtomicU64::new(0),
+            stopped: stopped.clone(),
         });
         let app = Router::new()
             .route("/api/v1/calls", post(dial))
             .with_state(shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
+        let mut shutdown = stopped;
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
                 })
                 .await;
             if let Err(error) = served {
@@ -78,7 +82,7 @@ impl FakeProvider {
         Ok(Self {
             base_url,
             shared,
-            stop: Some(stop),
+            stop,
         })
     }
 
@@ -95,10 +99,9 @@ impl FakeProvider {
         self.shared.webhook_retries.load(Ordering::Relaxed)
     }
 
-    pub fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// Stops answering dials and drops the reports not yet sent.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -141,7 +144,11 @@ async fn dial(
 
 /// Posts the call's outcome after its duration, retrying (up to 20 times) until a 2xx.
 async fn report_later(shared: Arc<Shared>, call_id: String, webhook_url: String) {
-    tokio::time::sleep(shared.call_duration).await;
+    let mut stopped = shared.stopped.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(shared.call_duration) => {}
+        _ = stopped.wait_for(|s| *s) => return,
+    }
     let body = serde_json::json!({
         "callId": call_id,
         "status": "COMPLETED",
@@ -151,6 +158,9 @@ async fn report_later(shared: Arc<Shared>, call_id: String, webhook_url: String)
     .to_string();
     let webhook_id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     for attempt in 0..20u32 {
+        if *shared.stopped.borrow() {
+            return;
+        }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = shared.secret.sign(&webhook_id, timestamp, body.as_bytes());
         let sent = shared
