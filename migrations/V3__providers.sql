@@ -51,3 +51,7 @@ ALTER TABLE provider_webhooks ADD COLUMN end_reason text
 ALTER TABLE calls ADD COLUMN looked_up_at timestamptz;
 -- The metric of reports that the provider's concurrency limit stopped a call.
 CREATE INDEX provider_webhooks_limited ON provider_webhooks (received_at) WHERE status = 'LIMITED';
+
+-- The reclaimer's refill counts the messages on their way to free slots (recent nudges and
+-- outbox marks), so that it sends no more than there is room for.
+CREATE INDEX calls_nudged ON calls (nudged_at) WHERE nudged_at IS NOT NULL;

@@ -3,7 +3,8 @@
 //! `ebra dev` runs the whole system on one machine — the API and the webhook on one
 //! listener, the worker behind an emulation of the SQS event source mapping, the
 //! reclaimer on a timer, the provider simulator calling back — against a real Postgres
-//! and a real SQS endpoint (`moto_server`), starting either itself when none is there.
+//! (started here when none answers) and the SQS endpoint in `AWS_ENDPOINT_URL_SQS` or,
+//! when unset, the embedded one (`local::sqs_server`), served in this process.
 //! `ebra migrate` applies the schema; `ebra bench` measures; `ebra console` serves the
 //! operator console against a deployed API, signing its requests with SigV4.
 

@@ -469,6 +469,11 @@ async fn free_slots_are_refilled_from_the_oldest_waiting_calls() {
     for i in 2..6 {
         waiting.push(r.pending_call(&phone(i)).await);
     }
+    // The two created while slots had room got an outbox mark, their messages never sent:
+    // once overdue by a few seconds, they are not taken to be on their way.
+    r.env
+        .execute("UPDATE calls SET outbox_due_at = now() - interval '10 seconds' WHERE outbox_due_at IS NOT NULL")
+        .await;
 
     let report = r.pass().await;
     assert_eq!((report.nudged, report.in_progress, report.cap), (2, 1, 3));
@@ -476,15 +481,55 @@ async fn free_slots_are_refilled_from_the_oldest_waiting_calls() {
         r.env.queued_call_ids(Duration::from_secs(3)).await,
         sorted(waiting[..2].to_vec())
     );
-    // A nudged call is not nudged again within the quiet window (its message is on the
-    // way); the next pass nudges the others, and then nobody.
+    // While their messages are on their way, the free slots are spoken for: the next pass
+    // sends nothing more.
+    assert_eq!(r.pass().await.nudged, 0);
+    assert!(r.env.queued_call_ids(Duration::ZERO).await.is_empty());
+    // Past the quiet window with no claim, a nudge may have been lost: the oldest waiting
+    // calls are nudged again.
+    r.env
+        .execute("UPDATE calls SET nudged_at = now() - interval '60 seconds' WHERE nudged_at IS NOT NULL")
+        .await;
     assert_eq!(r.pass().await.nudged, 2);
     assert_eq!(
         r.env.queued_call_ids(Duration::from_secs(3)).await,
-        sorted(waiting[2..].to_vec())
+        sorted(waiting[..2].to_vec())
     );
-    assert_eq!(r.pass().await.nudged, 0);
+}
+
+/// A call whose message is on its way (created with room, its outbox mark just set) is not
+/// nudged: a second message would only cost SQS requests. Parked calls are.
+#[tokio::test]
+async fn calls_whose_message_is_on_its_way_are_not_nudged() {
+    let r = Reclaimer::new(&[("GLOBAL_CONCURRENCY", "2")]).await;
+    let messaged: Vec<Uuid> = vec![
+        r.pending_call(&phone(11)).await,
+        r.pending_call(&phone(12)).await,
+    ];
+    let parked = r.pending_call(&phone(13)).await;
+    assert_eq!(
+        r.env
+            .count("SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL")
+            .await,
+        2,
+        "the first two were given a message, the third parked"
+    );
+    let report = r.pass().await;
+    assert_eq!(
+        report.nudged, 0,
+        "both free slots have a message on its way"
+    );
     assert!(r.env.queued_call_ids(Duration::ZERO).await.is_empty());
+    // Overdue, a message may be lost: the free slots are refilled from the oldest calls.
+    r.env
+        .execute("UPDATE calls SET outbox_due_at = now() - interval '10 seconds' WHERE outbox_due_at IS NOT NULL")
+        .await;
+    assert_eq!(r.pass().await.nudged, 2);
+    assert_eq!(
+        r.env.queued_call_ids(Duration::from_secs(3)).await,
+        sorted(messaged)
+    );
+    let _ = parked;
 }
 
 /// Captures what a subscriber writes.
@@ -514,6 +559,10 @@ async fn a_pass_logs_one_reclaimer_pass_line_and_returns_its_counts() {
     r.dialed_call(&phone(2), "pc-log-live").await;
     r.pending_call(&phone(3)).await;
     r.started_ago(stale.call_id, 3600).await;
+    // Its message (never sent) is overdue: a freed slot nudges it.
+    r.env
+        .execute("UPDATE calls SET outbox_due_at = now() - interval '10 seconds' WHERE outbox_due_at IS NOT NULL")
+        .await;
 
     // The JSON lines `telemetry::init` writes in Lambda, which the template's metric filters read.
     let captured = Captured::default();

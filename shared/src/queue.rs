@@ -19,6 +19,10 @@ use crate::domain::DialRequest;
 
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+/// The longest a received message is hidden for: SQS counts its 12 hours from the receive
+/// and refuses (rather than shortens) a longer request, so the time the invocation has
+/// already taken (at most the worker's timeout) is left out, with room to spare.
+pub const MAX_DEFERRAL: Duration = Duration::from_secs(MAX_VISIBILITY.as_secs() - 300);
 
 /// A message to send after a commit: which call, and how long SQS should hold it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +133,7 @@ impl CallsQueue {
         }
     }
 
-    /// Hides many received messages, each for its own time (capped at 12 hours), ten per
+    /// Hides many received messages, each for its own time (capped at [`MAX_DEFERRAL`]), ten per
     /// `ChangeMessageVisibilityBatch` request. Returns how many could not be changed (they
     /// come back after the queue's visibility timeout); failures are logged.
     pub async fn change_visibility_all(&self, messages: &[(&str, Duration)]) -> usize {
@@ -144,7 +148,7 @@ impl CallsQueue {
                         ChangeMessageVisibilityBatchRequestEntry::builder()
                             .id(i.to_string())
                             .receipt_handle(*receipt_handle)
-                            .visibility_timeout((*delay).min(MAX_VISIBILITY).as_secs() as i32)
+                            .visibility_timeout((*delay).min(MAX_DEFERRAL).as_secs() as i32)
                             .build()
                             .map_err(|e| e.to_string())
                     })

@@ -39,10 +39,11 @@ const MOTO_BUSY: f64 = 0.25;
 const MOTO_MAX_RATE: f64 = 50.0;
 const TARGET_P99_MS: f64 = 10.0;
 
-pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
+pub async fn run(quick: bool, sqs: &harness::BenchSqs) -> anyhow::Result<ScenarioReport> {
     let duration = Duration::from_secs(if quick { 5 } else { 10 });
+    let moto = sqs.moto().await?;
     let db = BenchDatabase::create(POOL_SIZE).await?;
-    let queues = match BenchQueues::create(10, 180).await {
+    let queues = match BenchQueues::create(moto, 10, 180).await {
         Ok(queues) => queues,
         Err(error) => {
             db.drop().await;

@@ -1,5 +1,6 @@
-//! What every scenario stands on: a fresh database per scenario, fresh queues, a
-//! configuration, Postgres' commit counter, and valid phone numbers.
+//! What every scenario stands on: a fresh database per scenario, the run's SQS endpoints and
+//! fresh queues on them, a configuration, Postgres' commit counter, and valid phone
+//! numbers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ebra_shared::queue::CallsQueue;
+
+use crate::local::LocalSqs;
 use ebra_shared::store::Pool;
 use ebra_shared::Config;
 use tokio_postgres::NoTls;
@@ -15,7 +18,6 @@ use uuid::Uuid;
 /// The server the bench creates its databases on (its `postgres` database is used to
 /// create and drop them, and to read the statistics).
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const DEFAULT_SQS_ENDPOINT: &str = "http://127.0.0.1:5000";
 /// Signs the simulator's webhooks in the bench.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -26,11 +28,45 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|| DEFAULT_ADMIN_URL.to_owned())
 }
 
-pub fn sqs_endpoint() -> String {
-    std::env::var("AWS_ENDPOINT_URL_SQS")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_SQS_ENDPOINT.to_owned())
+/// The SQS endpoints of one bench run, each started when a scenario first needs it and
+/// stopped at the end: the embedded endpoint, which scenarios measuring Ebra use by default
+/// (`EBRA_BENCH_SQS=moto` puts them on moto), and moto, for the scenarios that measure
+/// against it (the one at `AWS_ENDPOINT_URL_SQS` when it answers, else one started here).
+#[derive(Default)]
+pub struct BenchSqs {
+    embedded: tokio::sync::OnceCell<LocalSqs>,
+    moto: tokio::sync::OnceCell<LocalSqs>,
+}
+
+impl BenchSqs {
+    pub async fn embedded(&self) -> anyhow::Result<&LocalSqs> {
+        self.embedded.get_or_try_init(LocalSqs::embedded).await
+    }
+
+    pub async fn moto(&self) -> anyhow::Result<&LocalSqs> {
+        self.moto
+            .get_or_try_init(LocalSqs::moto)
+            .await
+            .context("starting moto for the scenarios that measure against it")
+    }
+
+    /// Where scenarios that measure Ebra's own work put their queues.
+    pub async fn default_endpoint(&self) -> anyhow::Result<&LocalSqs> {
+        match std::env::var("EBRA_BENCH_SQS").as_deref().map(str::trim) {
+            Ok("moto") => self.moto().await,
+            Ok("embedded" | "") | Err(_) => self.embedded().await,
+            Ok(other) => anyhow::bail!("EBRA_BENCH_SQS={other:?}: expected `embedded` or `moto`"),
+        }
+    }
+
+    pub async fn stop(self) {
+        if let Some(sqs) = self.embedded.into_inner() {
+            sqs.stop().await;
+        }
+        if let Some(sqs) = self.moto.into_inner() {
+            sqs.stop().await;
+        }
+    }
 }
 
 /// A connection to the admin database, its driver running in the background.
@@ -205,18 +241,43 @@ pub fn with_dbname(url: &str, name: &str) -> String {
     }
 }
 
-/// A fresh calls queue and DLQ on the SQS endpoint, deleted by [`Self::delete`].
+/// A fresh calls queue and DLQ on an SQS endpoint, deleted by [`Self::delete`].
 pub struct BenchQueues {
     pub endpoint: String,
+    /// What serves them, for the figures' descriptions ("embedded", "moto ...").
+    pub served_by: String,
     pub client: aws_sdk_sqs::Client,
     pub queue_url: String,
     pub dlq_url: String,
 }
 
 impl BenchQueues {
-    pub async fn create(max_receive_count: u32, visibility_seconds: u32) -> anyhow::Result<Self> {
-        let endpoint = sqs_endpoint();
-        let client = crate::local::local_sqs_client(&endpoint);
+    pub async fn create(
+        sqs: &LocalSqs,
+        max_receive_count: u32,
+        visibility_seconds: u32,
+    ) -> anyhow::Result<Self> {
+        let served_by = match sqs.describe() {
+            "embedded" => "the embedded SQS endpoint".to_owned(),
+            _ => format!("moto at {}", sqs.endpoint),
+        };
+        Self::create_on(
+            &sqs.endpoint,
+            served_by,
+            max_receive_count,
+            visibility_seconds,
+        )
+        .await
+    }
+
+    /// Queues on `endpoint`, described as `served_by`.
+    pub async fn create_on(
+        endpoint: &str,
+        served_by: String,
+        max_receive_count: u32,
+        visibility_seconds: u32,
+    ) -> anyhow::Result<Self> {
+        let client = crate::local::local_sqs_client(endpoint);
         let name = format!("ebra-bench-{}", Uuid::new_v4().simple());
         let (queue_url, dlq_url) = tokio::time::timeout(
             Duration::from_secs(20),
@@ -224,11 +285,10 @@ impl BenchQueues {
         )
         .await
         .with_context(|| format!("SQS at {endpoint} did not answer within 20 s"))?
-        .with_context(|| {
-            format!("creating bench queues on {endpoint} (start `moto_server -p 5000` or set AWS_ENDPOINT_URL_SQS)")
-        })?;
+        .with_context(|| format!("creating bench queues on {endpoint}"))?;
         Ok(Self {
-            endpoint,
+            endpoint: endpoint.to_owned(),
+            served_by,
             client,
             queue_url,
             dlq_url,

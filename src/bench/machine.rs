@@ -15,7 +15,8 @@ pub struct Machine {
     pub kernel: String,
     pub postgres_version: String,
     pub postgres_server: String,
-    pub sqs_endpoint: String,
+    /// Which SQS the scenarios use.
+    pub sqs: String,
     /// `release` or `debug`: how this `ebra` was compiled.
     pub build: &'static str,
     /// 1-minute load average when the bench started: other work on the machine.
@@ -46,7 +47,12 @@ impl Machine {
                 .unwrap_or_else(|_| "unknown".to_owned()),
             postgres_version,
             postgres_server: ebra_shared::config::redact_url(&admin_url),
-            sqs_endpoint: harness::sqs_endpoint(),
+            sqs: match std::env::var("EBRA_BENCH_SQS").as_deref() {
+                Ok("moto") => "moto for every scenario (EBRA_BENCH_SQS=moto)".to_owned(),
+                _ => "the embedded endpoint in this process; moto (AWS_ENDPOINT_URL_SQS, or one \
+                      started by the bench) where a scenario measures against it"
+                    .to_owned(),
+            },
             build: if cfg!(debug_assertions) {
                 "debug"
             } else {

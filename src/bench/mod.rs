@@ -9,6 +9,11 @@
 //! - [`db_efficiency`]: Postgres commits per call lifecycle.
 //! - [`cold_start`]: each function's size and its init time to the first `/next`.
 //! - [`growth`]: claim and list latency with 10 k and 1 M rows.
+//! - [`end_to_end`]: the local stack with an HTTP provider, cap 200, on the embedded SQS
+//!   endpoint and on moto: calls settled/s, creates/s, SQS requests per call, queue depth.
+//!
+//! SQS comes from [`harness::BenchSqs`]: the embedded endpoint unless a scenario measures
+//! against moto, which the bench starts when none answers at `AWS_ENDPOINT_URL_SQS`.
 //!
 //! Every scenario gets a fresh database `ebra_bench_<uuid>` ([`harness::BenchDatabase`]),
 //! dropped afterwards, and stops by itself within a bounded time. All traffic is loopback.
@@ -23,11 +28,14 @@ pub mod cold_start;
 mod cpu;
 pub mod db_efficiency;
 pub mod dispatch;
+pub mod end_to_end;
+mod fake_provider;
 pub mod growth;
 mod harness;
 mod machine;
 mod report;
 pub mod slot_utilisation;
+mod sqs_proxy;
 mod sqs_stub;
 mod stats;
 mod svg;
@@ -56,16 +64,18 @@ pub enum Scenario {
     Db,
     ColdStart,
     Growth,
+    E2e,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Dispatch,
         Scenario::Slots,
         Scenario::Api,
         Scenario::Db,
         Scenario::ColdStart,
         Scenario::Growth,
+        Scenario::E2e,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +86,7 @@ impl Scenario {
             Scenario::Db => "db",
             Scenario::ColdStart => "cold-start",
             Scenario::Growth => "growth",
+            Scenario::E2e => "e2e",
         }
     }
 
@@ -87,17 +98,23 @@ impl Scenario {
             Scenario::Db => "4. database efficiency",
             Scenario::ColdStart => "5. cold start and size",
             Scenario::Growth => "6. growth",
+            Scenario::E2e => "7. end to end",
         }
     }
 
-    async fn run(self, args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
+    async fn run(
+        self,
+        args: &BenchArgs,
+        sqs: &harness::BenchSqs,
+    ) -> anyhow::Result<ScenarioReport> {
         match self {
             Scenario::Dispatch => dispatch::run(args.quick).await,
-            Scenario::Slots => slot_utilisation::run(args.quick, &args.out).await,
-            Scenario::Api => api_latency::run(args.quick).await,
+            Scenario::Slots => slot_utilisation::run(args.quick, &args.out, sqs).await,
+            Scenario::Api => api_latency::run(args.quick, sqs).await,
             Scenario::Db => db_efficiency::run(args.quick).await,
             Scenario::ColdStart => cold_start::run(args.quick).await,
             Scenario::Growth => growth::run(args.quick).await,
+            Scenario::E2e => end_to_end::run(args.quick, sqs).await,
         }
     }
 }
@@ -129,6 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(only) => vec![only],
         None => Scenario::ALL.to_vec(),
     };
+    let sqs = harness::BenchSqs::default();
     let mut reports = Vec::new();
     let mut errors = Vec::new();
     for scenario in scenarios {
@@ -143,7 +161,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "unknown".to_owned())
         );
         let clock = Instant::now();
-        match scenario.run(&args).await {
+        match scenario.run(&args, &sqs).await {
             Ok(mut report) => {
                 report.elapsed_seconds = clock.elapsed().as_secs_f64();
                 report.load_before = load_before;
@@ -163,6 +181,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
     }
+
+    sqs.stop().await;
 
     println!();
     let table = report::table(&reports);

@@ -1,6 +1,7 @@
 //! Scenario 2: do slots idle? Cap 30, 600 calls of 2 s each, through the real local stack
 //! in this process: the API and webhook routers on one loopback listener, the worker behind
-//! the SQS event source mapping emulation on the SQS endpoint (moto), and the provider
+//! the SQS event source mapping emulation on the run's SQS endpoint (the embedded one unless
+//! `EBRA_BENCH_SQS=moto`), and the provider
 //! simulator calling the webhook back, signed, after 2 s.
 //!
 //! The figures come from the rows: makespan = last `ended_at` − first `created_at`;
@@ -34,10 +35,15 @@ const POSTS_IN_FLIGHT: usize = 16;
 const VISIBILITY_SECONDS: u32 = 180;
 const TARGET_BUSY: f64 = 0.95;
 
-pub async fn run(quick: bool, out: &Path) -> anyhow::Result<ScenarioReport> {
+pub async fn run(
+    quick: bool,
+    out: &Path,
+    sqs: &harness::BenchSqs,
+) -> anyhow::Result<ScenarioReport> {
     let calls: usize = if quick { 300 } else { 600 };
+    let sqs = sqs.default_endpoint().await?;
     let db = BenchDatabase::create(20).await?;
-    let queues = match BenchQueues::create(10, VISIBILITY_SECONDS).await {
+    let queues = match BenchQueues::create(sqs, 10, VISIBILITY_SECONDS).await {
         Ok(queues) => queues,
         Err(error) => {
             db.drop().await;
@@ -287,10 +293,10 @@ async fn measure(
 
     let stack = format!(
         "real local stack in-process: API + webhook routers on one loopback listener, \
-         EventSourceMapping (max concurrency {CAP}) on SQS at {}, worker with the Simulator ({CALL_SECONDS} s calls, \
+         EventSourceMapping (max concurrency {CAP}) on {}, worker with the Simulator ({CALL_SECONDS} s calls, \
          100 % COMPLETED) calling the signed webhook back, no reclaimer; {calls} POST /calls, {POSTS_IN_FLIGHT} in \
          flight",
-        queues.endpoint
+        queues.served_by
     );
     let mut report = ScenarioReport::new("slots");
     report.figures.push(

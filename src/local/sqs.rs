@@ -1,5 +1,6 @@
-//! SQS for the local stack: the endpoint in `AWS_ENDPOINT_URL_SQS`, or a `moto_server`
-//! started (and stopped) here.
+//! SQS for the local stack: the endpoint in `AWS_ENDPOINT_URL_SQS`, or the embedded one
+//! ([`super::sqs_server`]) served in this process; and a `moto_server` for the bench's
+//! comparisons.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,23 +9,62 @@ use anyhow::{bail, Context as _};
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::process::{Child, Command};
 
+use super::sqs_server::{SqsHandle, SqsServer};
+
+/// The SQS endpoint of a local run, and what was started for it.
 pub struct LocalSqs {
     pub endpoint: String,
-    child: Option<Child>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// An endpoint given in `AWS_ENDPOINT_URL_SQS`, or a moto already answering there.
+    External,
+    Embedded(SqsServer),
+    Moto(Child),
 }
 
 impl LocalSqs {
-    /// Uses `AWS_ENDPOINT_URL_SQS` when set; otherwise starts `moto_server` on a free port.
+    /// `AWS_ENDPOINT_URL_SQS` when set (moto, or anything else speaking SQS); otherwise the
+    /// embedded endpoint, served in this process on a free port of 127.0.0.1.
     pub async fn start_or_connect() -> anyhow::Result<Self> {
-        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL_SQS") {
-            if !endpoint.trim().is_empty() {
-                return Ok(Self {
-                    endpoint,
-                    child: None,
-                });
-            }
+        match configured_endpoint() {
+            Some(endpoint) => Ok(Self {
+                endpoint,
+                kind: Kind::External,
+            }),
+            None => Self::embedded().await,
         }
-        let port = free_port()?;
+    }
+
+    /// The embedded endpoint on a free port of 127.0.0.1.
+    pub async fn embedded() -> anyhow::Result<Self> {
+        let server = SqsServer::start_on_loopback().await?;
+        Ok(Self {
+            endpoint: server.endpoint().to_owned(),
+            kind: Kind::Embedded(server),
+        })
+    }
+
+    /// moto: the one answering at `AWS_ENDPOINT_URL_SQS`; else a `moto_server` started here,
+    /// on that URL's port when it names this machine, or on a free port when it is unset.
+    pub async fn moto() -> anyhow::Result<Self> {
+        let configured = configured_endpoint();
+        let port = match &configured {
+            Some(endpoint) if answers(endpoint).await => {
+                return Ok(Self {
+                    endpoint: endpoint.clone(),
+                    kind: Kind::External,
+                })
+            }
+            Some(endpoint) => loopback_port(endpoint).with_context(|| {
+                format!(
+                    "no SQS endpoint answers at AWS_ENDPOINT_URL_SQS={endpoint}, and moto_server can only be \
+                     started here on a port of 127.0.0.1 or localhost"
+                )
+            })?,
+            None => free_port()?,
+        };
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -33,28 +73,26 @@ impl LocalSqs {
             .spawn()
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "AWS_ENDPOINT_URL_SQS is not set and moto_server could not be started ({e}).\n\
-                     Install it with `pip install 'moto[server]'`, or point AWS_ENDPOINT_URL_SQS at an SQS endpoint."
+                    "moto_server could not be started ({e}).\n\
+                     Install it with `pip install 'moto[server]'`, or point AWS_ENDPOINT_URL_SQS at a running one."
                 )
             })?;
-        let endpoint = format!("http://127.0.0.1:{port}");
         let mut sqs = Self {
-            endpoint,
-            child: Some(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            kind: Kind::Moto(child),
         };
-        sqs.wait_ready().await?;
+        sqs.wait_for_moto().await?;
         Ok(sqs)
     }
 
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
+    async fn wait_for_moto(&mut self) -> anyhow::Result<()> {
         for _ in 0..100 {
-            if let Some(child) = self.child.as_mut() {
+            if let Kind::Moto(child) = &mut self.kind {
                 if let Some(status) = child.try_wait()? {
                     bail!("moto_server exited at start ({status})");
                 }
             }
-            if client.get(&self.endpoint).send().await.is_ok() {
+            if answers(&self.endpoint).await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -65,15 +103,61 @@ impl LocalSqs {
         )
     }
 
-    pub fn started_here(&self) -> bool {
-        self.child.is_some()
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+    /// The embedded endpoint's handle (request counts, queue depths), when it is that.
+    pub fn embedded_handle(&self) -> Option<SqsHandle> {
+        match &self.kind {
+            Kind::Embedded(server) => Some(server.handle()),
+            _ => None,
         }
     }
+
+    /// What serves SQS, for banners: "embedded", "moto_server started here", or the
+    /// configured endpoint.
+    pub fn describe(&self) -> &'static str {
+        match self.kind {
+            Kind::External => "AWS_ENDPOINT_URL_SQS",
+            Kind::Embedded(_) => "embedded",
+            Kind::Moto(_) => "moto_server started here",
+        }
+    }
+
+    pub async fn stop(self) {
+        match self.kind {
+            Kind::External => {}
+            Kind::Embedded(server) => server.stop().await,
+            Kind::Moto(mut child) => {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn configured_endpoint() -> Option<String> {
+    std::env::var("AWS_ENDPOINT_URL_SQS")
+        .ok()
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+}
+
+/// Whether anything answers HTTP at `endpoint` within 2 s.
+async fn answers(endpoint: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    else {
+        return false;
+    };
+    client.get(endpoint).send().await.is_ok()
+}
+
+/// The port of an `http://127.0.0.1:<port>` or `http://localhost:<port>` URL.
+fn loopback_port(endpoint: &str) -> Option<u16> {
+    let rest = endpoint.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    matches!(host, "127.0.0.1" | "localhost")
+        .then(|| port.parse().ok())
+        .flatten()
 }
 
 /// Creates the calls queue and its DLQ (redrive after `max_receive_count` receives) if
@@ -148,4 +232,17 @@ pub fn local_sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
         .endpoint_url(endpoint)
         .build();
     aws_sdk_sqs::Client::from_conf(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moto_is_started_only_on_this_machine() {
+        assert_eq!(loopback_port("http://127.0.0.1:5101"), Some(5101));
+        assert_eq!(loopback_port("http://localhost:5000/"), Some(5000));
+        assert_eq!(loopback_port("https://sqs.us-east-1.amazonaws.com"), None);
+        assert_eq!(loopback_port("http://10.0.0.2:5000"), None);
+    }
 }

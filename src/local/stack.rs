@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use ebra_shared::config::ProviderSettings;
 use ebra_shared::config::WEBHOOK_PATH;
-use ebra_shared::provider::{build_provider, webhook_schemes};
+use ebra_shared::provider::{build_provider, webhook_schemes, Provider};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::Config;
 use tokio::sync::watch;
@@ -110,46 +110,16 @@ async fn serve(
     let queue = CallsQueue::new(sqs_client.clone(), queue_url.clone());
     let provider = build_provider(&config).context("building the provider")?;
 
-    let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
-    let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
-    let app = ebra_api::routes(api)
-        .merge(ebra_webhook::routes(webhook))
-        .fallback(ebra_api::not_found);
-
-    let worker = Arc::new(ebra_worker::WorkerState::new(
-        pool.clone(),
-        queue.clone(),
-        provider.clone(),
-        config.clone(),
-    )?);
-    let reclaimer = ebra_reclaimer::ReclaimerState::new(
-        pool.clone(),
-        queue.clone(),
-        provider.clone(),
-        config.clone(),
-    );
-
-    let (stop, stopped) = watch::channel(false);
-    let server = serve_until_stopped(listener, app, stopped.clone());
-    let mapping = EventSourceMapping {
-        queue: queue.clone(),
-        worker,
-        max_concurrency: config.global_concurrency as usize,
-    };
-    let event_source = tokio::spawn(mapping.run(stopped.clone()));
-    let mut reclaim_stop = stopped.clone();
-    let reclaim_every = options.reclaim_every;
-    let reclaim_loop = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(reclaim_every) => {}
-                _ = reclaim_stop.wait_for(|s| *s) => break,
-            }
-            if let Err(error) = ebra_reclaimer::run_pass(&reclaimer).await {
-                tracing::warn!(error = format!("{error:#}"), "reclaimer pass failed");
-            }
-        }
-    });
+    let stack = start_stack(
+        listener,
+        StackParts {
+            config: config.clone(),
+            pool,
+            queue,
+            provider,
+            reclaim_every: options.reclaim_every,
+        },
+    )?;
 
     let base = format!("http://127.0.0.1:{port}");
     let auth = if config.api_token.is_some() {
@@ -186,10 +156,9 @@ async fn serve(
     println!(
         "  SQS             {}{}  queue {queue_url}, DLQ {dlq_url}",
         sqs.endpoint,
-        if sqs.started_here() {
-            "  (moto_server started here)"
-        } else {
-            ""
+        match sqs.describe() {
+            "AWS_ENDPOINT_URL_SQS" => String::new(),
+            what => format!("  ({what})"),
         }
     );
     println!("  provider        {}", describe_provider(&config.provider));
@@ -204,13 +173,7 @@ async fn serve(
 
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        let _ = event_source.await;
-        let _ = reclaim_loop.await;
-        let _ = server.await;
-    })
-    .await;
+    stack.stop().await;
     Ok(())
 }
 
@@ -228,6 +191,94 @@ fn describe_provider(provider: &ProviderSettings) -> String {
             "elevenlabs  {}  agent phone number {}",
             s.base_url, s.agent_phone_number_id
         ),
+    }
+}
+
+/// What the local stack runs on.
+pub struct StackParts {
+    pub config: Arc<Config>,
+    pub pool: ebra_shared::store::Pool,
+    pub queue: CallsQueue,
+    pub provider: Arc<dyn Provider>,
+    /// How often the reclaimer runs.
+    pub reclaim_every: Duration,
+}
+
+/// The stack `ebra dev` runs, started by [`start_stack`]: the API and webhook routers on
+/// one listener, the worker behind the SQS event source mapping (at most
+/// `GLOBAL_CONCURRENCY` invocations at once, as `MaximumConcurrency`), the reclaimer on a
+/// timer.
+pub struct RunningStack {
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    event_source: tokio::task::JoinHandle<()>,
+    reclaim_loop: tokio::task::JoinHandle<()>,
+}
+
+pub fn start_stack(
+    listener: tokio::net::TcpListener,
+    parts: StackParts,
+) -> anyhow::Result<RunningStack> {
+    let StackParts {
+        config,
+        pool,
+        queue,
+        provider,
+        reclaim_every,
+    } = parts;
+    let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
+    let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    let app = ebra_api::routes(api)
+        .merge(ebra_webhook::routes(webhook))
+        .fallback(ebra_api::not_found);
+    let worker = Arc::new(ebra_worker::WorkerState::new(
+        pool.clone(),
+        queue.clone(),
+        provider.clone(),
+        config.clone(),
+    )?);
+    let reclaimer =
+        ebra_reclaimer::ReclaimerState::new(pool, queue.clone(), provider, config.clone());
+
+    let (stop, stopped) = watch::channel(false);
+    let server = serve_until_stopped(listener, app, stopped.clone());
+    let mapping = EventSourceMapping {
+        queue,
+        worker,
+        max_concurrency: config.global_concurrency as usize,
+    };
+    let event_source = tokio::spawn(mapping.run(stopped.clone()));
+    let mut reclaim_stop = stopped;
+    let reclaim_loop = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(reclaim_every) => {}
+                _ = reclaim_stop.wait_for(|s| *s) => break,
+            }
+            if let Err(error) = ebra_reclaimer::run_pass(&reclaimer).await {
+                tracing::warn!(error = format!("{error:#}"), "reclaimer pass failed");
+            }
+        }
+    });
+    Ok(RunningStack {
+        stop,
+        server,
+        event_source,
+        reclaim_loop,
+    })
+}
+
+impl RunningStack {
+    /// Stops polling, the reclaimer and the listener, and waits (at most 30 s) for the
+    /// invocations and requests in flight.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            let _ = self.event_source.await;
+            let _ = self.reclaim_loop.await;
+            let _ = self.server.await;
+        })
+        .await;
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! - Postgres: `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
 //!   the server on which each test creates `ebra_test_<uuid>`.
-//! - SQS: `AWS_ENDPOINT_URL_SQS` (default `http://127.0.0.1:5000`, where `.ci/run` starts
-//!   `moto_server`).
+//! - SQS: `AWS_ENDPOINT_URL_SQS` (default `http://127.0.0.1:5000`, where `scripts/test`
+//!   starts `moto_server`); or, with `EBRA_TEST_SQS=embedded`, Ebra's embedded endpoint,
+//!   one per test process ([`embedded_sqs`]).
 #![allow(dead_code)]
 
 pub mod contract;
@@ -43,6 +44,7 @@ pub struct TestEnv {
     pub database_url: String,
     pub pool: Pool,
     pub sqs: aws_sdk_sqs::Client,
+    pub sqs_endpoint: String,
     pub queue: CallsQueue,
     pub queue_url: String,
     pub dlq_url: String,
@@ -73,13 +75,13 @@ impl TestEnv {
             .await
             .expect("migrating the test database");
 
-        let endpoint = std::env::var("AWS_ENDPOINT_URL_SQS")
-            .unwrap_or_else(|_| DEFAULT_SQS_ENDPOINT.to_owned());
+        let endpoint = sqs_endpoint();
         let sqs = sqs_client(&endpoint);
         let (queue_url, dlq_url) = create_queues(&sqs, &db_name, 30).await.unwrap_or_else(|error| {
             panic!(
                 "the SQS endpoint {endpoint} is not reachable for the integration tests ({error}).\n\
-                 Start it with `moto_server -p 5000` (pip install 'moto[server]') or set AWS_ENDPOINT_URL_SQS."
+                 Start it with `moto_server -p 5000` (pip install 'moto[server]'), set AWS_ENDPOINT_URL_SQS, \
+                 or set EBRA_TEST_SQS=embedded to use Ebra's embedded endpoint."
             )
         });
         let queue = CallsQueue::new(sqs.clone(), queue_url.clone());
@@ -87,6 +89,7 @@ impl TestEnv {
             database_url,
             pool,
             sqs,
+            sqs_endpoint: endpoint,
             queue,
             queue_url,
             dlq_url,
@@ -248,7 +251,9 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
         let db_name = self.db_name.clone();
-        let sqs = self.sqs.clone();
+        // A client of the cleanup's own: the test's client may hold pooled keep-alive
+        // connections driven by the test's runtime, which this thread blocks.
+        let sqs = sqs_client(&self.sqs_endpoint);
         let urls = [self.queue_url.clone(), self.dlq_url.clone()];
         // Async cleanup from Drop: on a thread of its own, with its own runtime.
         let _ = std::thread::spawn(move || {
@@ -276,6 +281,36 @@ impl Drop for TestEnv {
         })
         .join();
     }
+}
+
+/// The SQS endpoint the tests use: with `EBRA_TEST_SQS=embedded`, the embedded endpoint of
+/// this test process; otherwise (`moto` or unset) `AWS_ENDPOINT_URL_SQS`, default moto on
+/// port 5000.
+pub fn sqs_endpoint() -> String {
+    match std::env::var("EBRA_TEST_SQS").as_deref().map(str::trim) {
+        Ok("embedded") => embedded_sqs().endpoint().to_owned(),
+        Ok("moto" | "") | Err(_) => moto_endpoint(),
+        Ok(other) => panic!("EBRA_TEST_SQS={other:?}: expected `embedded` or `moto`"),
+    }
+}
+
+/// moto's endpoint: `AWS_ENDPOINT_URL_SQS`, default `http://127.0.0.1:5000`.
+pub fn moto_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL_SQS")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_SQS_ENDPOINT.to_owned())
+}
+
+/// Ebra's embedded SQS endpoint, started once per test process on a thread of its own, so
+/// that it outlives each `#[tokio::test]`'s runtime.
+pub fn embedded_sqs() -> &'static ebra::local::sqs_server::SqsHandle {
+    static EMBEDDED: std::sync::OnceLock<ebra::local::sqs_server::SqsHandle> =
+        std::sync::OnceLock::new();
+    EMBEDDED.get_or_init(|| {
+        ebra::local::sqs_server::SqsServer::start_on_own_thread()
+            .unwrap_or_else(|error| panic!("starting the embedded SQS endpoint: {error:#}"))
+    })
 }
 
 pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsMessage;
-use ebra_shared::queue::{Enqueue, MAX_DELAY, MAX_VISIBILITY};
+use ebra_shared::queue::{Enqueue, MAX_DEFERRAL, MAX_DELAY};
 use uuid::Uuid;
 
 use crate::{DeferReason, MessageOutcome, WorkerState};
@@ -67,7 +67,7 @@ pub(crate) async fn defer(
     // Whole seconds, rounded up: a message back a moment before its call is due would only
     // be received (and counted) once more for nothing.
     MessageOutcome::Deferred {
-        delay: whole_seconds_up(delay).min(MAX_VISIBILITY),
+        delay: whole_seconds_up(delay).min(MAX_DEFERRAL),
         reason,
     }
 }

@@ -13,7 +13,12 @@ use super::{execute, query, query_one, Pool, StoreResult, Transaction};
 use crate::queue::Enqueue;
 
 /// A call nudged within this window is not nudged again (its message is on its way).
-const NUDGE_QUIET_SECONDS: f64 = 30.0;
+pub(crate) const NUDGE_QUIET_SECONDS: f64 = 30.0;
+
+/// A call whose outbox message was due less than this long ago is not nudged: that message
+/// is on its way, and a second one would only cost a send, a receive and a delete. Longer
+/// overdue, the send may have failed, and a nudge beats waiting for the outbox sweep.
+pub(crate) const MESSAGE_ON_ITS_WAY_SECONDS: f64 = 5.0;
 
 /// Frees the slot `call_id` holds, if any.
 pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreResult<bool> {
@@ -27,8 +32,7 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 }
 
 /// Marks up to `count` waiting calls as nudged and returns their messages, to send after
-/// the commit. A call with an outbox mark may be nudged too: its message may be the one
-/// whose send failed, and a second message costs less than waiting for the outbox sweep.
+/// the commit. Calls whose message is on its way are left to it.
 pub(crate) async fn nudge_waiting_calls(
     tx: &Transaction<'_>,
     count: i64,
@@ -42,12 +46,13 @@ pub(crate) async fn nudge_waiting_calls(
              SELECT c.id FROM calls c \
               WHERE c.status = 'PENDING' AND c.next_run_at <= now() \
                 AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
+                AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
                 AND NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS') \
               ORDER BY c.next_run_at \
               LIMIT $1 \
               FOR UPDATE OF c SKIP LOCKED) \
          RETURNING id",
-        &[&count, &NUDGE_QUIET_SECONDS],
+        &[&count, &NUDGE_QUIET_SECONDS, &MESSAGE_ON_ITS_WAY_SECONDS],
     )
     .await?;
     rows.iter()

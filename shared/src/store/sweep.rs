@@ -9,7 +9,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dial::{fail_call, RetryPolicy};
-use super::slots::{nudge_waiting_calls, release_slot};
+use super::slots::{
+    nudge_waiting_calls, release_slot, MESSAGE_ON_ITS_WAY_SECONDS, NUDGE_QUIET_SECONDS,
+};
 use super::{execute, query, query_one, seconds, Pool, StoreResult};
 use crate::backoff;
 use crate::queue::{Enqueue, MAX_DELAY};
@@ -281,27 +283,33 @@ pub async fn expire_pending_calls(
     Ok(rows.len() as u64)
 }
 
-/// The safety net for invariant 8, and what brings parked calls: nudges as many due
-/// waiting calls as there are free slots (a lost nudge or send must not leave a slot idle
-/// until the outbox sweep), then, with slots still free that no message is on its way to,
-/// gives the calls due within SQS's delay horizon a delayed message each (outbox-marked,
-/// so the sweep covers a lost send). Returns the calls in progress and the messages.
+/// The safety net for invariant 8, and what brings parked calls: with slots free that no
+/// message is on its way to (a lost nudge or send is no longer counted once its message is
+/// overdue), nudges as many due waiting calls, then gives the calls due within SQS's delay
+/// horizon a delayed message each (outbox-marked, so the sweep covers a lost send).
+/// Returns the calls in progress and the messages.
 pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let row = query_one(
         &tx,
         "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
-                (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
-                  LIMIT $1) AS promised)",
-        &[&i64::from(cap)],
+                (SELECT count(*) FROM (SELECT 1 FROM calls \
+                  WHERE outbox_due_at >= now() - make_interval(secs => $2) LIMIT $1) AS marked) \
+              + (SELECT count(*) FROM (SELECT 1 FROM calls \
+                  WHERE nudged_at >= now() - make_interval(secs => $3) LIMIT $1) AS nudged)",
+        &[
+            &i64::from(cap),
+            &MESSAGE_ON_ITS_WAY_SECONDS,
+            &NUDGE_QUIET_SECONDS,
+        ],
     )
     .await?;
     let in_progress: i64 = row.try_get(0)?;
-    let promised: i64 = row.try_get(1)?;
-    let free = (i64::from(cap) - in_progress).clamp(0, BATCH);
+    let on_its_way: i64 = row.try_get(1)?;
+    let free = (i64::from(cap) - in_progress - on_its_way).clamp(0, BATCH);
     let mut messages = nudge_waiting_calls(&tx, free).await?;
-    let left = free - promised - messages.len() as i64;
+    let left = free - messages.len() as i64;
     if left > 0 {
         let upcoming = query(
             &tx,
