@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use ebra_shared::config::ProviderSettings;
 use ebra_shared::config::WEBHOOK_PATH;
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{build_provider, webhook_schemes};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::Config;
@@ -17,6 +18,10 @@ use super::{ensure_queues, local_sqs_client, EventSourceMapping, LocalPostgres, 
 
 /// The local queue's visibility timeout: six times a 30 s worker, as in the template.
 const VISIBILITY_SECONDS: u32 = 180;
+/// How often the local notifier looks for deliveries coming due (commits wake it at once).
+const NOTIFIER_TICK: Duration = Duration::from_secs(1);
+/// How long one local notifier pass may run.
+const NOTIFIER_BUDGET: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -88,6 +93,7 @@ async fn serve(
         base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
     );
 
+    let generated_callback_secret = ebra_shared::events::delivery::new_secret();
     let config = Arc::new(Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(postgres.database_url.clone()),
         "CALLS_QUEUE_URL" => Some(queue_url.clone()),
@@ -97,6 +103,10 @@ async fn serve(
                 .then(|| local_webhook.clone())
         }),
         "WEBHOOK_SECRET" => lookup(env, name).or_else(|| Some(generated_secret.clone())),
+        // Locally, receivers run on this machine: events may go to loopback and private
+        // addresses (never set it in AWS).
+        "ALLOW_PRIVATE_WEBHOOK_URLS" => lookup(env, name).or_else(|| Some("true".to_owned())),
+        "CALLBACK_SECRET" => lookup(env, name).or_else(|| Some(generated_callback_secret.clone())),
         _ => lookup(env, name),
     })?);
 
@@ -110,24 +120,34 @@ async fn serve(
     let queue = CallsQueue::new(sqs_client.clone(), queue_url.clone());
     let provider = build_provider(&config).context("building the provider")?;
 
-    let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
-    let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    // Events: the notifier runs as a loop here, woken at once by every commit that wrote
+    // events (and every second, for retries coming due).
+    let wake_notifier = Arc::new(tokio::sync::Notify::new());
+    let events = EventsNudge::Local(wake_notifier.clone());
+    let notifier = ebra_notifier::NotifierState::new(pool.clone(), config.clone(), events.clone())?;
+    let mut api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
+    api.events = events.clone();
+    let mut webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    webhook.events = events.clone();
     let app = ebra_api::routes(api)
         .merge(ebra_webhook::routes(webhook))
         .fallback(ebra_api::not_found);
 
-    let worker = Arc::new(ebra_worker::WorkerState::new(
+    let mut worker = ebra_worker::WorkerState::new(
         pool.clone(),
         queue.clone(),
         provider.clone(),
         config.clone(),
-    )?);
-    let reclaimer = ebra_reclaimer::ReclaimerState::new(
+    )?;
+    worker.events = events.clone();
+    let worker = Arc::new(worker);
+    let mut reclaimer = ebra_reclaimer::ReclaimerState::new(
         pool.clone(),
         queue.clone(),
         provider.clone(),
         config.clone(),
     );
+    reclaimer.events = events.clone();
 
     let (stop, stopped) = watch::channel(false);
     let server = serve_until_stopped(listener, app, stopped.clone());
@@ -147,6 +167,20 @@ async fn serve(
             }
             if let Err(error) = ebra_reclaimer::run_pass(&reclaimer).await {
                 tracing::warn!(error = format!("{error:#}"), "reclaimer pass failed");
+            }
+        }
+    });
+
+    let mut notify_stop = stopped.clone();
+    let notifier_loop = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake_notifier.notified() => {}
+                _ = tokio::time::sleep(NOTIFIER_TICK) => {}
+                _ = notify_stop.wait_for(|s| *s) => break,
+            }
+            if let Err(error) = ebra_notifier::run_pass(&notifier, NOTIFIER_BUDGET).await {
+                tracing::warn!(error = format!("{error:#}"), "notifier pass failed");
             }
         }
     });
@@ -197,6 +231,14 @@ async fn serve(
         "  cap             {} calls in progress",
         config.global_concurrency
     );
+    println!(
+        "  events          POST {base}/webhook-endpoints to receive them (private URLs allowed here){}",
+        if lookup(env, "CALLBACK_SECRET").is_none() {
+            format!("; callbackUrl events are signed with {generated_callback_secret}")
+        } else {
+            String::new()
+        }
+    );
     println!();
     println!("Try:  curl -s{auth} -X POST {base}/calls -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"scriptId\":\"welcome\"}}'");
     println!("Then: curl -s{auth} {base}/calls/<id>        Stop with Ctrl-C.");
@@ -208,6 +250,7 @@ async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         let _ = event_source.await;
         let _ = reclaim_loop.await;
+        let _ = notifier_loop.await;
         let _ = server.await;
     })
     .await;

@@ -114,6 +114,7 @@ impl Stage {
             scheduled_at: None,
             expires_at: None,
             idempotency: None,
+            callback_url: None,
         };
         match create_call(
             &self.env.pool,

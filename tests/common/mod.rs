@@ -189,6 +189,7 @@ impl TestEnv {
             scheduled_at: None,
             expires_at,
             idempotency: None,
+            callback_url: None,
         };
         match create_call(
             &self.pool,
@@ -402,6 +403,7 @@ pub fn generic_report(
         end_reason: None,
         duration_sec,
         completed_at,
+        result: None,
     }
 }
 
