@@ -44,7 +44,8 @@ CREATE TABLE webhook_endpoints (
 
 CREATE TABLE call_events (
     id             uuid        PRIMARY KEY,
-    call_id        uuid        NOT NULL REFERENCES calls (id),
+    -- A call's events (and their deliveries) go with it.
+    call_id        uuid        NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
     sequence       bigint      NOT NULL CHECK (sequence >= 1),
     type           text        NOT NULL CHECK (type IN ('call.created', 'call.dialing',
                        'call.retry_scheduled', 'call.completed', 'call.failed', 'call.expired',
@@ -60,7 +61,7 @@ CREATE INDEX call_events_to_fan_out ON call_events (created_at) WHERE fanned_out
 
 CREATE TABLE webhook_deliveries (
     id                uuid        PRIMARY KEY,
-    event_id          uuid        NOT NULL REFERENCES call_events (id),
+    event_id          uuid        NOT NULL REFERENCES call_events (id) ON DELETE CASCADE,
     -- NULL: the call's callbackUrl. Deleting an endpoint deletes its deliveries.
     endpoint_id       uuid        REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
     -- The event's call and sequence: a receiver gets a call's events in sequence order.
