@@ -146,18 +146,29 @@ pub async fn run_pass(state: &NotifierState, budget: Duration) -> anyhow::Result
             }
         }
     }
-    tracing::info!(
-        events_fanned_out = report.events_fanned_out,
-        deliveries_made = report.deliveries_made,
-        sent = report.sent,
-        delivered = report.delivered,
-        retrying = report.retrying,
-        failed = report.failed,
-        endpoints_disabled = report.endpoints_disabled,
-        stale = report.stale,
-        rounds = report.rounds,
-        "notifier pass"
-    );
+    // One line per pass that did something (an idle pass, as `ebra dev`'s ticks mostly are,
+    // logs at debug).
+    macro_rules! pass_line {
+        ($level:ident) => {
+            tracing::$level!(
+                events_fanned_out = report.events_fanned_out,
+                deliveries_made = report.deliveries_made,
+                sent = report.sent,
+                delivered = report.delivered,
+                retrying = report.retrying,
+                failed = report.failed,
+                endpoints_disabled = report.endpoints_disabled,
+                stale = report.stale,
+                rounds = report.rounds,
+                "notifier pass"
+            )
+        };
+    }
+    if report.rounds > 0 {
+        pass_line!(info);
+    } else {
+        pass_line!(debug);
+    }
     Ok(report)
 }
 
