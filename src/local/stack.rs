@@ -179,8 +179,15 @@ async fn serve(
                 _ = tokio::time::sleep(NOTIFIER_TICK) => {}
                 _ = notify_stop.wait_for(|s| *s) => break,
             }
-            if let Err(error) = ebra_notifier::run_pass(&notifier, NOTIFIER_BUDGET).await {
-                tracing::warn!(error = format!("{error:#}"), "notifier pass failed");
+            // A pass cut short by Ctrl-C is safe: what it took but did not record is sent
+            // again once its lease runs out.
+            tokio::select! {
+                result = ebra_notifier::run_pass(&notifier, NOTIFIER_BUDGET) => {
+                    if let Err(error) = result {
+                        tracing::warn!(error = format!("{error:#}"), "notifier pass failed");
+                    }
+                }
+                _ = notify_stop.wait_for(|s| *s) => break,
             }
         }
     });
