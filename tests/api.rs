@@ -1578,6 +1578,29 @@ async fn with_a_token_every_route_but_openapi_needs_it() {
         (Method::PATCH, format!("/calls/{id}")),
         (Method::POST, format!("/calls/{id}/cancel")),
         (Method::GET, format!("/calls/{id}/webhooks")),
+        (Method::GET, format!("/calls/{id}/events")),
+        (
+            Method::POST,
+            format!("/events/{}/redeliver", Uuid::new_v4()),
+        ),
+        (Method::POST, "/webhook-endpoints".to_owned()),
+        (Method::GET, "/webhook-endpoints".to_owned()),
+        (
+            Method::GET,
+            format!("/webhook-endpoints/{}", Uuid::new_v4()),
+        ),
+        (
+            Method::PATCH,
+            format!("/webhook-endpoints/{}", Uuid::new_v4()),
+        ),
+        (
+            Method::DELETE,
+            format!("/webhook-endpoints/{}", Uuid::new_v4()),
+        ),
+        (
+            Method::POST,
+            format!("/webhook-endpoints/{}/rotate-secret", Uuid::new_v4()),
+        ),
         (Method::GET, "/metrics".to_owned()),
         (Method::GET, "/metrics/history".to_owned()),
     ];
@@ -1726,6 +1749,14 @@ async fn openapi_lists_exactly_the_routes_served() {
         ("PATCH", "/calls/{id}"),
         ("POST", "/calls/{id}/cancel"),
         ("GET", "/calls/{id}/webhooks"),
+        ("GET", "/calls/{id}/events"),
+        ("POST", "/events/{id}/redeliver"),
+        ("POST", "/webhook-endpoints"),
+        ("GET", "/webhook-endpoints"),
+        ("GET", "/webhook-endpoints/{id}"),
+        ("PATCH", "/webhook-endpoints/{id}"),
+        ("DELETE", "/webhook-endpoints/{id}"),
+        ("POST", "/webhook-endpoints/{id}/rotate-secret"),
         ("GET", "/metrics"),
         ("GET", "/metrics/history"),
         ("GET", "/openapi.json"),
@@ -1735,20 +1766,39 @@ async fn openapi_lists_exactly_the_routes_served() {
     .collect();
     assert_eq!(operations, expected);
 
-    // Every documented operation is served (an existing call, valid bodies).
+    // Every documented operation is served (an existing call, endpoint and event; valid
+    // bodies). A public address needs no DNS lookup.
+    let endpoint_body = json!({"url": "https://93.184.216.34/ebra"});
     let id = id_of(&api.create(valid_call()).await);
+    let events = api.get(&format!("/calls/{id}/events")).await.json();
+    let event_id = events["items"][0]["id"]
+        .as_str()
+        .expect("call.created")
+        .to_owned();
     for (method, path) in &operations {
-        let path = path.replace("{id}", &id);
+        let concrete = if path.starts_with("/webhook-endpoints/") {
+            // A fresh endpoint for each operation (one of them deletes it).
+            let created = api
+                .call_json(Method::POST, "/webhook-endpoints", &endpoint_body)
+                .await;
+            path.replace("{id}", &id_of(&created.json()))
+        } else if path.starts_with("/events/") {
+            path.replace("{id}", &event_id)
+        } else {
+            path.replace("{id}", &id)
+        };
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let body = match (&method, path.as_str()) {
             (&Method::POST, "/calls") => valid_call(),
+            (&Method::POST, "/webhook-endpoints") => endpoint_body.clone(),
+            (&Method::PATCH, "/webhook-endpoints/{id}") => json!({"description": "patched"}),
             (&Method::PATCH, _) => json!({"scriptId": "patched"}),
             _ => json!({}),
         };
-        let reply = api.call_json(method.clone(), &path, &body).await;
+        let reply = api.call_json(method.clone(), &concrete, &body).await;
         assert!(
             reply.status.is_success(),
-            "{method} {path}: {} {}",
+            "{method} {concrete}: {} {}",
             reply.status,
             reply.text()
         );
@@ -1837,6 +1887,16 @@ async fn openapi_lists_exactly_the_routes_served() {
         "ReceivedWebhook",
         "WebhookList",
         "InProgressHistory",
+        "EventBody",
+        "EventType",
+        "CallResult",
+        "CallSnapshot",
+        "RecordedEvent",
+        "EventDelivery",
+        "WebhookEndpoint",
+        "EndpointWithSecret",
+        "CreateEndpointRequest",
+        "PatchEndpointRequest",
     ] {
         assert!(
             doc["components"]["schemas"].get(schema).is_some(),

@@ -1379,6 +1379,26 @@ async fn every_fault_at_once_breaks_no_invariant() {
         .expect("reading held webhooks")
         .get(0);
 
+    // Outbound events (issue 17), written in the transactions of the changes they report,
+    // also while Postgres connections are killed mid-transaction: every call's events run
+    // 1..=its sequence (each counted change wrote exactly one, none rolled back survived),
+    // and a finished call's last event says how it ended.
+    let events_row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM call_events), \
+                    (SELECT count(*) FROM calls c \
+                      WHERE c.sequence <> (SELECT count(*) FROM call_events e WHERE e.call_id = c.id) \
+                         OR c.sequence <> COALESCE((SELECT max(e.sequence) FROM call_events e WHERE e.call_id = c.id), 0)), \
+                    (SELECT count(*) FROM calls c JOIN call_events e ON e.call_id = c.id AND e.sequence = c.sequence \
+                      WHERE c.status IN ('COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED') \
+                        AND e.type NOT IN ('call.' || lower(c.status), 'call.result_updated'))",
+            &[],
+        )
+        .await
+        .expect("reading the events");
+    let (events_written, event_gaps, wrong_last_events): (i64, i64, i64) =
+        (events_row.get(0), events_row.get(1), events_row.get(2));
+
     // The DLQ: exactly the poison.
     let mut dlq_bodies = drain_bodies(&env.sqs, &env.dlq_url).await;
     dlq_bodies.sort();
@@ -1424,6 +1444,9 @@ async fn every_fault_at_once_breaks_no_invariant() {
         created.iter().flatten().filter(|(_, broken)| *broken).count(),
         run.backends_killed.load(Ordering::Relaxed),
         run.api_retries.load(Ordering::Relaxed),
+    );
+    println!(
+        "faults events: written={events_written} calls_with_gaps={event_gaps} wrong_last_event={wrong_last_events}"
     );
     let mut statuses: Vec<_> = by_status.iter().collect();
     statuses.sort();
@@ -1513,6 +1536,15 @@ async fn every_fault_at_once_breaks_no_invariant() {
         "the API refused calls: {create_failures:?}"
     );
     assert!(lost.is_empty(), "calls lost: {lost:?}");
+    assert_eq!(
+        (event_gaps, wrong_last_events),
+        (0, 0),
+        "events missing, repeated or contradicting the call's end"
+    );
+    assert!(
+        events_written >= 2 * settings.calls as i64,
+        "every call has its events"
+    );
     assert_eq!(extra_rows, 0, "idempotent creates made extra calls");
     assert_eq!(
         terminal + pending_ok,

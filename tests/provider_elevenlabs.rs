@@ -265,3 +265,8 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
+
+#[tokio::test]
+async fn the_reports_result_lands_on_the_call() {
+    contract::the_reports_result_lands_on_the_call(&ElevenLabs).await;
+}

@@ -348,6 +348,7 @@ async fn run(contract: Arc<dyn Contract>) {
             scheduled_at: None,
             expires_at: None,
             idempotency: None,
+            callback_url: None,
         };
         match create_call(&stage.env.pool, &new, stage.config.max_attempts, CAP)
             .await

@@ -65,3 +65,8 @@ async fn progress_events_change_nothing() {
 async fn refusals_fail_and_failures_retry() {
     contract::refusals_fail_and_failures_retry(&Retell).await;
 }
+
+#[tokio::test]
+async fn the_reports_result_lands_on_the_call() {
+    contract::the_reports_result_lands_on_the_call(&Retell).await;
+}

@@ -444,3 +444,8 @@ fn form_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> 
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+#[tokio::test]
+async fn the_reports_result_lands_on_the_call() {
+    contract::the_reports_result_lands_on_the_call(&Twilio).await;
+}

@@ -104,7 +104,9 @@ fn the_end_reasons_are_the_sdks() {
 }
 
 /// A `status-update` with `status: ended` and its `endedReason` ends the call; the
-/// `end-of-call-report` that follows changes nothing.
+/// `end-of-call-report` that follows changes nothing of it but fills in its result (the
+/// summary, transcript and recording the update lacked), with a `call.result_updated`
+/// event.
 #[tokio::test]
 async fn a_status_update_that_ends_the_call_settles_it_once() {
     let stage = Stage::new(&Vapi, &[]).await;
@@ -122,6 +124,7 @@ async fn a_status_update_that_ends_the_call_settles_it_once() {
     let (call, dials) = stage.read(call_id).await;
     assert_eq!(call.status, CallStatus::Pending, "busy: redialed later");
     assert_eq!(dials[0].outcome, Some(DialOutcome::Busy));
+    assert!(call.result.as_ref().is_some_and(|r| r.summary.is_none()));
     let settled = stage.snapshot().await;
     let (status, body) = stage
         .post(&Vapi.end_of_call(&placement, "customer-busy", PUBLIC_BASE))
@@ -131,9 +134,38 @@ async fn a_status_update_that_ends_the_call_settles_it_once() {
         (StatusCode::OK, Some("already_settled")),
         "{body}"
     );
-    // The call and its dial (the snapshot's first two parts; the report is stored).
-    let calls_part = |s: &str| s.split(" | ").take(2).collect::<Vec<_>>().join(" | ");
-    assert_eq!(calls_part(&stage.snapshot().await), calls_part(&settled));
+    // The dial is as the update left it (the snapshot's second part); the call too, but
+    // for its result, filled in, and what records that change.
+    let part = |s: &str, n: usize| s.split(" | ").nth(n).map(str::to_owned);
+    assert_eq!(part(&stage.snapshot().await, 1), part(&settled, 1));
+    let (after, _) = stage.read(call_id).await;
+    assert_eq!(
+        (
+            after.status,
+            after.attempts,
+            after.outcome,
+            after.next_run_at,
+            &after.last_error
+        ),
+        (
+            call.status,
+            call.attempts,
+            call.outcome,
+            call.next_run_at,
+            &call.last_error
+        )
+    );
+    let result = after.result.expect("a result");
+    assert_eq!(
+        result.summary.as_deref(),
+        Some("The customer confirmed the renewal.")
+    );
+    assert_eq!(result.end_reason.as_deref(), Some("customer-busy"));
+    assert_eq!(
+        after.sequence,
+        call.sequence + 1,
+        "one call.result_updated event"
+    );
 }
 
 /// A `status-update` that says `ended` without a reason (the docs' example) ends nothing:
@@ -476,4 +508,9 @@ async fn a_call_list_answering_404_decides_nothing() {
         })
         .await;
     assert!(matches!(lookup, CallLookup::Undecided { .. }), "{lookup:?}");
+}
+
+#[tokio::test]
+async fn the_reports_result_lands_on_the_call() {
+    contract::the_reports_result_lands_on_the_call(&Vapi).await;
 }

@@ -27,6 +27,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/calls/{id}"),
     ("POST", "/calls/{id}/cancel"),
     ("GET", "/calls/{id}/webhooks"),
+    ("GET", "/calls/{id}/events"),
+    ("POST", "/events/{id}/redeliver"),
+    ("POST", "/webhook-endpoints"),
+    ("GET", "/webhook-endpoints"),
+    ("GET", "/webhook-endpoints/{id}"),
+    ("PATCH", "/webhook-endpoints/{id}"),
+    ("DELETE", "/webhook-endpoints/{id}"),
+    ("POST", "/webhook-endpoints/{id}/rotate-secret"),
     ("GET", "/metrics"),
     ("GET", "/metrics/history"),
     ("GET", "/openapi.json"),
@@ -87,6 +95,11 @@ fn api_routes_are_all_wired_and_authenticated() {
 #[test]
 fn calls_at_cap_alarm_reads_the_reclaimer_metric() {
     run(check_in_progress_metric(&template()));
+}
+
+#[test]
+fn the_notifier_has_its_queue_dlq_alarms_and_senders() {
+    run(check_notifier(&template()));
 }
 
 fn run(result: Check) {
@@ -363,9 +376,10 @@ fn check_max_receive_count(doc: &Value) -> Check {
 
 // (f) DATABASE_URL and WEBHOOK_SECRET (and API_TOKEN, if set) are dynamic references.
 /// Every secret a function reads, each from a dynamic reference.
-const SECRETS: [&str; 8] = [
+const SECRETS: [&str; 9] = [
     "DATABASE_URL",
     "WEBHOOK_SECRET",
+    "CALLBACK_SECRET",
     "RETELL_API_KEY",
     "VAPI_API_KEY",
     "VAPI_WEBHOOK_SECRET",
@@ -685,6 +699,162 @@ fn check_in_progress_metric(doc: &Value) -> Check {
     Ok(())
 }
 
+// The notifier (issue 17): its own queue with a DLQ and a visibility of six timeouts, read by
+// EVENTS_QUEUE_URL, which every other function can send to (they nudge it after writing
+// events); alarms on its errors, its DLQ and the "webhook endpoint disabled" log line; and
+// ALLOW_PRIVATE_WEBHOOK_URLS set nowhere.
+fn check_notifier(doc: &Value) -> Check {
+    let (id, notifier, event) = sqs_consumer(doc, "notifier")?;
+    let (queue_id, queue) = event_queue(doc, id, event)?;
+    let (_, _, worker_event) = worker(doc)?;
+    let (calls_queue, _) = event_queue(doc, "the worker", worker_event)?;
+    if queue_id == calls_queue {
+        return Err(format!(
+            "{id} must have a queue of its own, not {calls_queue}"
+        ));
+    }
+    let redrive = &queue["Properties"]["RedrivePolicy"];
+    if !matches!(redrive.get("deadLetterTargetArn").and_then(get_att),
+        Some((dlq, attr)) if attr == "Arn" && resource_type(doc, &dlq) == Some("AWS::SQS::Queue") && dlq != queue_id)
+    {
+        return Err(format!(
+            "{queue_id} needs a RedrivePolicy to a DLQ of its own"
+        ));
+    }
+    let timeout = property(doc, notifier, "Timeout")
+        .and_then(literal_u64)
+        .ok_or_else(|| format!("{id} needs a literal Timeout"))?;
+    let visibility = queue["Properties"]
+        .get("VisibilityTimeout")
+        .and_then(literal_u64)
+        .unwrap_or(30);
+    if visibility < 6 * timeout {
+        return Err(format!(
+            "{queue_id}.VisibilityTimeout ({visibility}) must be >= 6 x {id}.Timeout ({timeout})"
+        ));
+    }
+    let maximum = event
+        .get("ScalingConfig")
+        .and_then(|s| s.get("MaximumConcurrency"))
+        .ok_or_else(|| format!("{id}'s SQS event needs ScalingConfig.MaximumConcurrency"))?;
+    if as_ref(maximum).is_none() && literal_u64(maximum).is_none_or(|m| !(2..=1000).contains(&m)) {
+        return Err(format!(
+            "{id}'s MaximumConcurrency must be 2-1000 or a parameter"
+        ));
+    }
+
+    // EVENTS_QUEUE_URL names it for every function, and every other function may send to it.
+    for (fid, function) in functions(doc) {
+        let url = env_var(doc, function, "EVENTS_QUEUE_URL")
+            .ok_or_else(|| format!("{fid} has no EVENTS_QUEUE_URL"))?;
+        expect_ref(url, &queue_id, &format!("{fid} env EVENTS_QUEUE_URL"))?;
+        if let Some(value) = env_var(doc, function, "ALLOW_PRIVATE_WEBHOOK_URLS") {
+            if plain_str(value).is_none_or(|v| !v.eq_ignore_ascii_case("false")) {
+                return Err(format!(
+                    "{fid} sets ALLOW_PRIVATE_WEBHOOK_URLS: events could reach the VPC and the metadata service"
+                ));
+            }
+        }
+        let role = property(doc, function, "Role")
+            .and_then(get_att)
+            .map(|(role, _)| role)
+            .ok_or_else(|| format!("{fid}.Role must be !GetAtt <role>.Arn"))?;
+        if !role_sends_to(doc, &role, &queue_id) {
+            return Err(format!(
+                "{fid}'s role {role} cannot sqs:SendMessage to {queue_id}: its nudges would fail"
+            ));
+        }
+    }
+
+    // Alarms: errors of the notifier, its DLQ, and the disabled-endpoint log line.
+    let alarms: Vec<&Value> = resources(doc)
+        .filter(|(_, r)| r.get("Type").and_then(plain_str) == Some("AWS::CloudWatch::Alarm"))
+        .map(|(_, r)| &r["Properties"])
+        .collect();
+    let on_dimension = |metric: &str, value: &dyn Fn(&Value) -> bool| {
+        alarms.iter().any(|a| {
+            a.get("MetricName").and_then(plain_str) == Some(metric)
+                && a["Dimensions"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| value(&d["Value"]))
+        })
+    };
+    if !on_dimension("Errors", &|v| as_ref(v) == Some(id)) {
+        return Err(format!("no alarm on {id}'s Errors"));
+    }
+    let dlq = redrive
+        .get("deadLetterTargetArn")
+        .and_then(get_att)
+        .map(|(dlq, _)| dlq)
+        .unwrap_or_default();
+    if !on_dimension("ApproximateNumberOfMessagesVisible", &|v| {
+        get_att(v).is_some_and(|(q, attr)| q == dlq && attr == "QueueName")
+    }) {
+        return Err(format!(
+            "no alarm on {dlq} (the notifier's DLQ) holding messages"
+        ));
+    }
+    let filter = resources(doc).find(|(_, r)| {
+        r.get("Type").and_then(plain_str) == Some("AWS::Logs::MetricFilter")
+            && plain_str(&r["Properties"]["FilterPattern"])
+                .is_some_and(|p| p.contains("\"webhook endpoint disabled\""))
+    });
+    let Some((filter_id, filter)) = filter else {
+        return Err("no MetricFilter counts the \"webhook endpoint disabled\" log lines".into());
+    };
+    let group = as_ref(&filter["Properties"]["LogGroupName"]).unwrap_or_default();
+    let expected = format!("/aws/lambda/${{{id}}}");
+    if doc["Resources"][group]["Properties"]
+        .get("LogGroupName")
+        .and_then(sub_text)
+        != Some(expected.as_str())
+    {
+        return Err(format!(
+            "{filter_id} must read {id}'s log group ({expected})"
+        ));
+    }
+    let transform = &filter["Properties"]["MetricTransformations"][0];
+    let read = alarms.iter().any(|a| {
+        a.get("MetricName") == transform.get("MetricName")
+            && a.get("Namespace") == transform.get("MetricNamespace")
+    });
+    if !read {
+        return Err(format!("no alarm reads {filter_id}'s metric"));
+    }
+    Ok(())
+}
+
+/// Whether `role`'s inline policies allow `sqs:SendMessage` on `!GetAtt <queue>.Arn`.
+fn role_sends_to(doc: &Value, role: &str, queue: &str) -> bool {
+    let policies = doc["Resources"][role]["Properties"]["Policies"].as_sequence();
+    policies
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            p["PolicyDocument"]["Statement"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+        })
+        .any(|statement| {
+            let actions: Vec<&str> = match &statement["Action"] {
+                Value::Sequence(list) => list.iter().filter_map(plain_str).collect(),
+                other => plain_str(other).into_iter().collect(),
+            };
+            let resources: Vec<&Value> = match &statement["Resource"] {
+                Value::Sequence(list) => list.iter().collect(),
+                other => vec![other],
+            };
+            plain_str(&statement["Effect"]) == Some("Allow")
+                && actions.contains(&"sqs:SendMessage")
+                && resources
+                    .iter()
+                    .any(|r| get_att(r).is_some_and(|(q, attr)| q == queue && attr == "Arn"))
+        })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Template navigation
 // ---------------------------------------------------------------------------------------------
@@ -754,7 +924,22 @@ fn events_of(function: &Value) -> impl Iterator<Item = (&str, &Value)> {
 
 /// The worker: the one function with an SQS event, and that event's properties.
 fn worker(doc: &Value) -> Result<(&str, &Value, &Value), String> {
+    sqs_consumer(doc, "worker")
+}
+
+/// The function building `binary`, with its one SQS event.
+fn sqs_consumer<'a>(
+    doc: &'a Value,
+    binary: &str,
+) -> Result<(&'a str, &'a Value, &'a Value), String> {
     let found: Vec<_> = functions(doc)
+        .filter(|(_, f)| {
+            f.get("Metadata")
+                .and_then(|m| m.get("BuildProperties"))
+                .and_then(|p| p.get("Binary"))
+                .and_then(plain_str)
+                == Some(binary)
+        })
         .flat_map(|(id, f)| {
             events_of(f)
                 .filter(|(_, e)| e.get("Type").and_then(plain_str) == Some("SQS"))
@@ -764,7 +949,7 @@ fn worker(doc: &Value) -> Result<(&str, &Value, &Value), String> {
     match found[..] {
         [one] => Ok(one),
         _ => Err(format!(
-            "exactly one function (the worker) must have one SQS event, found {:?}",
+            "exactly one function (the {binary}) must have one SQS event, found {:?}",
             found.iter().map(|(id, _, _)| id).collect::<Vec<_>>()
         )),
     }
@@ -1121,5 +1306,54 @@ fn at_cap_alarm_drift_is_caught() {
     assert_caught(check_in_progress_metric, |doc| {
         doc["Resources"]["ReclaimerLogGroup"]["Properties"]["LogGroupName"] =
             yaml("!Sub /aws/lambda/${WorkerFunction}");
+    });
+}
+
+#[test]
+fn notifier_drift_is_caught() {
+    // Sharing the calls queue.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]["NotifierFunction"]["Properties"]["Events"]["EventsQueue"]["Properties"]
+            ["Queue"] = yaml("!GetAtt CallsQueue.Arn");
+    });
+    // No DLQ.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]["EventsQueue"]["Properties"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("RedrivePolicy");
+    });
+    // A visibility shorter than six timeouts.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]["EventsQueue"]["Properties"]["VisibilityTimeout"] = Value::from(300);
+    });
+    // Private destinations allowed in AWS.
+    assert_caught(check_notifier, |doc| {
+        globals_env(doc)["ALLOW_PRIVATE_WEBHOOK_URLS"] = Value::from("true");
+    });
+    // The API cannot nudge it.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]["SenderRole"]["Properties"]["Policies"]
+            .as_sequence_mut()
+            .unwrap()
+            .retain(|p| plain_str(&p["PolicyName"]) != Some("events-queue-send"));
+    });
+    // EVENTS_QUEUE_URL names another queue.
+    assert_caught(check_notifier, |doc| {
+        globals_env(doc)["EVENTS_QUEUE_URL"] = yaml("!Ref CallsQueue");
+    });
+    // No alarm on disabled endpoints.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("EndpointDisabledAlarm");
+    });
+    // No alarm on its errors.
+    assert_caught(check_notifier, |doc| {
+        doc["Resources"]
+            .as_mapping_mut()
+            .unwrap()
+            .remove("NotifierErrorsAlarm");
     });
 }

@@ -245,6 +245,7 @@ fn worker(env: &TestEnv, provider: &FakeProvider, overrides: &[(&str, &str)]) ->
         queue: env.queue.clone(),
         provider: Arc::new(http),
         config: Arc::new(config),
+        events: Default::default(),
     }
 }
 

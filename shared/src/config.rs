@@ -69,6 +69,91 @@ pub struct Config {
     pub outbox_grace_seconds: u64,
     /// Timeout of one provider dial.
     pub dial_timeout: Duration,
+    /// Outbound events: where the notifier is nudged, which URLs may receive them, how
+    /// they are retried.
+    pub events: EventSettings,
+}
+
+/// The settings of outbound events (issue 17).
+#[derive(Clone)]
+pub struct EventSettings {
+    /// The notifier's queue (`EVENTS_QUEUE_URL`): functions that write events nudge it.
+    pub queue_url: Option<String>,
+    /// `ALLOW_PRIVATE_WEBHOOK_URLS`: lets events go to private, loopback and link-local
+    /// addresses (`ebra dev` sets it; never in production).
+    pub allow_private_urls: bool,
+    /// `CALLBACK_SECRET`: signs the events sent to a call's own `callbackUrl`.
+    pub callback_secret: Option<WebhookSecret>,
+    /// `EVENT_RETRY_BASE_SECONDS`: the first retry's delay; each next one doubles.
+    pub retry_base: Duration,
+    /// `EVENT_RETRY_MAX_SECONDS`: the longest delay between two attempts.
+    pub retry_max: Duration,
+    /// `EVENT_RETRY_WINDOW_SECONDS`: how long a delivery is retried before it is FAILED
+    /// (at least 24 h by default).
+    pub retry_window: Duration,
+    /// `ENDPOINT_DISABLE_AFTER_SECONDS`: an endpoint failing for this long is disabled.
+    pub disable_after: Duration,
+    /// `EVENT_DELIVERY_TIMEOUT_MS`: one attempt's timeout.
+    pub delivery_timeout: Duration,
+}
+
+impl fmt::Debug for EventSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSettings")
+            .field("queue_url", &self.queue_url)
+            .field("allow_private_urls", &self.allow_private_urls)
+            .field(
+                "callback_secret",
+                &self.callback_secret.as_ref().map(|_| "<set>"),
+            )
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("retry_window", &self.retry_window)
+            .field("disable_after", &self.disable_after)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish()
+    }
+}
+
+impl EventSettings {
+    fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let seconds = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            settings
+                .parse_in_range(name, default, range)
+                .map(Duration::from_secs)
+        };
+        let retry_base = seconds("EVENT_RETRY_BASE_SECONDS", 5, 0..=3_600)?;
+        let retry_max = seconds("EVENT_RETRY_MAX_SECONDS", 7_200, 1..=86_400)?;
+        if retry_max < retry_base {
+            return Err(ConfigError::new(
+                "EVENT_RETRY_MAX_SECONDS",
+                "must not be below EVENT_RETRY_BASE_SECONDS",
+            ));
+        }
+        Ok(Self {
+            queue_url: settings
+                .get("EVENTS_QUEUE_URL")
+                .map(|url| parse_http_url("EVENTS_QUEUE_URL", &url))
+                .transpose()?,
+            allow_private_urls: settings.parse_bool("ALLOW_PRIVATE_WEBHOOK_URLS", false)?,
+            callback_secret: settings
+                .get("CALLBACK_SECRET")
+                .map(|raw| {
+                    WebhookSecret::parse(&raw)
+                        .map_err(|e| ConfigError::new("CALLBACK_SECRET", e.to_string()))
+                })
+                .transpose()?,
+            retry_base,
+            retry_max,
+            retry_window: seconds("EVENT_RETRY_WINDOW_SECONDS", 86_400, 1..=2_592_000)?,
+            disable_after: seconds("ENDPOINT_DISABLE_AFTER_SECONDS", 432_000, 1..=31_536_000)?,
+            delivery_timeout: Duration::from_millis(settings.parse_in_range(
+                "EVENT_DELIVERY_TIMEOUT_MS",
+                5_000,
+                100..=15_000,
+            )?),
+        })
+    }
 }
 
 impl fmt::Debug for Config {
@@ -92,6 +177,7 @@ impl fmt::Debug for Config {
             .field("wait_recheck_seconds", &self.wait_recheck_seconds)
             .field("outbox_grace_seconds", &self.outbox_grace_seconds)
             .field("dial_timeout", &self.dial_timeout)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -209,6 +295,7 @@ impl Config {
             wait_recheck_seconds,
             outbox_grace_seconds,
             dial_timeout: Duration::from_millis(dial_timeout_ms),
+            events: EventSettings::from_settings(&env)?,
         })
     }
 
@@ -782,6 +869,34 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.name, "REDIAL_OUTCOMES");
+    }
+
+    #[test]
+    fn event_settings_default_to_a_day_of_retries_and_public_urls_only() {
+        let c = config(&[("DATABASE_URL", "postgres://x/y")]).unwrap();
+        assert!(!c.events.allow_private_urls);
+        assert_eq!(c.events.retry_window, Duration::from_secs(86_400));
+        assert!(c.events.queue_url.is_none() && c.events.callback_secret.is_none());
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x/y"),
+            ("ALLOW_PRIVATE_WEBHOOK_URLS", "true"),
+            ("CALLBACK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ])
+        .unwrap();
+        assert!(c.events.allow_private_urls);
+        assert!(
+            !format!("{c:?}").contains("MfKQ9r8"),
+            "secrets stay out of Debug"
+        );
+        for (name, value) in [
+            ("CALLBACK_SECRET", "nope"),
+            ("ALLOW_PRIVATE_WEBHOOK_URLS", "maybe"),
+            ("EVENT_RETRY_MAX_SECONDS", "0"),
+            ("EVENTS_QUEUE_URL", "queue"),
+        ] {
+            let error = config(&[("DATABASE_URL", "postgres://x/y"), (name, value)]).unwrap_err();
+            assert_eq!(error.name, name);
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`store`]: every SQL statement Ebra runs, as named queries. The global cap is enforced in
 //!   [`store::claim`], settlement in [`store::settle`].
 //! - [`backoff`]: where retry delays are computed.
+//! - [`events`]: outbound events to clients (types, destinations, signed delivery, nudges);
+//!   their SQL is in [`store::events`], [`store::endpoints`] and [`store::deliveries`].
+//! - [`call_result`]: what a provider reports beyond the outcome, bounded.
 //! - [`queue`]: the SQS calls queue (send, defer, recycle).
 //! - [`provider`]: the AI-call provider (HTTP client and simulator).
 //! - [`webhook_signature`]: where provider webhooks are verified (Standard Webhooks).
@@ -13,9 +16,11 @@
 //! - [`telemetry`]: structured logging.
 
 pub mod backoff;
+pub mod call_result;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod problem;
 pub mod provider;
 pub mod queue;

@@ -124,6 +124,25 @@ impl WebhookSecret {
         )
     }
 
+    /// Signs with every key, first key first: the `webhook-signature` value of a sender
+    /// rotating its secret (`v1,<new> v1,<old>`), which receivers holding either accept.
+    pub fn sign_with_every_key(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+        self.keys
+            .iter()
+            .map(|key| {
+                format!(
+                    "v1,{}",
+                    BASE64.encode(
+                        mac(key, webhook_id, timestamp, body)
+                            .finalize()
+                            .into_bytes()
+                    )
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Verifies the three headers against the raw body at time `now` (Unix seconds).
     pub fn verify(
         &self,
@@ -285,6 +304,28 @@ mod tests {
         assert!(old
             .verify(Some("m"), Some(&ts), Some(&header), b"x", NOW)
             .is_ok());
+    }
+
+    #[test]
+    fn a_rotating_sender_signs_with_both_keys() {
+        let both =
+            WebhookSecret::parse(&format!("whsec_bmV3LWtleS1mb3ItdGVzdHM= {SECRET}")).unwrap();
+        let header = both.sign_with_every_key("m", NOW, b"x");
+        let new = WebhookSecret::parse("whsec_bmV3LWtleS1mb3ItdGVzdHM=").unwrap();
+        assert_eq!(
+            header,
+            format!(
+                "{} {}",
+                new.sign("m", NOW, b"x"),
+                secret().sign("m", NOW, b"x")
+            )
+        );
+        let ts = NOW.to_string();
+        for receiver in [&new, &secret()] {
+            assert!(receiver
+                .verify(Some("m"), Some(&ts), Some(&header), b"x", NOW)
+                .is_ok());
+        }
     }
 
     #[test]

@@ -153,6 +153,7 @@ async fn settle(pool: &Pool, claimed: &ClaimedCall, policy: &RetryPolicy) -> any
         end_reason: None,
         duration_sec: Some(2),
         completed_at: Some(chrono::Utc::now()),
+        result: None,
     };
     match settle_from_webhook(pool, &report, policy)
         .await

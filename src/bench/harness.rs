@@ -352,6 +352,7 @@ pub fn new_call(n: usize) -> ebra_shared::store::calls::NewCall {
         scheduled_at: None,
         expires_at: None,
         idempotency: None,
+        callback_url: None,
     }
 }
 

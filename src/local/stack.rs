@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use ebra_shared::config::ProviderSettings;
 use ebra_shared::config::WEBHOOK_PATH;
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{build_provider, webhook_schemes, Provider};
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::Config;
@@ -17,6 +18,10 @@ use super::{ensure_queues, local_sqs_client, EventSourceMapping, LocalPostgres, 
 
 /// The local queue's visibility timeout: six times a 30 s worker, as in the template.
 const VISIBILITY_SECONDS: u32 = 180;
+/// How often the local notifier looks for deliveries coming due (commits wake it at once).
+const NOTIFIER_TICK: Duration = Duration::from_secs(1);
+/// How long one local notifier pass may run.
+const NOTIFIER_BUDGET: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -88,6 +93,7 @@ async fn serve(
         base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes())
     );
 
+    let generated_callback_secret = ebra_shared::events::delivery::new_secret();
     let config = Arc::new(Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(postgres.database_url.clone()),
         "CALLS_QUEUE_URL" => Some(queue_url.clone()),
@@ -97,6 +103,10 @@ async fn serve(
                 .then(|| local_webhook.clone())
         }),
         "WEBHOOK_SECRET" => lookup(env, name).or_else(|| Some(generated_secret.clone())),
+        // Locally, receivers run on this machine: events may go to loopback and private
+        // addresses (never set it in AWS).
+        "ALLOW_PRIVATE_WEBHOOK_URLS" => lookup(env, name).or_else(|| Some("true".to_owned())),
+        "CALLBACK_SECRET" => lookup(env, name).or_else(|| Some(generated_callback_secret.clone())),
         _ => lookup(env, name),
     })?);
 
@@ -166,6 +176,14 @@ async fn serve(
         "  cap             {} calls in progress",
         config.global_concurrency
     );
+    println!(
+        "  events          POST {base}/webhook-endpoints to receive them (private URLs allowed here){}",
+        if lookup(env, "CALLBACK_SECRET").is_none() {
+            format!("; callbackUrl events are signed with {generated_callback_secret}")
+        } else {
+            String::new()
+        }
+    );
     println!();
     println!("Try:  curl -s{auth} -X POST {base}/calls -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"scriptId\":\"welcome\"}}'");
     println!("Then: curl -s{auth} {base}/calls/<id>        Stop with Ctrl-C.");
@@ -213,6 +231,7 @@ pub struct RunningStack {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     event_source: tokio::task::JoinHandle<()>,
     reclaim_loop: tokio::task::JoinHandle<()>,
+    notifier_loop: tokio::task::JoinHandle<()>,
 }
 
 pub fn start_stack(
@@ -226,29 +245,38 @@ pub fn start_stack(
         provider,
         reclaim_every,
     } = parts;
-    let api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
-    let webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    // Events: the notifier runs as a loop here, woken at once by every commit that wrote
+    // events (and every second, for retries coming due).
+    let wake_notifier = Arc::new(tokio::sync::Notify::new());
+    let events = EventsNudge::Local(wake_notifier.clone());
+    let notifier = ebra_notifier::NotifierState::new(pool.clone(), config.clone(), events.clone())?;
+    let mut api = ebra_api::AppState::new(pool.clone(), Some(queue.clone()), config.clone());
+    api.events = events.clone();
+    let mut webhook = ebra_webhook::WebhookState::new(pool.clone(), queue.clone(), config.clone())?;
+    webhook.events = events.clone();
     let app = ebra_api::routes(api)
         .merge(ebra_webhook::routes(webhook))
         .fallback(ebra_api::not_found);
-    let worker = Arc::new(ebra_worker::WorkerState::new(
+    let mut worker = ebra_worker::WorkerState::new(
         pool.clone(),
         queue.clone(),
         provider.clone(),
         config.clone(),
-    )?);
-    let reclaimer =
+    )?;
+    worker.events = events.clone();
+    let mut reclaimer =
         ebra_reclaimer::ReclaimerState::new(pool, queue.clone(), provider, config.clone());
+    reclaimer.events = events;
 
     let (stop, stopped) = watch::channel(false);
     let server = serve_until_stopped(listener, app, stopped.clone());
     let mapping = EventSourceMapping {
         queue,
-        worker,
+        worker: Arc::new(worker),
         max_concurrency: config.global_concurrency as usize,
     };
     let event_source = tokio::spawn(mapping.run(stopped.clone()));
-    let mut reclaim_stop = stopped;
+    let mut reclaim_stop = stopped.clone();
     let reclaim_loop = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -260,11 +288,32 @@ pub fn start_stack(
             }
         }
     });
+    let mut notify_stop = stopped;
+    let notifier_loop = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake_notifier.notified() => {}
+                _ = tokio::time::sleep(NOTIFIER_TICK) => {}
+                _ = notify_stop.wait_for(|s| *s) => break,
+            }
+            // A pass cut short by Ctrl-C is safe: what it took but did not record is sent
+            // again once its lease runs out.
+            tokio::select! {
+                result = ebra_notifier::run_pass(&notifier, NOTIFIER_BUDGET) => {
+                    if let Err(error) = result {
+                        tracing::warn!(error = format!("{error:#}"), "notifier pass failed");
+                    }
+                }
+                _ = notify_stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
     Ok(RunningStack {
         stop,
         server,
         event_source,
         reclaim_loop,
+        notifier_loop,
     })
 }
 
@@ -276,6 +325,7 @@ impl RunningStack {
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             let _ = self.event_source.await;
             let _ = self.reclaim_loop.await;
+            let _ = self.notifier_loop.await;
             let _ = self.server.await;
         })
         .await;

@@ -114,6 +114,7 @@ impl Stage {
             scheduled_at: None,
             expires_at: None,
             idempotency: None,
+            callback_url: None,
         };
         match create_call(
             &self.env.pool,
@@ -675,4 +676,77 @@ pub async fn refusals_fail_and_failures_retry(contract: &dyn Contract) {
         MessageOutcome::Acknowledged(AckReason::NotPending(CallStatus::InProgress))
     );
     stage.placement_for(&call.to);
+}
+
+/// What the provider reports beyond the outcome lands on the call as its `result` (summary,
+/// transcript, recording link, analysis, the provider's end reason), from the webhook and
+/// from the reclaimer's lookup alike, and the call's completion event carries it.
+pub async fn the_reports_result_lands_on_the_call(contract: &dyn Contract) {
+    let stage = Stage::new(contract, &[]).await;
+    let (reason, settles) = contract
+        .end_reasons()
+        .into_iter()
+        .find(|(_, s)| s.status == CallStatus::Completed && s.outcome == DialOutcome::Completed)
+        .expect("a completed reason");
+    // By webhook.
+    let (reported, placement) = stage.dialed().await;
+    let (status, body) = stage
+        .post(&contract.end_of_call(&placement, reason, PUBLIC_BASE))
+        .await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (StatusCode::OK, Some("applied")),
+        "{body}"
+    );
+    let (call, _) = stage.read(reported).await;
+    assert_eq!(call.status, settles.status);
+    check_result(&call, &contract.expected_result(&placement), reason);
+    let event: Value = stage
+        .env
+        .pool
+        .get()
+        .await
+        .expect("pool")
+        .query_one(
+            "SELECT data FROM call_events WHERE call_id = $1 AND type = 'call.completed'",
+            &[&reported],
+        )
+        .await
+        .expect("the call.completed event")
+        .get(0);
+    assert_eq!(
+        event["result"],
+        serde_json::to_value(&call.result).expect("json"),
+        "the event carries the result"
+    );
+    // By the reclaimer's lookup, when the webhook never came.
+    let (looked_up, placement) = stage.dialed().await;
+    stage.fake.end(&placement.provider_call_id, reason);
+    stage.make_stale(looked_up).await;
+    let report = run_pass(&stage.reclaimer).await.expect("a reclaimer pass");
+    assert_eq!(report.settled_by_lookup, 1, "{report:?}");
+    let (call, _) = stage.read(looked_up).await;
+    check_result(&call, &contract.expected_result(&placement), reason);
+}
+
+/// The call's result holds every expected field (the analysis as a superset) and the
+/// provider's end reason.
+#[track_caller]
+fn check_result(call: &Call, expected: &Value, reason: &str) {
+    let result = serde_json::to_value(&call.result).expect("json");
+    assert!(
+        result["endReason"]
+            .as_str()
+            .is_some_and(|r| r.contains(reason)),
+        "the end reason {reason:?} is in the result: {result}"
+    );
+    for (field, value) in expected.as_object().into_iter().flatten() {
+        if field == "analysis" {
+            for (key, part) in value.as_object().into_iter().flatten() {
+                assert_eq!(&result["analysis"][key], part, "analysis.{key}: {result}");
+            }
+        } else {
+            assert_eq!(&result[field], value, "{field}: {result}");
+        }
+    }
 }

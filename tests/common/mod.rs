@@ -192,6 +192,7 @@ impl TestEnv {
             scheduled_at: None,
             expires_at,
             idempotency: None,
+            callback_url: None,
         };
         match create_call(
             &self.pool,
@@ -437,6 +438,7 @@ pub fn generic_report(
         end_reason: None,
         duration_sec,
         completed_at,
+        result: None,
     }
 }
 

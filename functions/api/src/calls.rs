@@ -230,7 +230,7 @@ async fn send_dial_message(state: &AppState, enqueue: Enqueue) {
         (status = 400, description = "Malformed JSON, unknown field, wrong type or bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (listed in `errors`), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`; a callbackUrl whose host is or resolves to a private, loopback or link-local address among them), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_call(
@@ -240,6 +240,18 @@ pub async fn create_call(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let mut new = request.validate(Utc::now())?;
+    if let Some(url) = &new.callback_url {
+        if state.config.events.callback_secret.is_none() {
+            return Err(ApiError::Invalid(vec![InvalidValue::new(
+                "callbackUrl",
+                "cannot be used: this deployment has no CALLBACK_SECRET to sign its events with",
+            )]));
+        }
+        let checked = crate::endpoints::check_destination(&state, "callbackUrl", url)
+            .await
+            .map_err(|invalid| ApiError::Invalid(vec![invalid]))?;
+        new.callback_url = Some(checked);
+    }
     new.idempotency = key.map(|key| {
         let hash = request_hash(&new);
         (key, hash)
@@ -260,10 +272,14 @@ pub async fn create_call(
                 "call accepted"
             );
             // Parked (no slot free, or due beyond the delay horizon): a freed slot's nudge
-            // or the reclaimer's refill sends its message.
-            if let Some(enqueue) = enqueue {
-                send_dial_message(&state, enqueue).await;
-            }
+            // or the reclaimer's refill sends its message. Its call.created event waits in
+            // the outbox for the notifier, woken alongside.
+            let dial_message = async {
+                if let Some(enqueue) = enqueue {
+                    send_dial_message(&state, enqueue).await;
+                }
+            };
+            tokio::join!(dial_message, state.events.send());
             Ok((
                 StatusCode::CREATED,
                 [(header::LOCATION, location(call.id)?)],
@@ -410,6 +426,7 @@ pub async fn cancel_call(
     match store::cancel_call(&state.pool, id).await? {
         Changed::Done { call, .. } => {
             tracing::info!(call_id = %id, "call canceled");
+            state.events.send().await;
             Ok(Json(call))
         }
         Changed::NotFound => Err(ApiError::CallNotFound(id)),

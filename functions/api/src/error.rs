@@ -26,6 +26,8 @@ pub enum ApiError {
     Invalid(Vec<InvalidValue>),
     #[error("a PATCH must change at least one field")]
     NothingToChange,
+    #[error("a PATCH of an endpoint must change at least one field")]
+    NothingToChangeOnEndpoint,
     #[error("unsupported media type: {0}")]
     UnsupportedMediaType(String),
     #[error("request body over the limit")]
@@ -34,6 +36,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("call {0} not found")]
     CallNotFound(Uuid),
+    #[error("webhook endpoint {0} not found")]
+    EndpointNotFound(Uuid),
+    #[error("event {0} not found")]
+    EventNotFound(Uuid),
+    #[error("too many webhook endpoints")]
+    TooManyEndpoints,
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method {method} not allowed on {path}")]
@@ -91,6 +99,11 @@ impl ApiError {
                 "empty-patch",
                 "Nothing to change: send at least one of to, scriptId, metadata, scheduledAt.",
             ),
+            Self::NothingToChangeOnEndpoint => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "empty-patch",
+                "Nothing to change: send at least one of url, events, description, enabled.",
+            ),
             Self::UnsupportedMediaType(detail) => Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -110,6 +123,24 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "call-not-found",
                 format!("No call has id {id}."),
+            ),
+            Self::EndpointNotFound(id) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "endpoint-not-found",
+                format!("No webhook endpoint has id {id}."),
+            ),
+            Self::EventNotFound(id) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "event-not-found",
+                format!("No event has id {id}."),
+            ),
+            Self::TooManyEndpoints => Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-endpoints",
+                format!(
+                    "At most {} webhook endpoints can be registered; delete one first.",
+                    ebra_shared::store::endpoints::MAX_ENDPOINTS
+                ),
             ),
             Self::RouteNotFound(path) => Problem::new(
                 StatusCode::NOT_FOUND,

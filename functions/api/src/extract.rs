@@ -73,6 +73,18 @@ impl<S: Send + Sync> FromRequestParts<S> for CallIdPath {
     }
 }
 
+/// The `{id}` of `/webhook-endpoints/{id}...` and `/events/{id}/...`.
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<Uuid>::from_request_parts(parts, state).await?;
+        Ok(Self(id))
+    }
+}
+
 /// A query string deserialised into `T` (unknown or repeated parameters are refused by `T`).
 pub struct QueryParams<T>(pub T);
 

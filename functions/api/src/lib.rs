@@ -6,6 +6,8 @@
 //!
 //! - [`calls`]: the `/calls` handlers; [`requests`]: their bodies and validation.
 //! - [`webhooks`]: `GET /calls/{id}/webhooks`, the provider's reports for a call.
+//! - [`endpoints`]: `/webhook-endpoints`, where clients register to receive events;
+//!   [`events`]: `GET /calls/{id}/events` and `POST /events/{id}/redeliver`.
 //! - [`metrics`]: `GET /metrics`, JSON or Prometheus; [`history`]: `GET /metrics/history`.
 //! - [`console`]: the operator console at `/console`, static files embedded at build time.
 //! - [`openapi`]: `GET /openapi.json`.
@@ -19,6 +21,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
+use ebra_shared::events::destination::DestinationPolicy;
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::queue::CallsQueue;
 use ebra_shared::store::Pool;
 use ebra_shared::Config;
@@ -26,7 +30,9 @@ use ebra_shared::Config;
 pub mod auth;
 pub mod calls;
 pub mod console;
+pub mod endpoints;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod history;
 pub mod metrics;
@@ -47,14 +53,27 @@ pub struct AppState {
     /// Lambda's `main` refuses at start); creates then rely on the outbox sweep.
     pub queue: Option<CallsQueue>,
     pub config: Arc<Config>,
+    /// Which URLs may receive events (`ALLOW_PRIVATE_WEBHOOK_URLS`), and the resolver it
+    /// asks.
+    pub destinations: DestinationPolicy,
+    /// Wakes the notifier after a change that wrote events (`EVENTS_QUEUE_URL`).
+    pub events: EventsNudge,
 }
 
 impl AppState {
     pub fn new(pool: Pool, queue: Option<CallsQueue>, config: Arc<Config>) -> Self {
+        let events = queue
+            .as_ref()
+            .map(|queue| {
+                EventsNudge::from_queue(queue.client(), config.events.queue_url.as_deref())
+            })
+            .unwrap_or_default();
         Self {
             pool,
             queue,
+            destinations: DestinationPolicy::system(config.events.allow_private_urls),
             config,
+            events,
         }
     }
 }
@@ -68,6 +87,22 @@ pub fn routes(state: AppState) -> Router {
         .route("/calls/{id}", get(calls::get_call).patch(calls::patch_call))
         .route("/calls/{id}/cancel", post(calls::cancel_call))
         .route("/calls/{id}/webhooks", get(webhooks::list_call_webhooks))
+        .route("/calls/{id}/events", get(events::list_call_events))
+        .route("/events/{id}/redeliver", post(events::redeliver_event))
+        .route(
+            "/webhook-endpoints",
+            post(endpoints::create_endpoint).get(endpoints::list_endpoints),
+        )
+        .route(
+            "/webhook-endpoints/{id}",
+            get(endpoints::get_endpoint)
+                .patch(endpoints::update_endpoint)
+                .delete(endpoints::delete_endpoint),
+        )
+        .route(
+            "/webhook-endpoints/{id}/rotate-secret",
+            post(endpoints::rotate_secret),
+        )
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/history", get(history::metrics_history));
     // `route_layer`: the token guards these routes only, not those merged in later (the

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{calls, history, metrics, webhooks};
+use crate::{calls, endpoints, events, history, metrics, webhooks};
 
 pub const PATH: &str = "/openapi.json";
 /// The security scheme's name (also spelled out in `#[openapi(security(..))]`).
@@ -29,15 +29,24 @@ const BEARER: &str = "bearer";
         calls::patch_call,
         calls::cancel_call,
         webhooks::list_call_webhooks,
+        events::list_call_events,
+        events::redeliver_event,
+        endpoints::create_endpoint,
+        endpoints::list_endpoints,
+        endpoints::get_endpoint,
+        endpoints::update_endpoint,
+        endpoints::delete_endpoint,
+        endpoints::rotate_secret,
         metrics::metrics,
         history::metrics_history,
         openapi_json,
     ),
-    components(schemas(Problem, FieldError)),
+    components(schemas(Problem, FieldError, ebra_shared::events::EventBody)),
     modifiers(&CommonResponses),
     security(("bearer" = [])),
     tags(
         (name = "calls", description = "Enqueue, inspect, change and cancel calls, and read the webhooks received for them."),
+        (name = "events", description = "Signed events on every change of a call (Standard Webhooks), posted to the endpoints you register and to a call's callbackUrl: their registration, each call's events with every delivery attempt, and redelivery. The body of a delivery is an EventBody."),
         (name = "operations", description = "Metrics, their last hour, and this document."),
     )
 )]

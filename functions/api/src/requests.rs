@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use ebra_shared::domain::{InvalidValue, Metadata, PhoneNumber, ScriptId};
+use ebra_shared::events::destination::parse_url;
 use ebra_shared::store::calls::{CallPatch, NewCall};
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
@@ -35,6 +36,11 @@ pub struct CreateCallRequest {
     /// is EXPIRED if it has not been dialed by then.
     #[schema(value_type = Option<String>, format = DateTime, example = "2030-01-01T18:00:00Z")]
     pub expires_at: Option<String>,
+    /// An http(s) URL that receives this call's events too, signed with the deployment's
+    /// callback secret. Its host must resolve only to public addresses (unless the
+    /// deployment sets ALLOW_PRIVATE_WEBHOOK_URLS).
+    #[schema(example = "https://crm.example.com/hooks/call-42")]
+    pub callback_url: Option<String>,
 }
 
 /// `PATCH /calls/{id}`: only these fields, only while the call is PENDING. An absent field is
@@ -62,7 +68,7 @@ pub struct PatchCallRequest {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from an absent one (`None`, by `default`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -125,24 +131,49 @@ impl CreateCallRequest {
             .and_then(|expiry| {
                 check_expiry(expiry, scheduled_at.as_ref().ok().copied().flatten(), now)
             });
-        match (phone, script_id, metadata, scheduled_at, expires_at) {
-            (Ok(phone), Ok(script_id), Ok(metadata), Ok(scheduled_at), Ok(expires_at)) => {
-                Ok(NewCall {
-                    phone,
-                    script_id,
-                    metadata,
-                    scheduled_at,
-                    expires_at,
-                    idempotency: None,
-                })
+        // The URL's shape here; its addresses are checked by the handler (a DNS lookup).
+        let callback_url = self
+            .callback_url
+            .map(|raw| {
+                parse_url(&raw)
+                    .map(|url| url.to_string())
+                    .map_err(|e| InvalidValue::new("callbackUrl", e.to_string()))
+            })
+            .transpose();
+        match (
+            phone,
+            script_id,
+            metadata,
+            scheduled_at,
+            expires_at,
+            callback_url,
+        ) {
+            (
+                Ok(phone),
+                Ok(script_id),
+                Ok(metadata),
+                Ok(scheduled_at),
+                Ok(expires_at),
+                Ok(callback_url),
+            ) => Ok(NewCall {
+                phone,
+                script_id,
+                metadata,
+                scheduled_at,
+                expires_at,
+                idempotency: None,
+                callback_url,
+            }),
+            (phone, script_id, metadata, scheduled_at, expires_at, callback_url) => {
+                Err(every_error([
+                    phone.err(),
+                    script_id.err(),
+                    metadata.err(),
+                    scheduled_at.err(),
+                    expires_at.err(),
+                    callback_url.err(),
+                ]))
             }
-            (phone, script_id, metadata, scheduled_at, expires_at) => Err(every_error([
-                phone.err(),
-                script_id.err(),
-                metadata.err(),
-                scheduled_at.err(),
-                expires_at.err(),
-            ])),
         }
     }
 }
@@ -233,13 +264,21 @@ pub fn request_hash(call: &NewCall) -> String {
     let instant = |at: Option<DateTime<Utc>>| {
         at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
     };
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "to": call.phone.as_str(),
         "scriptId": call.script_id.as_str(),
         "metadata": sorted_keys(&call.metadata.to_value()),
         "scheduledAt": instant(call.scheduled_at),
         "expiresAt": instant(call.expires_at),
     });
+    // Only when given: a request without one hashes as it did before callbackUrl existed,
+    // so keys stored earlier still recognise their retries.
+    if let (Some(url), Some(fields)) = (&call.callback_url, canonical.as_object_mut()) {
+        fields.insert(
+            "callbackUrl".to_owned(),
+            serde_json::Value::String(url.clone()),
+        );
+    }
     let digest = Sha256::digest(sorted_keys(&canonical).to_string().as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -315,6 +354,30 @@ mod tests {
         .unwrap();
         assert_eq!(request_hash(&a), request_hash(&b));
         assert_ne!(request_hash(&a), request_hash(&c));
+    }
+
+    #[test]
+    fn a_callback_url_is_checked_and_hashed_only_when_given() {
+        let without = create(json!({"to": "+14155550100", "scriptId": "s"})).unwrap();
+        let with = create(json!({"to": "+14155550100", "scriptId": "s",
+            "callbackUrl": "https://crm.example.com/hook"}))
+        .unwrap();
+        assert_eq!(
+            with.callback_url.as_deref(),
+            Some("https://crm.example.com/hook")
+        );
+        assert_ne!(request_hash(&without), request_hash(&with));
+        // The hash of a request without one is what it was before callbackUrl existed.
+        // (SHA-256 of {"expiresAt":null,"metadata":{},"scheduledAt":null,"scriptId":"s","to":"+14155550100"}.)
+        assert_eq!(
+            request_hash(&without),
+            "a40f85ea7be1b7967709c5d9a68693bdb2c9146682d192af4cbe6bd289ec6eb3"
+        );
+        assert_eq!(
+            invalid_fields(create(json!({"to": "+14155550100", "scriptId": "s",
+                "callbackUrl": "ftp://crm.example.com/hook"}))),
+            ["callbackUrl"]
+        );
     }
 
     #[test]

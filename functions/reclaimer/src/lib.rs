@@ -14,7 +14,9 @@
 //! 2. PENDING calls past their `expiresAt` (or `MAX_PENDING_AGE_SECONDS`): EXPIRED;
 //! 3. PENDING calls whose SQS message was never confirmed within `OUTBOX_GRACE_SECONDS`
 //!    (a send that failed after the commit, or a lost message): sent again;
-//! 4. free slots while due calls wait: as many nudged as there are free slots.
+//! 4. free slots while due calls wait: as many nudged as there are free slots;
+//! 5. outbound events waiting (not fanned out, or a delivery due): the notifier is nudged,
+//!    so an event whose nudge was lost is sent within a pass (none that committed is lost).
 //!
 //! Every step is one statement-level sweep in [`ebra_shared::store::sweep`], taken with
 //! `FOR UPDATE SKIP LOCKED`, so passes are idempotent and safe to run concurrently with each
@@ -25,12 +27,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{CallLookup, Provider, ProviderReport, StatusQuery};
 use ebra_shared::queue::{CallsQueue, Enqueue};
 use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::{settle_from_webhook, Settlement};
 use ebra_shared::store::sweep::{ReclaimScope, StaleCall};
-use ebra_shared::store::{sweep, Pool};
+use ebra_shared::store::{deliveries, sweep, Pool};
 use ebra_shared::Config;
 use futures::StreamExt as _;
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -52,6 +55,8 @@ pub struct ReclaimerState {
     /// Asked about stale calls before they are reclaimed.
     pub provider: Arc<dyn Provider>,
     pub config: Arc<Config>,
+    /// Wakes the notifier when events wait (`EVENTS_QUEUE_URL`).
+    pub events: EventsNudge,
 }
 
 impl ReclaimerState {
@@ -61,11 +66,13 @@ impl ReclaimerState {
         provider: Arc<dyn Provider>,
         config: Arc<Config>,
     ) -> Self {
+        let events = EventsNudge::from_queue(queue.client(), config.events.queue_url.as_deref());
         Self {
             pool,
             queue,
             provider,
             config,
+            events,
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct ReclaimReport {
     pub nudged: u64,
     /// Messages SQS did not take; each is still covered (outbox mark or refill) next pass.
     pub send_failures: u64,
+    /// Outbound events were waiting (not fanned out, or a delivery due): the notifier was
+    /// nudged.
+    pub events_waiting: bool,
     /// Calls in progress (slots held) at the end of the pass.
     pub in_progress: i64,
     /// `GLOBAL_CONCURRENCY`.
@@ -130,6 +140,13 @@ pub async fn run_pass(state: &ReclaimerState) -> anyhow::Result<ReclaimReport> {
     report.nudged += messages.len() as u64;
     report.send_failures += send(&state.queue, &messages).await;
 
+    report.events_waiting = deliveries::work_waiting(&state.pool)
+        .await
+        .context("looking for outbound events waiting")?;
+    if report.events_waiting {
+        state.events.send().await;
+    }
+
     tracing::info!(
         in_progress = report.in_progress,
         cap = report.cap,
@@ -142,6 +159,7 @@ pub async fn run_pass(state: &ReclaimerState) -> anyhow::Result<ReclaimReport> {
         outbox_resent = report.outbox_resent,
         nudged = report.nudged,
         send_failures = report.send_failures,
+        events_waiting = report.events_waiting,
         "reclaimer pass"
     );
     Ok(report)

@@ -28,6 +28,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use ebra_shared::config::ConfigError;
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::problem::{FieldError, Problem};
 use ebra_shared::provider::{
     webhook_schemes, InboundWebhook, ProviderKind, ReportError, WebhookEvent, WebhookScheme,
@@ -61,6 +62,8 @@ pub struct WebhookState {
     pub public_base_url: Option<String>,
     /// Which outcomes are redialed, and the backoff base.
     pub policy: RetryPolicy,
+    /// Wakes the notifier after a report changed a call (its events are in the outbox).
+    pub events: EventsNudge,
 }
 
 impl WebhookState {
@@ -73,12 +76,14 @@ impl WebhookState {
                 problem: "is required, or a provider's webhook secret (RETELL_API_KEY, VAPI_WEBHOOK_SECRET, TWILIO_AUTH_TOKEN, ELEVENLABS_WEBHOOK_SECRET)".into(),
             });
         }
+        let events = EventsNudge::from_queue(queue.client(), config.events.queue_url.as_deref());
         Ok(Self {
             pool,
             queue,
             schemes,
             public_base_url: config.webhook_base_url.clone(),
             policy: RetryPolicy::from(config.as_ref()),
+            events,
         })
     }
 }
@@ -345,8 +350,15 @@ async fn receive_report(
         "webhook settled"
     );
     // After the commit: a lost redial is re-sent by the reclaimer's outbox sweep, a lost
-    // nudge is covered by its refill, so a failed send never fails the webhook.
-    state.queue.send_best_effort(&messages).await;
+    // nudge is covered by its refill, so a failed send never fails the webhook. A report
+    // that reached a call wrote its events: the notifier is woken (a lost wake-up waits for
+    // the reclaimer's next pass, never longer).
+    let wake_notifier = async {
+        if settled_call_id(&settlement).is_some() {
+            state.events.send().await;
+        }
+    };
+    tokio::join!(state.queue.send_best_effort(&messages), wake_notifier);
     Ok((result.status_code(), Json(SettledResponse { result })).into_response())
 }
 

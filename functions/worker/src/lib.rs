@@ -64,6 +64,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ebra_shared::backoff;
 use ebra_shared::config::ConfigError;
 use ebra_shared::domain::{CallStatus, DialRequest};
+use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{dial_once, Dial, DialResult, Provider};
 use ebra_shared::queue::{CallsQueue, Enqueue};
 use ebra_shared::store::claim::{claim_calls, Claim, ClaimedCall};
@@ -86,6 +87,8 @@ pub struct WorkerState {
     pub queue: CallsQueue,
     pub provider: Arc<dyn Provider>,
     pub config: Arc<Config>,
+    /// Wakes the notifier after a batch wrote events (`call.dialing`, retries, failures).
+    pub events: EventsNudge,
 }
 
 impl WorkerState {
@@ -107,11 +110,13 @@ impl WorkerState {
                     problem: format!("is required with PROVIDER={}", provider.kind()),
                 })
         })?;
+        let events = EventsNudge::from_queue(queue.client(), config.events.queue_url.as_deref());
         Ok(Self {
             pool,
             queue,
             provider,
             config,
+            events,
         })
     }
 }
@@ -357,6 +362,11 @@ async fn process_calls(
         }
     };
 
+    // The claim wrote call.dialing (and call.expired) events: the notifier is woken while
+    // the calls are dialed.
+    let wrote_events = claims
+        .iter()
+        .any(|claim| matches!(claim, Claim::Claimed(_) | Claim::Expired));
     let mut claimed = Vec::new();
     let mut waiting = Vec::new();
     for (delivery, claim) in deliveries.iter().zip(claims) {
@@ -373,7 +383,12 @@ async fn process_calls(
         .instrument(delivery.span.clone())
     }));
     let dialed = dial_claimed(state, claimed, webhook_url).boxed();
-    let (mut outcomes, dialed) = tokio::join!(not_dialed, dialed);
+    let nudge = async {
+        if wrote_events {
+            state.events.send().await;
+        }
+    };
+    let (mut outcomes, dialed, ()) = tokio::join!(not_dialed, dialed, nudge);
     outcomes.extend(dialed);
     outcomes
 }
@@ -539,6 +554,13 @@ async fn dial_claimed(
         }));
     let (mut outcomes, others) = tokio::join!(accepted_outcomes, other_outcomes);
     outcomes.extend(others);
+    // Dials that failed wrote events (a retry scheduled, a failure, the provider's limit).
+    if results
+        .iter()
+        .any(|result| !matches!(result, DialResult::Accepted { .. }))
+    {
+        state.events.send().await;
+    }
     outcomes
 }
 
@@ -608,6 +630,7 @@ async fn conclude(
         DialRecorded::Dialed { early_webhooks } => {
             if !early_webhooks.is_empty() {
                 tracing::info!(applied = ?early_webhooks, "applied webhooks that arrived before the dial was recorded");
+                state.events.send().await;
             }
             MessageOutcome::Dialed
         }

@@ -35,6 +35,7 @@ use super::{
     Provider, ProviderKind, ProviderReport, ReportError, ReportedOutcome, StatusQuery,
     WebhookEvent, WebhookScheme, ATTEMPT_KEY_FIELD, CALL_ID_FIELD,
 };
+use crate::call_result::CallResult;
 use crate::config::{ConfigError, Settings};
 use crate::domain::CallOutcome;
 use crate::webhook_signature::{check_window, hmac_sha256, verify_hex_mac, VerifyError};
@@ -431,7 +432,26 @@ fn end_of(conversation: &Value, source: Source) -> Result<Option<EndOfCall>, Str
         ended_at: started
             .zip(duration)
             .and_then(|(start, duration)| chrono::DateTime::from_timestamp(start + duration, 0)),
+        result: result_of(conversation),
     }))
+}
+
+/// What an ElevenLabs conversation reports beyond the outcome: `analysis.transcript_summary`,
+/// the `transcript` turns (`role`, `message`), and `analysis` itself (call_successful,
+/// data_collection_results, evaluation_criteria_results). It gives no recording link (the
+/// audio comes as its own webhook).
+fn result_of(conversation: &Value) -> Option<CallResult> {
+    let mut result = CallResult::default()
+        .with_summary(
+            conversation
+                .pointer("/analysis/transcript_summary")
+                .and_then(Value::as_str),
+        )
+        .with_analysis(conversation.get("analysis"));
+    if let Some(turns) = conversation.get("transcript").and_then(Value::as_array) {
+        result = result.with_transcript_turns(turns, "role", &["message"]);
+    }
+    result.non_empty()
 }
 
 /// An end reason as stored: at most 255 characters.
@@ -586,6 +606,7 @@ impl WebhookScheme for ElevenLabsWebhooks {
                         .get("event_timestamp")
                         .and_then(Value::as_i64)
                         .and_then(|t| chrono::DateTime::from_timestamp(t, 0)),
+                    result: None,
                 }
             }
             _ => {

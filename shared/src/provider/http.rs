@@ -14,6 +14,7 @@ use super::{
     CallLookup, Dial, DialResult, EndOfCall, InboundWebhook, Provider, ProviderKind,
     ProviderReport, ReportError, ReportedOutcome, StatusQuery, WebhookEvent, WebhookScheme,
 };
+use crate::call_result::CallResult;
 use crate::domain::CallOutcome;
 use crate::problem::FieldError;
 use crate::webhook_signature::{VerifyError, WebhookSecret};
@@ -197,6 +198,7 @@ pub fn parse_report(webhook_id: String, raw: &[u8]) -> Result<ProviderReport, Re
     };
     let duration_sec = parse_duration(take(&mut fields, "durationSec"), &mut errors);
     let completed_at = parse_completed_at(take(&mut fields, "completedAt"), &mut errors);
+    let result = parse_result(take(&mut fields, "result"), &mut errors);
     match (provider_call_id, status) {
         (Some(provider_call_id), Some(status)) if errors.is_empty() => {
             Ok(ProviderReport::from_end(
@@ -206,14 +208,55 @@ pub fn parse_report(webhook_id: String, raw: &[u8]) -> Result<ProviderReport, Re
                 EndOfCall {
                     provider_call_id,
                     outcome: ReportedOutcome::Outcome(status),
-                    end_reason: None,
+                    end_reason: result.as_ref().and_then(|r| r.end_reason.clone()),
                     duration_sec,
                     ended_at: completed_at,
+                    result,
                 },
             ))
         }
         _ => Err(ReportError::Invalid(errors)),
     }
+}
+
+/// The optional `result`: `{summary?, transcript?, transcriptUrl?, recordingUrl?,
+/// analysis?, endReason?}`, each a string but `analysis` (a JSON object). Sizes are bounded
+/// by cutting, not by refusing (a refusal would lose the outcome to endless retries);
+/// values of the wrong type are refused, naming the field.
+fn parse_result(value: Option<Value>, errors: &mut Vec<FieldError>) -> Option<CallResult> {
+    let Value::Object(mut fields) = value? else {
+        errors.push(field_error("result", "must be a JSON object"));
+        return None;
+    };
+    let mut text = |name: &str| match take(&mut fields, name) {
+        None => None,
+        Some(Value::String(text)) => Some(text),
+        Some(_) => {
+            errors.push(field_error(&format!("result.{name}"), "must be a string"));
+            None
+        }
+    };
+    let summary = text("summary");
+    let transcript = text("transcript");
+    let transcript_url = text("transcriptUrl");
+    let recording_url = text("recordingUrl");
+    let end_reason = text("endReason");
+    let analysis = match take(&mut fields, "analysis") {
+        None => None,
+        Some(value @ Value::Object(_)) => Some(value),
+        Some(_) => {
+            errors.push(field_error("result.analysis", "must be a JSON object"));
+            None
+        }
+    };
+    CallResult::default()
+        .with_summary(summary.as_deref())
+        .with_transcript(transcript.as_deref())
+        .with_transcript_url(transcript_url.as_deref())
+        .with_recording_url(recording_url.as_deref())
+        .with_analysis(analysis.as_ref())
+        .with_end_reason(end_reason.as_deref())
+        .non_empty()
 }
 
 /// A field's value; JSON `null` counts as absent.
@@ -371,6 +414,38 @@ mod tests {
                 .unwrap()
                 .duration_sec,
             Some(8)
+        );
+    }
+
+    #[test]
+    fn an_optional_result_is_kept_bounded() {
+        let report = parse(&format!(
+            r#"{{"callId":"pc_3","status":"COMPLETED","result":{{"summary":"Booked Tuesday 10:00.",
+                "transcript":"{}","recordingUrl":"https://cdn.example.com/r/1.wav",
+                "transcriptUrl":"not a url","analysis":{{"booked":true}},"endReason":"customer_hangup"}}}}"#,
+            "a".repeat(crate::call_result::TRANSCRIPT_MAX_BYTES + 5)
+        ))
+        .unwrap();
+        let result = report.result.expect("a result");
+        assert_eq!(result.summary.as_deref(), Some("Booked Tuesday 10:00."));
+        assert!(result.transcript_truncated);
+        assert_eq!(result.transcript_url, None, "not a URL: dropped");
+        assert_eq!(result.analysis, Some(serde_json::json!({"booked": true})));
+        assert_eq!(report.end_reason.as_deref(), Some("customer_hangup"));
+        assert_eq!(
+            field_names(
+                parse(r#"{"callId":"a","status":"BUSY","result":{"summary":1,"analysis":"yes"}}"#)
+                    .unwrap_err()
+            ),
+            ["result.summary", "result.analysis"]
+        );
+        assert_eq!(
+            field_names(parse(r#"{"callId":"a","status":"BUSY","result":[]}"#).unwrap_err()),
+            ["result"]
+        );
+        assert_eq!(
+            parse(r#"{"callId":"a","status":"BUSY"}"#).unwrap().result,
+            None
         );
     }
 

@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::call_result::CallResult;
 use crate::config::{Config, ProviderSettings};
 use crate::domain::CallOutcome;
 use crate::webhook_signature::VerifyError;
@@ -187,6 +188,8 @@ pub struct StatusQuery {
 }
 
 /// The provider's answer about one call.
+// One value per lookup, moved once: boxing the end (and its result) would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallLookup {
     /// The provider has no such call: it was never placed.
@@ -210,6 +213,9 @@ pub struct EndOfCall {
     pub end_reason: Option<String>,
     pub duration_sec: Option<i32>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// What the provider reports beyond the outcome (summary, transcript, recording...),
+    /// bounded; kept on the call as its `result`.
+    pub result: Option<CallResult>,
 }
 
 /// What a report says of its call.
@@ -259,6 +265,8 @@ pub struct ProviderReport {
     pub end_reason: Option<String>,
     pub duration_sec: Option<i32>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The call's result as this report tells it (the end reason included).
+    pub result: Option<CallResult>,
 }
 
 impl ProviderReport {
@@ -274,11 +282,24 @@ impl ProviderReport {
             provider_call_id: end.provider_call_id,
             attempt_key,
             outcome: end.outcome,
+            result: with_end_reason(end.result, end.end_reason.as_deref()),
             end_reason: end.end_reason,
             duration_sec: end.duration_sec,
             completed_at: end.ended_at,
         }
     }
+}
+
+/// A report's result with the provider's end reason in it (every report that names one has
+/// a result, if only that).
+pub fn with_end_reason(result: Option<CallResult>, end_reason: Option<&str>) -> Option<CallResult> {
+    let result = result.unwrap_or_default();
+    let result = if result.end_reason.is_none() {
+        result.with_end_reason(end_reason)
+    } else {
+        result
+    };
+    result.non_empty()
 }
 
 /// A provider: dial, and look a call up.
@@ -409,6 +430,8 @@ impl InboundWebhook<'_> {
 }
 
 /// What a verified webhook says.
+// One value per request, moved once: boxing the report would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookEvent {
     /// The call ended: settle it.
@@ -496,6 +519,9 @@ pub struct OutcomeReport {
     pub status: CallOutcome,
     pub duration_sec: u32,
     pub completed_at: chrono::DateTime<chrono::Utc>,
+    /// The optional result (summary, transcript, links, analysis, end reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<CallResult>,
 }
 
 /// The attempt key as the adapters put it in the provider's metadata.

@@ -23,6 +23,7 @@ use super::{
     EndOfCall, InboundWebhook, Provider, ProviderKind, ProviderReport, ReportError,
     ReportedOutcome, StatusQuery, WebhookEvent, WebhookScheme,
 };
+use crate::call_result::CallResult;
 use crate::config::{ConfigError, Settings};
 use crate::domain::CallOutcome;
 use crate::webhook_signature::{check_window, hmac_sha256, verify_hex_mac, VerifyError};
@@ -293,7 +294,26 @@ fn end_of(call: &Value) -> Result<Option<EndOfCall>, String> {
             .filter(|ms| *ms >= 0)
             .map(|ms| ((ms + 500) / 1000).min(i64::from(i32::MAX)) as i32),
         ended_at: end.and_then(chrono::DateTime::from_timestamp_millis),
+        result: result_of(call),
     }))
+}
+
+/// What a Retell call object reports beyond the outcome: `call_analysis.call_summary`, the
+/// `transcript` (or `transcript_object`'s turns), `recording_url`, and `call_analysis`
+/// itself (custom_analysis_data, in_voicemail, user_sentiment, call_successful).
+fn result_of(call: &Value) -> Option<CallResult> {
+    let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str);
+    let mut result = CallResult::default()
+        .with_summary(text("/call_analysis/call_summary"))
+        .with_transcript(text("/transcript"))
+        .with_recording_url(text("/recording_url"))
+        .with_analysis(call.get("call_analysis"));
+    if result.transcript.is_none() {
+        if let Some(turns) = call.get("transcript_object").and_then(Value::as_array) {
+            result = result.with_transcript_turns(turns, "role", &["content"]);
+        }
+    }
+    result.non_empty()
 }
 
 fn lookup_of(call: &Value) -> CallLookup {

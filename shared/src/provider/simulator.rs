@@ -164,7 +164,11 @@ impl Simulator {
         if let Ok(mut placed) = self.placed.lock() {
             placed.insert(dial.idempotency_key, provider_call_id.clone());
         }
-        self.schedule_callback(dial.webhook_url.clone(), provider_call_id.clone());
+        self.schedule_callback(
+            dial.webhook_url.clone(),
+            provider_call_id.clone(),
+            dial.script_id.clone(),
+        );
         if roll < self.settings.fault_5xx_percent + self.settings.fault_timeout_percent {
             // Placed, but the answer is lost: the worker must retry with the same key.
             return DialResult::Retryable {
@@ -176,7 +180,7 @@ impl Simulator {
         DialResult::Accepted { provider_call_id }
     }
 
-    fn schedule_callback(&self, webhook_url: String, provider_call_id: String) {
+    fn schedule_callback(&self, webhook_url: String, provider_call_id: String, script_id: String) {
         let outcome = self.pick_outcome();
         let duration = self.settings.call_duration;
         let secret = self.secret.clone();
@@ -188,6 +192,7 @@ impl Simulator {
                 status: outcome,
                 duration_sec: duration.as_secs() as u32,
                 completed_at: chrono::Utc::now(),
+                result: Some(simulated_result(outcome, &script_id)),
             };
             let Ok(body) = serde_json::to_vec(&report) else {
                 return;
@@ -219,6 +224,26 @@ impl Simulator {
             }
         });
     }
+}
+
+/// What a real provider reports beyond the outcome, simulated: a conversation for an
+/// answered call, the end reason for every one.
+fn simulated_result(outcome: CallOutcome, script_id: &str) -> crate::call_result::CallResult {
+    let result = crate::call_result::CallResult::default().with_end_reason(Some(&format!(
+        "simulated_{}",
+        outcome.as_str().to_ascii_lowercase()
+    )));
+    if outcome != CallOutcome::Completed {
+        return result;
+    }
+    result
+        .with_summary(Some(&format!(
+            "Simulated call: the callee answered and the agent ran script {script_id}."
+        )))
+        .with_transcript(Some(
+            "agent: Hello, this is a simulated call from Ebra.\nuser: Hi! Yes, that works for me.\nagent: Great, thank you. Goodbye.",
+        ))
+        .with_analysis(Some(&serde_json::json!({"simulated": true, "callSuccessful": true})))
 }
 
 impl Provider for Simulator {

@@ -404,6 +404,7 @@ fn lookup_of(call: &Value) -> CallLookup {
                 .and_then(|d: i64| i32::try_from(d).ok())
                 .filter(|d| *d >= 0),
             ended_at: rfc2822(call.get("end_time")),
+            result: None,
         }),
         None => CallLookup::Live {
             provider_call_id: sid.to_owned(),
@@ -599,15 +600,25 @@ impl WebhookScheme for TwilioWebhooks {
         let duration_sec = param("CallDuration")
             .and_then(|raw| raw.parse::<i32>().ok())
             .filter(|d| *d >= 0);
+        let end_reason = end_reason(status, answered_by, param("SipResponseCode"));
+        // A status callback carries no summary or transcript; a call recorded with
+        // `Record=true` names its recording.
+        let result = crate::provider::with_end_reason(
+            crate::call_result::CallResult::default()
+                .with_recording_url(param("RecordingUrl"))
+                .non_empty(),
+            Some(&end_reason),
+        );
         Ok(WebhookEvent::EndOfCall(ProviderReport {
             webhook_id: format!("twilio:{sid}:{status}"),
             source: ProviderKind::Twilio.report_source(),
             provider_call_id: sid.to_owned(),
             attempt_key,
             outcome: ReportedOutcome::Outcome(outcome),
-            end_reason: Some(end_reason(status, answered_by, param("SipResponseCode"))),
+            end_reason: Some(end_reason),
             duration_sec,
             completed_at: ended_at,
+            result,
         }))
     }
 }

@@ -31,6 +31,7 @@ use super::{
     Provider, ProviderKind, ProviderReport, ReportError, ReportedOutcome, StatusQuery,
     WebhookEvent, WebhookScheme,
 };
+use crate::call_result::CallResult;
 use crate::config::{ConfigError, Settings};
 use crate::domain::CallOutcome;
 use crate::webhook_signature::{
@@ -552,7 +553,33 @@ fn end_of(call: &Value, message: Option<&Value>) -> Result<Option<EndOfCall>, St
         end_reason: reason.map(|r| r.chars().take(255).collect()),
         duration_sec: duration_sec.map(|s| s.min(i64::from(i32::MAX)) as i32),
         ended_at: ended,
+        result: result_of(call, message),
     }))
+}
+
+/// What Vapi reports beyond the outcome, from the message first, then its call:
+/// `analysis.summary`, `artifact.transcript`, `artifact.recordingUrl` (older messages carry
+/// `summary`, `transcript` and `recordingUrl` at the top), and `analysis` itself
+/// (`structuredData`, `successEvaluation`).
+fn result_of(call: &Value, message: Option<&Value>) -> Option<CallResult> {
+    let find = |pointers: &[&str]| {
+        message
+            .into_iter()
+            .chain(std::iter::once(call))
+            .flat_map(|source| pointers.iter().filter_map(move |p| source.pointer(p)))
+            .find(|v| !v.is_null())
+    };
+    let text = |pointers: &[&str]| find(pointers).and_then(Value::as_str);
+    CallResult::default()
+        .with_summary(text(&["/analysis/summary", "/summary"]))
+        .with_transcript(text(&["/artifact/transcript", "/transcript"]))
+        .with_recording_url(text(&[
+            "/artifact/recordingUrl",
+            "/recordingUrl",
+            "/artifact/recording/mono/combinedUrl",
+        ]))
+        .with_analysis(find(&["/analysis"]))
+        .non_empty()
 }
 
 fn lookup_of(call: &Value) -> CallLookup {

@@ -26,6 +26,8 @@ pub struct NewCall {
     pub expires_at: Option<DateTime<Utc>>,
     /// The client's `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
+    /// Where this call's events are also sent (checked by the caller).
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -61,10 +63,11 @@ pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
         .min(MAX_DELAY)
 }
 
-/// Inserts a call in one statement (one commit), with its outbox mark when it can be dialed
-/// soon: due within SQS's delay horizon, and a slot free that no other message is already
-/// on its way to (fewer calls marked than slots free, both counted up to `cap`). Otherwise
-/// the call is parked, with no message: SQS traffic follows dials, not the backlog.
+/// Inserts a call in one statement (one commit), with its `call.created` event and its
+/// outbox mark when it can be dialed soon: due within SQS's delay horizon, and a slot free
+/// that no other message is already on its way to (fewer calls marked than slots free,
+/// both counted up to `cap`). Otherwise the call is parked, with no message: SQS traffic
+/// follows dials, not the backlog.
 pub async fn create_call(
     pool: &Pool,
     new: &NewCall,
@@ -82,13 +85,20 @@ pub async fn create_call(
         None => (None, None),
     };
     let sql = format!(
-        "INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-             next_run_at, outbox_due_at, idempotency_key, request_hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
-             CASE WHEN $11 AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8) END, \
-             $9, $10) \
-         ON CONFLICT (idempotency_key) DO NOTHING \
-         RETURNING {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged"
+        "WITH created AS ( \
+             INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
+                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, sequence) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
+                 CASE WHEN $11 AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8) END, \
+                 $9, $10, $13, 1) \
+             ON CONFLICT (idempotency_key) DO NOTHING \
+             RETURNING *), \
+         event AS ( \
+             INSERT INTO call_events (id, call_id, sequence, type, data) \
+             SELECT $14, c.id, c.sequence, 'call.created', {} FROM created c RETURNING 1) \
+         SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
+                (SELECT count(*) FROM event) AS events FROM created",
+        super::events::snapshot_sql("c")
     );
     let inserted = query_opt(
         &client,
@@ -106,6 +116,8 @@ pub async fn create_call(
             &hash,
             &due_within_horizon,
             &(cap as i32),
+            &new.callback_url,
+            &Uuid::now_v7(),
         ],
     )
     .await?;
@@ -439,13 +451,21 @@ pub async fn patch_call(
     Ok(Changed::Done { call, enqueue })
 }
 
+/// Cancels a PENDING call, with its `call.canceled` event, in one statement.
 pub async fn cancel_call(pool: &Pool, id: Uuid) -> StoreResult<Changed> {
     let client = pool.get().await?;
     let sql = format!(
-        "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), outbox_due_at = NULL \
-         WHERE id = $1 AND status = 'PENDING' RETURNING {CALL_COLUMNS}"
+        "WITH canceled AS ( \
+             UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
+                    sequence = sequence + 1 \
+              WHERE id = $1 AND status = 'PENDING' RETURNING *), \
+         event AS ( \
+             INSERT INTO call_events (id, call_id, sequence, type, data) \
+             SELECT $2, c.id, c.sequence, 'call.canceled', {} FROM canceled c RETURNING 1) \
+         SELECT {CALL_COLUMNS}, (SELECT count(*) FROM event) AS events FROM canceled",
+        super::events::snapshot_sql("c")
     );
-    if let Some(row) = query_opt(&client, &sql, &[&id]).await? {
+    if let Some(row) = query_opt(&client, &sql, &[&id, &Uuid::now_v7()]).await? {
         return Ok(Changed::Done {
             call: call_from_row(&row)?,
             enqueue: None,

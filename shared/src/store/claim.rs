@@ -13,7 +13,9 @@
 //!    transactions can hold one slot, so no more than the cap can be in progress, under any
 //!    number of workers;
 //! 4. mark the calls that got a slot IN_PROGRESS and record their attempts with their
-//!    idempotency keys.
+//!    idempotency keys;
+//! 5. write their `call.dialing` events (and `call.expired` for calls found past their
+//!    expiry), one statement for the batch.
 //!
 //! The dials happen after the commit, outside any transaction.
 
@@ -23,8 +25,10 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use super::events::record_events;
 use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
+use crate::events::EventType;
 use crate::provider::PriorDial;
 
 /// A call this worker now holds a slot for, ready to dial.
@@ -120,6 +124,8 @@ pub async fn claim_calls(
     // Claimed calls whose key an earlier dial used: (index, id, key, attempt).
     let mut reused_keys: Vec<(usize, Uuid, Uuid, i32)> = Vec::new();
     let mut phones = HashSet::new();
+    // The events of the changes this transaction makes, written together before the commit.
+    let mut events: Vec<(Uuid, EventType)> = Vec::new();
     for (index, &call_id) in call_ids.iter().enumerate() {
         if !seen.insert(call_id) {
             claims[index] = Some(Claim::Duplicate);
@@ -131,7 +137,7 @@ pub async fn claim_calls(
         };
         let status = super::parse_status(row.try_get("status")?)?;
         if status == CallStatus::InProgress {
-            claims[index] = Some(redial_unknown(&tx, call_id, row).await?);
+            claims[index] = Some(redial_unknown(&tx, call_id, row, &mut events).await?);
             continue;
         }
         if status != CallStatus::Pending {
@@ -170,11 +176,13 @@ pub async fn claim_calls(
         execute(
             &tx,
             "UPDATE calls SET status = 'EXPIRED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
-                    last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed' \
+                    last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed', \
+                    sequence = sequence + 1 \
               WHERE id = ANY($1)",
             &[&expired],
         )
         .await?;
+        events.extend(expired.iter().map(|id| (*id, EventType::Expired)));
     }
 
     if !candidates.is_empty() {
@@ -213,7 +221,8 @@ pub async fn claim_calls(
                    FROM paired WHERE s.slot_no = paired.slot_no RETURNING s.slot_no), \
              started AS ( \
                  UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \
-                        updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL \
+                        updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
+                        sequence = sequence + 1 \
                    FROM paired WHERE calls.id = paired.id RETURNING calls.id), \
              attempt AS ( \
                  INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
@@ -270,6 +279,7 @@ pub async fn claim_calls(
             if row.try_get::<_, bool>("key_reused")? {
                 reused_keys.push((index, call_id, idempotency_key, attempt_no));
             }
+            events.push((call_id, EventType::Dialing));
             claims[index] = Some(Claim::Claimed(ClaimedCall {
                 call_id,
                 attempt_id: row.try_get("attempt_id")?,
@@ -291,6 +301,7 @@ pub async fn claim_calls(
             claimed.prior = Some(prior);
         }
     }
+    record_events(&tx, &events).await?;
     clear_delivery_marks(&tx, &settle_marks).await?;
     tx.commit().await?;
     claims
@@ -311,6 +322,7 @@ async fn redial_unknown(
     tx: &Transaction<'_>,
     call_id: Uuid,
     call: &tokio_postgres::Row,
+    events: &mut Vec<(Uuid, EventType)>,
 ) -> StoreResult<Claim> {
     let attempts: i32 = call.try_get("attempts")?;
     let limited_dials: i32 = call.try_get("limited_dials")?;
@@ -341,7 +353,8 @@ async fn redial_unknown(
     execute(
         tx,
         "WITH redial AS ( \
-             UPDATE calls SET attempts = $3, started_at = now(), updated_at = now() \
+             UPDATE calls SET attempts = $3, started_at = now(), updated_at = now(), \
+                    sequence = sequence + 1 \
               WHERE id = $1 RETURNING id) \
          INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
          SELECT $2, id, $3, $4, $5 FROM redial",
@@ -354,6 +367,7 @@ async fn redial_unknown(
         ],
     )
     .await?;
+    events.push((call_id, EventType::Dialing));
     let prior = prior_dial(tx, call_id, idempotency_key, attempt_no).await?;
     Ok(Claim::Claimed(ClaimedCall {
         call_id,

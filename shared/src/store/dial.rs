@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::claim::ClaimedCall;
+use super::events::record_event;
 use super::settle::{apply_held_reports, lock_provider_calls, Settlement};
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
 use crate::config::Config;
 use crate::domain::{CallOutcome, CallStatus};
+use crate::events::EventType;
 use crate::provider::DialResult;
 use crate::queue::Enqueue;
 
@@ -235,12 +237,13 @@ async fn record_failure(
             let next_run_at: DateTime<Utc> = super::query_one(
                 tx,
                 "UPDATE calls SET next_run_at = now() + make_interval(secs => $2), last_error = $3, \
-                        updated_at = now() \
+                        updated_at = now(), sequence = sequence + 1 \
                   WHERE id = $1 RETURNING next_run_at",
                 &[&claimed.call_id, &seconds(delay), &error],
             )
             .await?
             .try_get(0)?;
+            record_event(tx, claimed.call_id, EventType::RetryScheduled).await?;
             return Ok((
                 DialRecorded::RetryScheduled { next_run_at, delay },
                 Vec::new(),
@@ -268,12 +271,13 @@ async fn record_failure(
             let next_run_at: DateTime<Utc> = super::query_one(
                 tx,
                 "UPDATE calls SET status = 'PENDING', next_run_at = now() + make_interval(secs => $2), \
-                        last_error = $3, retry_dial_key = $4, updated_at = now() \
+                        last_error = $3, retry_dial_key = $4, updated_at = now(), sequence = sequence + 1 \
                   WHERE id = $1 RETURNING next_run_at",
                 &[&claimed.call_id, &seconds(delay), &error, &claimed.idempotency_key],
             )
             .await?
             .try_get(0)?;
+            record_event(tx, claimed.call_id, EventType::RetryScheduled).await?;
             DialRecorded::RetryScheduled { next_run_at, delay }
         }
         _ => {
@@ -281,7 +285,7 @@ async fn record_failure(
                 Some(_) => format!("{error} (after {attempts} attempts)"),
                 None => error.to_owned(),
             };
-            fail_call(tx, claimed.call_id, &error).await?;
+            fail_call(tx, claimed.call_id, &error, None).await?;
             DialRecorded::Failed { error }
         }
     };
@@ -336,7 +340,8 @@ async fn record_limited(
 
 /// Puts a call whose dial hit the provider's concurrency limit back to PENDING: the slot
 /// released, the dial not counted (`limited_dials`), the next try after a backoff that
-/// grows with the call's limited dials. Returns when it is due.
+/// grows with the call's limited dials, a `call.retry_scheduled` event. Returns when it is
+/// due.
 pub(crate) async fn wait_for_provider_room(
     tx: &Transaction<'_>,
     call_id: Uuid,
@@ -355,24 +360,59 @@ pub(crate) async fn wait_for_provider_room(
         tx,
         "UPDATE calls SET status = 'PENDING', limited_dials = limited_dials + 1, \
                 next_run_at = now() + make_interval(secs => $2), last_error = $3, \
-                retry_dial_key = NULL, updated_at = now() \
+                retry_dial_key = NULL, updated_at = now(), sequence = sequence + 1 \
           WHERE id = $1 RETURNING next_run_at",
         &[&call_id, &seconds(delay), &error],
     )
     .await?
     .try_get(0)?;
+    record_event(tx, call_id, EventType::RetryScheduled).await?;
     Ok((next_run_at, delay))
 }
 
-/// Moves a call to FAILED with `error` as its `lastError`.
-pub(crate) async fn fail_call(tx: &Transaction<'_>, call_id: Uuid, error: &str) -> StoreResult<()> {
+/// What a provider reported about the dial that failed a call.
+pub(crate) struct FailureReport<'a> {
+    pub outcome: &'a str,
+    pub duration_sec: Option<i32>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub result: Option<serde_json::Value>,
+}
+
+/// Moves a call to FAILED with `error` as its `lastError` (and what the provider reported,
+/// when a report failed it), with its `call.failed` event.
+pub(crate) async fn fail_call(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    error: &str,
+    reported: Option<FailureReport<'_>>,
+) -> StoreResult<()> {
+    let (outcome, duration_sec, ended_at, result) = match &reported {
+        Some(r) => (
+            Some(r.outcome),
+            r.duration_sec,
+            r.ended_at,
+            r.result.clone(),
+        ),
+        None => (None, None, None, None),
+    };
     execute(
         tx,
-        "UPDATE calls SET status = 'FAILED', ended_at = now(), updated_at = now(), last_error = $2, \
-                outbox_due_at = NULL, retry_dial_key = NULL \
+        "UPDATE calls SET status = 'FAILED', ended_at = COALESCE($4, now()), updated_at = now(), \
+                last_error = $2, outbox_due_at = NULL, retry_dial_key = NULL, \
+                outcome = COALESCE($3, outcome), \
+                duration_sec = CASE WHEN $3::text IS NULL THEN duration_sec ELSE $5 END, \
+                result = CASE WHEN $3::text IS NULL THEN result ELSE $6 END, \
+                sequence = sequence + 1 \
           WHERE id = $1",
-        &[&call_id, &error],
+        &[
+            &call_id,
+            &error,
+            &outcome,
+            &ended_at,
+            &duration_sec,
+            &result,
+        ],
     )
     .await?;
-    Ok(())
+    record_event(tx, call_id, EventType::Failed).await
 }

@@ -9,19 +9,26 @@
 //! - [`slots`]: releasing slots and nudging waiting calls (invariant 8).
 //! - [`webhooks`]: the provider's reports received for a call (the console's timeline).
 //! - [`history`]: calls in progress per minute, from the dials (the console's chart).
+//! - [`events`]: the outbox of outbound events, written in the transaction of each change.
+//! - [`endpoints`]: the webhook endpoints clients register.
+//! - [`deliveries`]: the notifier's fan-out, claims and records of event deliveries.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::call_result::CallResult;
 use crate::domain::{CallOutcome, CallStatus, DialOutcome};
 
 pub mod calls;
 pub mod claim;
+pub mod deliveries;
 pub mod dial;
+pub mod endpoints;
+pub mod events;
 pub mod history;
 pub mod settle;
 pub mod slots;
@@ -90,7 +97,7 @@ pub(crate) async fn execute<C: GenericClient>(
 }
 
 /// A call as clients see it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Call {
     pub id: Uuid,
@@ -100,6 +107,9 @@ pub struct Call {
     pub script_id: String,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    /// Where this call's events are also sent (signed with the deployment's callback
+    /// secret).
+    pub callback_url: Option<String>,
     pub status: CallStatus,
     /// Dials made so far.
     pub attempts: i32,
@@ -108,6 +118,9 @@ pub struct Call {
     /// What the provider reported for the last settled dial.
     pub outcome: Option<CallOutcome>,
     pub duration_sec: Option<i32>,
+    /// What the provider reported beyond the outcome for the last settled dial: summary,
+    /// transcript (or its link), recording link, analysis, end reason.
+    pub result: Option<CallResult>,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     /// When the call may next be dialed.
@@ -116,10 +129,13 @@ pub struct Call {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// How many events the call has had: each event carries the value right after its
+    /// change, so a receiver can order a call's events and drop stale ones.
+    pub sequence: i64,
 }
 
 /// One dial of a call: the audit trail.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DialAttempt {
     pub attempt: i32,
@@ -142,7 +158,7 @@ pub struct DialAttempt {
 
 pub(crate) const CALL_COLUMNS: &str = "id, phone, script_id, metadata, status, attempts, \
     max_attempts, last_error, outcome, duration_sec, scheduled_at, expires_at, next_run_at, \
-    created_at, updated_at, started_at, ended_at";
+    created_at, updated_at, started_at, ended_at, sequence, result, callback_url";
 
 pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
     let status: String = row.try_get("status")?;
@@ -152,6 +168,7 @@ pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
         to: row.try_get("phone")?,
         script_id: row.try_get("script_id")?,
         metadata: row.try_get("metadata")?,
+        callback_url: row.try_get("callback_url")?,
         status: status
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("call status {status:?}")))?,
@@ -160,6 +177,10 @@ pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
         last_error: row.try_get("last_error")?,
         outcome: parse_outcome(outcome)?,
         duration_sec: row.try_get("duration_sec")?,
+        result: row
+            .try_get::<_, Option<serde_json::Value>>("result")?
+            .as_ref()
+            .and_then(CallResult::from_stored),
         scheduled_at: row.try_get("scheduled_at")?,
         expires_at: row.try_get("expires_at")?,
         next_run_at: row.try_get("next_run_at")?,
@@ -167,6 +188,7 @@ pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
         updated_at: row.try_get("updated_at")?,
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
+        sequence: row.try_get("sequence")?,
     })
 }
 

@@ -8,11 +8,14 @@
 
 use uuid::Uuid;
 
-use super::dial::{fail_call, wait_for_provider_room, RetryPolicy};
+use super::dial::{fail_call, wait_for_provider_room, FailureReport, RetryPolicy};
+use super::events::record_event;
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
+use crate::call_result::CallResult;
 use crate::domain::{CallOutcome, CallStatus};
+use crate::events::EventType;
 pub use crate::provider::ProviderReport;
 use crate::provider::ReportedOutcome;
 use crate::queue::{Enqueue, MAX_DELAY};
@@ -82,8 +85,8 @@ pub async fn settle_from_webhook(
     let stored = query_opt(
         &tx,
         "INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at, \
-                provider, attempt_key, end_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+                provider, attempt_key, end_reason, result) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
         &[
             &report.webhook_id,
             &report.provider_call_id,
@@ -93,6 +96,7 @@ pub async fn settle_from_webhook(
             &report.source,
             &report.attempt_key,
             &report.end_reason,
+            &stored_result(report),
         ],
     )
     .await?;
@@ -125,7 +129,7 @@ pub(crate) async fn apply_held_reports(
 ) -> StoreResult<(Vec<Settlement>, Vec<Enqueue>)> {
     let rows = query(
         tx,
-        "SELECT webhook_id, status, duration_sec, completed_at, provider, attempt_key, end_reason \
+        "SELECT webhook_id, status, duration_sec, completed_at, provider, attempt_key, end_reason, result \
            FROM provider_webhooks \
           WHERE provider_call_id = $1 AND applied_at IS NULL ORDER BY received_at",
         &[&provider_call_id],
@@ -158,6 +162,10 @@ pub(crate) async fn apply_held_reports(
             end_reason: row.try_get("end_reason")?,
             duration_sec: row.try_get("duration_sec")?,
             completed_at: row.try_get("completed_at")?,
+            result: row
+                .try_get::<_, Option<serde_json::Value>>("result")?
+                .as_ref()
+                .and_then(CallResult::from_stored),
         };
         let (settlement, mut more) = apply_report(tx, &attempt, &report, policy).await?;
         settlements.push(settlement);
@@ -274,10 +282,17 @@ async fn apply_report(
         > 0;
 
     let mut messages = Vec::new();
-    let settlement = if !first_report {
-        Settlement::AlreadySettled { call_id }
-    } else if status.is_terminal() {
-        Settlement::CallFinal { call_id }
+    let settlement = if !first_report || status.is_terminal() {
+        // A later report of the call's last dial (Retell's analysis after the end of the
+        // call) fills in what the call's result lacks.
+        if attempt.attempt_no == attempts {
+            fill_in_result(tx, call_id, report).await?;
+        }
+        if first_report {
+            Settlement::CallFinal { call_id }
+        } else {
+            Settlement::AlreadySettled { call_id }
+        }
     } else if attempt.attempt_no != attempts {
         Settlement::Superseded { call_id }
     } else {
@@ -332,6 +347,35 @@ async fn apply_report(
     Ok((settlement, messages))
 }
 
+/// The report's result as stored (`jsonb`), when it has one.
+fn stored_result(report: &ProviderReport) -> Option<serde_json::Value> {
+    report.result.as_ref().map(CallResult::to_json)
+}
+
+/// Adds what `report`'s result has and the call's lacks (fields already there are kept),
+/// with a `call.result_updated` event when that changed anything.
+async fn fill_in_result(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    report: &ProviderReport,
+) -> StoreResult<()> {
+    let Some(result) = stored_result(report) else {
+        return Ok(());
+    };
+    let changed = execute(
+        tx,
+        "UPDATE calls SET result = $2::jsonb || COALESCE(result, '{}'::jsonb), updated_at = now(), \
+                sequence = sequence + 1 \
+          WHERE id = $1 AND result IS DISTINCT FROM $2::jsonb || COALESCE(result, '{}'::jsonb)",
+        &[&call_id, &result],
+    )
+    .await?;
+    if changed > 0 {
+        record_event(tx, call_id, EventType::ResultUpdated).await?;
+    }
+    Ok(())
+}
+
 struct SettleContext {
     /// The call was IN_PROGRESS (it holds a slot), not waiting for a redial already.
     held_slot: bool,
@@ -358,11 +402,11 @@ async fn settle_outcome(
     let redial = policy.redial_outcomes.contains(&outcome);
     Ok(match outcome {
         CallOutcome::Completed | CallOutcome::Voicemail if !redial => {
-            end_call_as(tx, call_id, "COMPLETED", outcome, report).await?;
+            end_call_as(tx, call_id, CallStatus::Completed, outcome, report).await?;
             CallStatus::Completed
         }
         CallOutcome::Canceled if !redial => {
-            end_call_as(tx, call_id, "CANCELED", outcome, report).await?;
+            end_call_as(tx, call_id, CallStatus::Canceled, outcome, report).await?;
             CallStatus::Canceled
         }
         _ if redial && context.budget_left && context.held_slot => {
@@ -376,7 +420,8 @@ async fn settle_outcome(
                 tx,
                 "UPDATE calls SET status = 'PENDING', outcome = $2, duration_sec = $3, \
                         last_error = $4, next_run_at = now() + make_interval(secs => $5), \
-                        outbox_due_at = now() + make_interval(secs => $6), updated_at = now() \
+                        outbox_due_at = now() + make_interval(secs => $6), updated_at = now(), \
+                        result = $7, sequence = sequence + 1 \
                   WHERE id = $1",
                 &[
                     &call_id,
@@ -385,9 +430,11 @@ async fn settle_outcome(
                     &format!("provider reported {outcome}"),
                     &seconds(delay),
                     &seconds(message_delay),
+                    &stored_result(report),
                 ],
             )
             .await?;
+            record_event(tx, call_id, EventType::RetryScheduled).await?;
             messages.push(Enqueue {
                 call_id,
                 delay: message_delay,
@@ -406,11 +453,16 @@ async fn settle_outcome(
             } else {
                 format!("provider reported {outcome}")
             };
-            fail_call(tx, call_id, &error).await?;
-            execute(
+            fail_call(
                 tx,
-                "UPDATE calls SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, ended_at) WHERE id = $1",
-                &[&call_id, &outcome.as_str(), &report.duration_sec, &report.completed_at],
+                call_id,
+                &error,
+                Some(FailureReport {
+                    outcome: outcome.as_str(),
+                    duration_sec: report.duration_sec,
+                    ended_at: report.completed_at,
+                    result: stored_result(report),
+                }),
             )
             .await?;
             CallStatus::Failed
@@ -418,11 +470,11 @@ async fn settle_outcome(
     })
 }
 
-/// Ends a call with `status` and the reported outcome.
+/// Ends a call with `status` and the reported outcome and result, with its event.
 async fn end_call_as(
     tx: &Transaction<'_>,
     call_id: Uuid,
-    status: &str,
+    status: CallStatus,
     outcome: CallOutcome,
     report: &ProviderReport,
 ) -> StoreResult<()> {
@@ -430,18 +482,22 @@ async fn end_call_as(
         tx,
         "UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
                 ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
-                retry_dial_key = NULL \
+                retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
           WHERE id = $1",
         &[
             &call_id,
             &outcome.as_str(),
             &report.duration_sec,
             &report.completed_at,
-            &status,
+            &status.as_str(),
+            &stored_result(report),
         ],
     )
     .await?;
-    Ok(())
+    let kind = EventType::of_terminal(status).ok_or_else(|| {
+        super::StoreError::Corrupt(format!("a call ended as {status}, which is not an end"))
+    })?;
+    record_event(tx, call_id, kind).await
 }
 
 /// A report that the provider did not run the call for its account's concurrency limit:

@@ -9,11 +9,13 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dial::{fail_call, RetryPolicy};
+use super::events::{record_events, snapshot_sql};
 use super::slots::{
     nudge_waiting_calls, release_slot, MESSAGE_ON_ITS_WAY_SECONDS, NUDGE_QUIET_SECONDS,
 };
 use super::{execute, query, query_one, seconds, Pool, StoreResult};
 use crate::backoff;
+use crate::events::EventType;
 use crate::queue::{Enqueue, MAX_DELAY};
 
 /// How many rows one pass takes per statement.
@@ -163,6 +165,7 @@ pub async fn reclaim_stale_calls(
     .await?;
     let mut report = StaleReclaimed::default();
     let mut messages = Vec::new();
+    let mut retried = Vec::new();
     for row in &rows {
         let call_id: Uuid = row.try_get("id")?;
         let attempts: i32 = row.try_get("counted")?;
@@ -202,11 +205,12 @@ pub async fn reclaim_stale_calls(
                 &tx,
                 "UPDATE calls SET status = 'PENDING', next_run_at = now() + make_interval(secs => $2), \
                         outbox_due_at = now() + make_interval(secs => $3), last_error = $4, \
-                        retry_dial_key = $5, updated_at = now() \
+                        retry_dial_key = $5, updated_at = now(), sequence = sequence + 1 \
                   WHERE id = $1",
                 &[&call_id, &seconds(delay), &seconds(message_delay), &error, &retry_key],
             )
             .await?;
+            retried.push((call_id, EventType::RetryScheduled));
             messages.push(Enqueue {
                 call_id,
                 delay: message_delay,
@@ -218,10 +222,11 @@ pub async fn reclaim_stale_calls(
             } else {
                 format!("{error} (after {attempts} attempts)")
             };
-            fail_call(&tx, call_id, &error).await?;
+            fail_call(&tx, call_id, &error, None).await?;
             report.failed += 1;
         }
     }
+    record_events(&tx, &retried).await?;
     if !rows.is_empty() {
         messages.extend(nudge_waiting_calls(&tx, rows.len() as i64).await?);
     }
@@ -261,25 +266,30 @@ pub async fn resend_unconfirmed_messages(
         .collect()
 }
 
-/// PENDING calls past their `expiresAt`, or older than `max_pending_age`: EXPIRED.
+/// PENDING calls past their `expiresAt`, or older than `max_pending_age`: EXPIRED, each with
+/// its `call.expired` event, in one statement.
 pub async fn expire_pending_calls(
     pool: &Pool,
     max_pending_age: Option<Duration>,
 ) -> StoreResult<u64> {
     let client = pool.get().await?;
-    let rows = query(
-        &client,
-        "UPDATE calls SET status = 'EXPIRED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
-                last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed' \
-          WHERE id IN (SELECT id FROM calls \
-                        WHERE status = 'PENDING' \
-                          AND (expires_at <= now() \
-                               OR ($1::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $1))) \
-                        LIMIT $2 FOR UPDATE SKIP LOCKED) \
-          RETURNING id",
-        &[&max_pending_age.map(seconds), &BATCH],
-    )
-    .await?;
+    let sql = format!(
+        "WITH expired AS ( \
+             UPDATE calls SET status = 'EXPIRED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
+                    last_error = COALESCE(last_error || '; ', '') || 'expired before it could be dialed', \
+                    sequence = sequence + 1 \
+              WHERE id IN (SELECT id FROM calls \
+                            WHERE status = 'PENDING' \
+                              AND (expires_at <= now() \
+                                   OR ($1::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $1))) \
+                            LIMIT $2 FOR UPDATE SKIP LOCKED) \
+              RETURNING *) \
+         INSERT INTO call_events (id, call_id, sequence, type, data) \
+         SELECT gen_random_uuid(), c.id, c.sequence, 'call.expired', {} FROM expired c \
+         RETURNING call_id",
+        snapshot_sql("c")
+    );
+    let rows = query(&client, &sql, &[&max_pending_age.map(seconds), &BATCH]).await?;
     Ok(rows.len() as u64)
 }
 

@@ -271,10 +271,16 @@ fn conversation(placement: &Placement, line: Line) -> Value {
         },
         "analysis": if over {
             json!({
-                "evaluation_criteria_results": {},
-                "data_collection_results": {},
+                "evaluation_criteria_results": {
+                    "renewal_confirmed": {"criteria_id": "renewal_confirmed", "result": "success",
+                                          "rationale": "The customer said yes."},
+                },
+                "data_collection_results": {
+                    "renewal_date": {"data_collection_id": "renewal_date", "value": "2027-01-01",
+                                     "rationale": "Stated by the customer."},
+                },
                 "call_successful": if answered { "success" } else { "failure" },
-                "transcript_summary": "The customer confirmed the renewal date.",
+                "transcript_summary": SUMMARY,
                 "call_summary_title": "Renewal",
             })
         } else {
@@ -294,6 +300,8 @@ fn conversation(placement: &Placement, line: Line) -> Value {
         "transcript": transcript,
     })
 }
+
+const SUMMARY: &str = "The customer confirmed the renewal date.";
 
 /// A conversation as the list returns it (`ConversationSummaryResponseModel`).
 fn summary(placement: &Placement, line: Line) -> Value {
@@ -773,6 +781,16 @@ impl Contract for ElevenLabsWith {
         ProviderKind::ElevenLabs
     }
 
+    fn expected_result(&self, _placement: &Placement) -> Value {
+        json!({
+            "summary": SUMMARY,
+            "transcript": "agent: Hi, this is Ebra calling about your renewal.\nuser: Yes, go ahead.",
+            "analysis": {"call_successful": "success", "transcript_summary": SUMMARY,
+                         "data_collection_results": {"renewal_date": {"data_collection_id": "renewal_date",
+                             "value": "2027-01-01", "rationale": "Stated by the customer."}}},
+        })
+    }
+
     fn start(&self) -> BoxFuture<'static, Fake> {
         self.start_fake()
     }
@@ -1035,5 +1053,8 @@ impl Contract for ElevenLabs {
     }
     fn limited_end_reason(&self) -> Option<&'static str> {
         ElevenLabsWith::TWILIO.limited_end_reason()
+    }
+    fn expected_result(&self, placement: &Placement) -> Value {
+        ElevenLabsWith::TWILIO.expected_result(placement)
     }
 }

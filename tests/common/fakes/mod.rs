@@ -282,6 +282,13 @@ pub trait Contract: Send + Sync {
     /// provider reports one that way.
     fn limited_end_reason(&self) -> Option<&'static str>;
 
+    /// What the call's `result` must hold (beside the end reason) once a connected call's
+    /// end is reported (webhook or lookup): the fields the provider's report carries. The
+    /// analysis is compared as a subset. Twilio's status callbacks carry none.
+    fn expected_result(&self, _placement: &Placement) -> Value {
+        serde_json::json!({})
+    }
+
     /// The dial body the provider would have received for a call placed to `to` with
     /// Ebra's attempt `key` (for placements a scenario makes directly in the fake's book).
     /// The default is the shape of Retell's (`metadata` carries Ebra's keys).

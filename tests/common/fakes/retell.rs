@@ -66,7 +66,31 @@ fn call_object(placement: &Placement) -> Value {
         call["end_timestamp"] = json!(start + 42_400);
         call["duration_ms"] = json!(42_400);
     }
+    if status == "ended" {
+        // A connected call: what Retell's call object carries once it ended (the analysis
+        // comes with call_analyzed, and with every later read).
+        call["transcript"] = json!(TRANSCRIPT);
+        call["recording_url"] = json!(recording_url(placement));
+        call["call_analysis"] = json!({
+            "call_summary": SUMMARY,
+            "in_voicemail": false,
+            "user_sentiment": "Positive",
+            "call_successful": true,
+            "custom_analysis_data": {"renewal_confirmed": true},
+        });
+    }
     call
+}
+
+const TRANSCRIPT: &str =
+    "Agent: Hi, this is Ebra calling about your renewal.\nUser: Yes, renew it please.\n";
+const SUMMARY: &str = "The customer asked to renew.";
+
+fn recording_url(placement: &Placement) -> String {
+    format!(
+        "https://dxc03zgurdly9.cloudfront.net/{}/recording.wav",
+        placement.provider_call_id
+    )
 }
 
 async fn create_phone_call(State(shared): State<Shared>, request: Request<Body>) -> Response {
@@ -192,6 +216,16 @@ fn event(placement: &Placement, event: &str, reason: Option<&str>) -> Vec<u8> {
 impl Contract for Retell {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Retell
+    }
+
+    fn expected_result(&self, placement: &Placement) -> Value {
+        json!({
+            "summary": SUMMARY,
+            "transcript": TRANSCRIPT.trim(),
+            "recordingUrl": recording_url(placement),
+            "analysis": {"call_summary": SUMMARY, "in_voicemail": false, "user_sentiment": "Positive",
+                         "call_successful": true, "custom_analysis_data": {"renewal_confirmed": true}},
+        })
     }
 
     fn start(&self) -> BoxFuture<'static, Fake> {

@@ -183,6 +183,8 @@ fn call_object(placement: &Placement, view: View) -> Value {
             call["endedAt"] = json!(iso(ended));
             call["updatedAt"] = json!(iso(ended));
             call["cost"] = json!(0.0712);
+            call["artifact"] = artifact(placement);
+            call["analysis"] = analysis();
         }
         (View::Current, None) | (View::Snapshot, _) => {
             call["status"] = json!("in-progress");
@@ -576,13 +578,8 @@ pub fn report_body(placement: &Placement, reason: &str) -> Vec<u8> {
         "call": call_object(placement, View::Snapshot),
         "phoneNumber": {"id": PHONE_NUMBER_ID, "number": FROM_NUMBER, "provider": "twilio"},
         "customer": {"number": placement.to},
-        "artifact": {
-            "messages": [],
-            "messagesOpenAIFormatted": [],
-            "transcript": "AI: Hi, this is Ebra calling about your renewal.\nUser: Thanks, bye.\n",
-            "recordingUrl": format!("https://storage.vapi.ai/{}-mono.wav", placement.provider_call_id),
-        },
-        "analysis": {"summary": "The customer confirmed the renewal.", "successEvaluation": "true"},
+        "artifact": artifact(placement),
+        "analysis": analysis(),
         "startedAt": iso(started),
         "endedAt": iso(ended),
         "cost": 0.0712,
@@ -592,6 +589,34 @@ pub fn report_body(placement: &Placement, reason: &str) -> Vec<u8> {
     }})
     .to_string()
     .into_bytes()
+}
+
+const TRANSCRIPT: &str = "AI: Hi, this is Ebra calling about your renewal.\nUser: Thanks, bye.\n";
+const SUMMARY: &str = "The customer confirmed the renewal.";
+
+/// What an ended call's `artifact` holds (in an end-of-call report, and on the call).
+fn artifact(placement: &Placement) -> Value {
+    json!({
+        "messages": [],
+        "messagesOpenAIFormatted": [],
+        "transcript": TRANSCRIPT,
+        "recordingUrl": recording_url(placement),
+    })
+}
+
+fn recording_url(placement: &Placement) -> String {
+    format!(
+        "https://storage.vapi.ai/{}-mono.wav",
+        placement.provider_call_id
+    )
+}
+
+fn analysis() -> Value {
+    json!({
+        "summary": SUMMARY,
+        "structuredData": {"renewal_confirmed": true},
+        "successEvaluation": "true",
+    })
 }
 
 /// A `status-update` for `placement` with `status` (and `endedReason`, when given).
@@ -643,6 +668,15 @@ fn start(limit: LimitAnswer) -> BoxFuture<'static, Fake> {
 impl Contract for Vapi {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Vapi
+    }
+
+    fn expected_result(&self, placement: &Placement) -> Value {
+        json!({
+            "summary": SUMMARY,
+            "transcript": TRANSCRIPT.trim(),
+            "recordingUrl": recording_url(placement),
+            "analysis": analysis(),
+        })
     }
 
     fn start(&self) -> BoxFuture<'static, Fake> {
@@ -1017,6 +1051,10 @@ impl Contract for VapiBlockedCreate {
 
     fn check_dial(&self, seen: &Seen, expected: &ExpectedDial<'_>) {
         Vapi.check_dial(seen, expected)
+    }
+
+    fn expected_result(&self, placement: &Placement) -> Value {
+        Vapi.expected_result(placement)
     }
 
     fn end_of_call(&self, placement: &Placement, reason: &str, base: &str) -> Delivery {
