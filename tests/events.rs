@@ -1071,6 +1071,77 @@ async fn an_endpoint_registered_later_gets_only_later_events() {
 }
 
 #[tokio::test]
+async fn events_nobody_receives_are_written_fanned_out_and_wake_nobody() {
+    let stage = Stage::new(&[]).await;
+    let env = &stage.env;
+    let nudges = env
+        .sqs
+        .create_queue()
+        .queue_name(format!("nudges-{}", Uuid::new_v4().simple()))
+        .send()
+        .await
+        .expect("a nudge queue")
+        .queue_url
+        .expect("its url");
+    let nudge = EventsNudge::Sqs {
+        client: env.sqs.clone(),
+        queue_url: nudges.clone(),
+    };
+    let waiting = "SELECT count(*) FROM call_events WHERE fanned_out_at IS NULL";
+
+    // No endpoint and no callbackUrl: the event is kept, already fanned out, and a change
+    // sends no nudge.
+    stage.create_call(a_call()).await;
+    assert_eq!(env.count("SELECT count(*) FROM call_events").await, 1);
+    assert_eq!(env.count(waiting).await, 0);
+    nudge.after_change(&env.pool).await;
+    assert!(env.drain(&nudges).await.is_empty(), "a nudge for nobody");
+
+    // An endpoint for cancellations only: a creation still wakes nobody, a cancel does.
+    stage
+        .register(json!({"url": "https://hooks.example.test/ebra", "events": ["call.canceled"]}))
+        .await;
+    let canceled = stage.create_call(a_call()).await;
+    assert_eq!(env.count(waiting).await, 0);
+    nudge.after_change(&env.pool).await;
+    assert!(
+        env.drain(&nudges).await.is_empty(),
+        "a nudge for a type nobody takes"
+    );
+    let reply = stage
+        .send(Method::POST, &format!("/calls/{canceled}/cancel"), None)
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(env.count(waiting).await, 1);
+    nudge.after_change(&env.pool).await;
+    assert_eq!(
+        env.drain(&nudges).await.len(),
+        1,
+        "one nudge for the cancel"
+    );
+
+    // A callbackUrl receives everything: its creation waits for the notifier.
+    let mut with_callback = a_call();
+    with_callback["callbackUrl"] = json!("https://hooks.example.test/callback");
+    stage.create_call(with_callback).await;
+    assert_eq!(env.count(waiting).await, 2);
+
+    // The notifier fans out what waits and delivers to both receivers as before.
+    stage.pass().await;
+    assert_eq!(env.count(waiting).await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM webhook_deliveries").await,
+        2,
+        "the cancel to the endpoint, the creation to the callback"
+    );
+}
+
+#[tokio::test]
 async fn a_rotated_secret_signs_beside_the_old_one_for_a_day() {
     let stage = Stage::new(&[]).await;
     let receiver = Receiver::start().await;

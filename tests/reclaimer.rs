@@ -555,6 +555,11 @@ async fn a_pass_logs_one_reclaimer_pass_line_and_returns_its_counts() {
         ("MAX_ATTEMPTS", "1"),
     ])
     .await;
+    // A receiver, so that the calls' events wait for the notifier (events nobody receives
+    // are written already fanned out).
+    r.env
+        .execute("INSERT INTO webhook_endpoints (id, url, secret) VALUES (gen_random_uuid(), 'https://hooks.example.test/e', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')")
+        .await;
     let stale = r.dialed_call(&phone(1), "pc-log-stale").await;
     r.dialed_call(&phone(2), "pc-log-live").await;
     r.pending_call(&phone(3)).await;

@@ -279,7 +279,7 @@ pub async fn create_call(
                     send_dial_message(&state, enqueue).await;
                 }
             };
-            tokio::join!(dial_message, state.events.send());
+            tokio::join!(dial_message, state.events.after_change(&state.pool));
             Ok((
                 StatusCode::CREATED,
                 [(header::LOCATION, location(call.id)?)],
@@ -426,7 +426,7 @@ pub async fn cancel_call(
     match store::cancel_call(&state.pool, id).await? {
         Changed::Done { call, .. } => {
             tracing::info!(call_id = %id, "call canceled");
-            state.events.send().await;
+            state.events.after_change(&state.pool).await;
             Ok(Json(call))
         }
         Changed::NotFound => Err(ApiError::CallNotFound(id)),

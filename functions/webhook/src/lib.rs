@@ -355,7 +355,7 @@ async fn receive_report(
     // the reclaimer's next pass, never longer).
     let wake_notifier = async {
         if settled_call_id(&settlement).is_some() {
-            state.events.send().await;
+            state.events.after_change(&state.pool).await;
         }
     };
     tokio::join!(state.queue.send_best_effort(&messages), wake_notifier);

@@ -385,7 +385,7 @@ async fn process_calls(
     let dialed = dial_claimed(state, claimed, webhook_url).boxed();
     let nudge = async {
         if wrote_events {
-            state.events.send().await;
+            state.events.after_change(&state.pool).await;
         }
     };
     let (mut outcomes, dialed, ()) = tokio::join!(not_dialed, dialed, nudge);
@@ -559,7 +559,7 @@ async fn dial_claimed(
         .iter()
         .any(|result| !matches!(result, DialResult::Accepted { .. }))
     {
-        state.events.send().await;
+        state.events.after_change(&state.pool).await;
     }
     outcomes
 }
@@ -630,7 +630,7 @@ async fn conclude(
         DialRecorded::Dialed { early_webhooks } => {
             if !early_webhooks.is_empty() {
                 tracing::info!(applied = ?early_webhooks, "applied webhooks that arrived before the dial was recorded");
-                state.events.send().await;
+                state.events.after_change(&state.pool).await;
             }
             MessageOutcome::Dialed
         }

@@ -49,6 +49,24 @@ impl EventsNudge {
         }
     }
 
+    /// After a commit that wrote events: wakes the notifier if any of them has a receiver
+    /// (events nobody receives are written fanned out and wait for nothing), so that
+    /// without endpoints or callback URLs a change sends no SQS message. When the look
+    /// fails, it wakes the notifier anyway.
+    pub async fn after_change(&self, pool: &crate::store::Pool) {
+        if matches!(self, EventsNudge::Off) {
+            return;
+        }
+        match crate::store::deliveries::events_to_fan_out(pool).await {
+            Ok(false) => {}
+            Ok(true) => self.send().await,
+            Err(error) => {
+                tracing::debug!(error = %error, "could not look for events to fan out; nudging anyway");
+                self.send().await;
+            }
+        }
+    }
+
     /// Wakes the notifier now. Never fails: a lost nudge is covered by the reclaimer.
     pub async fn send(&self) {
         self.send_after(Duration::ZERO).await;

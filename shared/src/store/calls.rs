@@ -94,11 +94,12 @@ pub async fn create_call(
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING *), \
          event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data) \
-             SELECT $14, c.id, c.sequence, 'call.created', {} FROM created c RETURNING 1) \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
          SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
                 (SELECT count(*) FROM event) AS events FROM created",
-        super::events::snapshot_sql("c")
+        super::events::snapshot_sql("c"),
+        super::events::fanned_out_at_sql("c", "'call.created'")
     );
     let inserted = query_opt(
         &client,
@@ -460,10 +461,11 @@ pub async fn cancel_call(pool: &Pool, id: Uuid) -> StoreResult<Changed> {
                     sequence = sequence + 1 \
               WHERE id = $1 AND status = 'PENDING' RETURNING *), \
          event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data) \
-             SELECT $2, c.id, c.sequence, 'call.canceled', {} FROM canceled c RETURNING 1) \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT $2, c.id, c.sequence, 'call.canceled', {}, {} FROM canceled c RETURNING 1) \
          SELECT {CALL_COLUMNS}, (SELECT count(*) FROM event) AS events FROM canceled",
-        super::events::snapshot_sql("c")
+        super::events::snapshot_sql("c"),
+        super::events::fanned_out_at_sql("c", "'call.canceled'")
     );
     if let Some(row) = query_opt(&client, &sql, &[&id, &Uuid::now_v7()]).await? {
         return Ok(Changed::Done {

@@ -297,6 +297,20 @@ pub async fn record_attempts(
     Ok(recorded)
 }
 
+/// Whether events wait to be fanned out: what a change's nudge wakes the notifier for.
+/// Events nobody would receive are written already fanned out, so with no receivers this
+/// is false and a change costs no nudge (an index-only look at an empty partial index).
+pub async fn events_to_fan_out(pool: &Pool) -> StoreResult<bool> {
+    let client = pool.get().await?;
+    Ok(query_one(
+        &client,
+        "SELECT EXISTS (SELECT 1 FROM call_events WHERE fanned_out_at IS NULL)",
+        &[],
+    )
+    .await?
+    .try_get(0)?)
+}
+
 /// Work waiting for the notifier now: events not fanned out, or deliveries due and not
 /// leased. The reclaimer nudges the notifier when there is (a lost nudge never loses events).
 pub async fn work_waiting(pool: &Pool) -> StoreResult<bool> {

@@ -38,6 +38,21 @@ pub(crate) fn snapshot_sql(c: &str) -> String {
     )
 }
 
+/// SQL: when an event of type `kind` (an SQL expression) of the call of alias `c` is
+/// written, `now()` if nobody would receive it — the call has no `callbackUrl` and no
+/// enabled endpoint is subscribed to that type — else NULL. The event is then written
+/// already fanned out: the notifier never looks at it, and nobody is woken for it (an
+/// endpoint receives the events of changes made after its registration, as the fan-out
+/// itself has it). It stays readable on the call (`GET /calls/{id}/events`).
+pub(crate) fn fanned_out_at_sql(c: &str, kind: &str) -> String {
+    format!(
+        "CASE WHEN {c}.callback_url IS NULL AND NOT EXISTS ( \
+             SELECT 1 FROM webhook_endpoints w \
+              WHERE w.enabled AND (w.event_types IS NULL OR {kind} = ANY (w.event_types))) \
+         THEN now() END"
+    )
+}
+
 /// Writes one event for each `(call, type)`, after the statement that changed each call
 /// (and incremented its `sequence`) in this transaction: one statement for all of them.
 pub(crate) async fn record_events<C: GenericClient>(
@@ -51,11 +66,12 @@ pub(crate) async fn record_events<C: GenericClient>(
     let calls: Vec<Uuid> = events.iter().map(|(call, _)| *call).collect();
     let types: Vec<&str> = events.iter().map(|(_, kind)| kind.as_str()).collect();
     let sql = format!(
-        "INSERT INTO call_events (id, call_id, sequence, type, data) \
-         SELECT e.event_id, c.id, c.sequence, e.type, {} \
+        "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+         SELECT e.event_id, c.id, c.sequence, e.type, {}, {} \
            FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS e(event_id, call_id, type) \
            JOIN calls c ON c.id = e.call_id",
-        snapshot_sql("c")
+        snapshot_sql("c"),
+        fanned_out_at_sql("c", "e.type")
     );
     let written = execute(client, &sql, &[&ids, &calls, &types]).await?;
     if written != events.len() as u64 {

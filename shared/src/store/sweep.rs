@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dial::{fail_call, RetryPolicy};
-use super::events::{record_events, snapshot_sql};
+use super::events::{fanned_out_at_sql, record_events, snapshot_sql};
 use super::slots::{
     nudge_waiting_calls, release_slot, MESSAGE_ON_ITS_WAY_SECONDS, NUDGE_QUIET_SECONDS,
 };
@@ -284,10 +284,11 @@ pub async fn expire_pending_calls(
                                    OR ($1::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $1))) \
                             LIMIT $2 FOR UPDATE SKIP LOCKED) \
               RETURNING *) \
-         INSERT INTO call_events (id, call_id, sequence, type, data) \
-         SELECT gen_random_uuid(), c.id, c.sequence, 'call.expired', {} FROM expired c \
+         INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+         SELECT gen_random_uuid(), c.id, c.sequence, 'call.expired', {}, {} FROM expired c \
          RETURNING call_id",
-        snapshot_sql("c")
+        snapshot_sql("c"),
+        fanned_out_at_sql("c", "'call.expired'")
     );
     let rows = query(&client, &sql, &[&max_pending_age.map(seconds), &BATCH]).await?;
     Ok(rows.len() as u64)
