@@ -52,10 +52,14 @@ impl EventsNudge {
     /// After a commit that wrote events: wakes the notifier if any of them has a receiver
     /// (events nobody receives are written fanned out and wait for nothing), so that
     /// without endpoints or callback URLs a change sends no SQS message. When the look
-    /// fails, it wakes the notifier anyway.
+    /// fails, it wakes the notifier anyway. The local loop is woken without looking: its
+    /// wake-ups coalesce, so under load one pass answers many changes, where a look would
+    /// cost a query per change.
     pub async fn after_change(&self, pool: &crate::store::Pool) {
-        if matches!(self, EventsNudge::Off) {
-            return;
+        match self {
+            EventsNudge::Off => return,
+            EventsNudge::Local(notify) => return notify.notify_one(),
+            EventsNudge::Sqs { .. } => {}
         }
         match crate::store::deliveries::events_to_fan_out(pool).await {
             Ok(false) => {}
