@@ -711,6 +711,8 @@ impl ProgressView {
             Progress::Bar => {
                 if let Some(bar) = &self.bar {
                     bar.finish_with_message(Self::message(summary, elapsed));
+                    // The bar stays on its line; the summary starts on the next.
+                    eprintln!();
                 }
             }
             Progress::Lines => eprintln!("{}", Self::message(summary, elapsed)),

@@ -243,6 +243,37 @@ async fn a_campaign_is_created_listed_and_shown_with_its_progress() {
     assert!(shown["progress"]["etaSeconds"].is_null());
     assert_eq!(shown["progress"]["failures"], json!([]));
 
+    // One call dialed, one failed: the progress shows the dial, the ETA and the failure.
+    let config = api.config();
+    let ids: Vec<Uuid> = added["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    api.env.claim(&config, ids[0]).await;
+    api.env
+        .execute(&format!(
+            "UPDATE calls SET status = 'FAILED', ended_at = now(), outbox_due_at = NULL, \
+                    outcome = 'BUSY', last_error = 'busy after 3 attempts' WHERE id = '{}'",
+            ids[1]
+        ))
+        .await;
+    let shown = api.get(&format!("/campaigns/{id}")).await.ok();
+    assert_eq!(shown["progress"]["inProgress"], 1);
+    assert_eq!(shown["progress"]["dialsLastHour"], 1);
+    assert!(
+        shown["progress"]["etaSeconds"]
+            .as_f64()
+            .is_some_and(|eta| eta > 0.0 && eta < 3600.0),
+        "{}",
+        shown["progress"]
+    );
+    assert_eq!(
+        shown["progress"]["failures"],
+        json!([{"status": "FAILED", "outcome": "BUSY", "lastError": "busy after 3 attempts", "calls": 1}])
+    );
+
     // Its calls carry the campaign's defaults and its id, and the listing filters by it.
     let calls = api.get(&format!("/calls?campaignId={id}")).await.ok();
     assert_eq!(calls["items"].as_array().unwrap().len(), 2);

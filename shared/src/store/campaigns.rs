@@ -211,8 +211,9 @@ pub struct CampaignProgress {
     pub max_concurrency: Option<i32>,
     /// Dials placed for its calls in the last hour.
     pub dials_last_hour: i64,
-    /// Seconds until its PENDING and IN_PROGRESS calls are done, at the last hour's dial
-    /// rate; null when nothing is left or nothing was dialed in the last hour.
+    /// Seconds until its PENDING and IN_PROGRESS calls are done, at the dial rate of the
+    /// last hour (of its life, when younger); null when nothing is left or nothing was
+    /// dialed in the last hour.
     pub eta_seconds: Option<f64>,
     /// Its failed and expired calls, grouped by outcome and last error (largest first, at
     /// most 20 groups).
@@ -239,6 +240,8 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     let row = query_one(
         &client,
         "SELECT (SELECT max_concurrency FROM campaigns WHERE id = $1), \
+                (SELECT LEAST(3600, EXTRACT(EPOCH FROM now() - created_at))::float8 \
+                   FROM campaigns WHERE id = $1) AS window_seconds, \
                 (SELECT count(*) FROM call_attempts a \
                   WHERE a.call_id IN (SELECT id FROM calls WHERE campaign_id = $1 \
                                         AND started_at > now() - interval '1 hour') \
@@ -247,7 +250,8 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     )
     .await?;
     let max_concurrency: Option<i32> = row.try_get(0)?;
-    let dials_last_hour: i64 = row.try_get(1)?;
+    let window_seconds: Option<f64> = row.try_get(1)?;
+    let dials_last_hour: i64 = row.try_get(2)?;
     let failures = query(
         &client,
         "SELECT status, outcome, last_error, count(*) AS calls FROM calls \
@@ -268,8 +272,10 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     .collect::<StoreResult<Vec<_>>>()?;
     let in_progress = calls.get("IN_PROGRESS").copied().unwrap_or(0);
     let left = calls.get("PENDING").copied().unwrap_or(0) + in_progress;
-    let eta_seconds =
-        (left > 0 && dials_last_hour > 0).then(|| left as f64 * 3600.0 / dials_last_hour as f64);
+    // The rate over the last hour, or over the campaign's life when it is younger.
+    let window = window_seconds.unwrap_or(3600.0).max(1.0);
+    let eta_seconds = (left > 0 && dials_last_hour > 0)
+        .then(|| (left as f64 * window / dials_last_hour as f64).round());
     Ok(CampaignProgress {
         calls,
         total,
