@@ -1,7 +1,8 @@
 //! `ebra import FILE.csv --api URL`: adds a CSV file's calls to a campaign, in batches of at
 //! most 1,000 rows (and under 1 MiB) through `POST /campaigns/{id}/calls`.
 //!
-//! - The file is streamed: one batch is in memory at a time, whatever the file's size.
+//! - The file is streamed: a few batches (`--parallel`, default 4, answered in file order)
+//!   are in memory at a time, whatever the file's size.
 //! - Each row's idempotency key defaults (server-side) to a hash of the campaign and the row,
 //!   so rerunning after an interruption (Ctrl-C, a network error) answers the rows already
 //!   sent as duplicates and creates nothing twice. A batch that failed in transit is sent
@@ -23,6 +24,7 @@ use anyhow::{bail, Context as _};
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt as _};
 use serde_json::Value;
 
 use crate::console::sigv4::{self, Signer};
@@ -74,6 +76,9 @@ pub struct ImportArgs {
     /// Check the file only; send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Batches in flight at once (answered in file order), 1–16.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    pub parallel: usize,
     /// Rows per request, 1–1000.
     #[arg(long, default_value_t = BATCH_ROWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub batch_rows: usize,
@@ -200,40 +205,38 @@ pub async fn import(args: &ImportArgs, progress: Progress) -> anyhow::Result<Imp
     let mut batch: Vec<csv::ByteRecord> = Vec::with_capacity(args.batch_rows);
     let mut batch_bytes = 0;
     let mut record = csv::ByteRecord::new();
+    // Up to `parallel` batches in flight, answered in file order (the rejected rows' file
+    // and the counts follow the file).
+    let mut in_flight = FuturesOrdered::new();
+    let parallel = args.parallel.max(1);
     loop {
         let more = reader.read_byte_record(&mut record).with_context(|| {
             format!("reading {} after row {}", args.file.display(), summary.rows)
         })?;
+        let size = record.as_slice().len() + record.len() * 3 + 2;
+        let full = more && !batch.is_empty() && batch_bytes + size > BATCH_BYTES;
+        if full {
+            let rows = std::mem::take(&mut batch);
+            in_flight.push_back(answer_batch(client.as_ref(), campaign_id, &headers, rows));
+            batch_bytes = 0;
+        }
         if more {
-            let size = record.as_slice().len() + record.len() * 3 + 2;
-            if !batch.is_empty() && batch_bytes + size > BATCH_BYTES {
-                send_batch(
-                    client.as_ref(),
-                    campaign_id,
-                    &headers,
-                    &mut batch,
-                    &mut summary,
-                    &mut rejected,
-                )
-                .await?;
-                batch_bytes = 0;
-            }
             batch.push(record.clone());
             batch_bytes += size;
         }
         if batch.len() >= args.batch_rows || (!more && !batch.is_empty()) {
-            send_batch(
-                client.as_ref(),
-                campaign_id,
-                &headers,
-                &mut batch,
-                &mut summary,
-                &mut rejected,
-            )
-            .await?;
+            let rows = std::mem::take(&mut batch);
+            in_flight.push_back(answer_batch(client.as_ref(), campaign_id, &headers, rows));
             batch_bytes = 0;
         }
-        bar.update(reader.position().byte(), &summary, started.elapsed());
+        while in_flight.len() >= parallel || (!more && !in_flight.is_empty()) {
+            let Some(answered) = in_flight.next().await else {
+                break;
+            };
+            let (rows, answers) = answered?;
+            record_answers(&rows, answers, &mut summary, &mut rejected)?;
+            bar.update(reader.position().byte(), &summary, started.elapsed());
+        }
         if !more {
             break;
         }
@@ -243,15 +246,13 @@ pub async fn import(args: &ImportArgs, progress: Progress) -> anyhow::Result<Imp
     Ok(summary)
 }
 
-async fn send_batch(
+/// Sends one batch (or checks it, in a dry run): its rows and one answer per row.
+async fn answer_batch(
     client: Option<&Client>,
     campaign_id: Option<uuid::Uuid>,
     headers: &csv::ByteRecord,
-    batch: &mut Vec<csv::ByteRecord>,
-    summary: &mut ImportSummary,
-    rejected: &mut RejectedRows,
-) -> anyhow::Result<()> {
-    let rows = std::mem::take(batch);
+    rows: Vec<csv::ByteRecord>,
+) -> anyhow::Result<(Vec<csv::ByteRecord>, Vec<RowAnswer>)> {
     let answers = match (client, campaign_id) {
         (Some(client), Some(campaign_id)) => {
             let body = to_csv(headers, &rows)?;
@@ -266,6 +267,15 @@ async fn send_batch(
             rows.len()
         );
     }
+    Ok((rows, answers))
+}
+
+fn record_answers(
+    rows: &[csv::ByteRecord],
+    answers: Vec<RowAnswer>,
+    summary: &mut ImportSummary,
+    rejected: &mut RejectedRows,
+) -> anyhow::Result<()> {
     for (row, answer) in rows.iter().zip(answers) {
         match answer {
             RowAnswer::Created => summary.created += 1,

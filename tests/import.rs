@@ -70,6 +70,7 @@ impl Stack {
             region: None,
             dry_run: false,
             batch_rows: 1000,
+            parallel: 4,
         }
     }
 

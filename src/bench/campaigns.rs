@@ -88,7 +88,7 @@ pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
         )
         .target(Target::AtLeast(TARGET_ROWS_PER_SECOND))
         .how(format!(
-            "`ebra import` of a {}-row CSV through the local stack (batches of 1,000, one request at a time)",
+            "`ebra import` of a {}-row CSV through the local stack (batches of 1,000, 4 in flight)",
             sizes.import_rows
         )),
     );
@@ -360,6 +360,7 @@ async fn measure_import(sizes: &Sizes) -> anyhow::Result<Imported> {
         region: None,
         dry_run: false,
         batch_rows: crate::import::BATCH_ROWS,
+        parallel: 4,
     };
     let started = Instant::now();
     let result = crate::import::import(&args, crate::import::Progress::Quiet).await;
