@@ -575,6 +575,24 @@ async fn a_bulk_add_sends_no_more_messages_than_free_slots() {
             .await,
         400
     );
+    // Concurrent bulk adds take turns while there is room: together they mark no more
+    // than the free slots.
+    let api2 = Api::start(5).await;
+    let id2 = api2
+        .campaign(json!({"name": "Parallel", "scriptId": "s"}))
+        .await;
+    let path = format!("/campaigns/{id2}/calls");
+    let adds = (0..6).map(|k| api2.call(Method::POST, &path, "text/csv", csv_of(k * 100, 100)));
+    for reply in futures::future::join_all(adds).await {
+        assert_eq!(reply.ok()["created"], 100);
+    }
+    assert_eq!(
+        api2.count("SELECT count(*) FROM calls WHERE outbox_due_at IS NOT NULL")
+            .await,
+        5,
+        "six concurrent bulk adds marked no more than the five free slots"
+    );
+    assert_eq!(api2.messages().await, 5);
     // With a campaign limit of 2, only two get a message.
     let api = Api::start(5).await;
     let id = api

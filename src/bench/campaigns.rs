@@ -9,7 +9,8 @@
 //!   than the import, so every message counted is one the import caused.
 //! - drain: a campaign of N calls at cap C, calls of D seconds: slot utilisation =
 //!   Σ(`ended_at` − `started_at`) / (C × (last `ended_at` − first `started_at`)).
-//! - fairness: a 100-call campaign added while a large one drains at the cap; its makespan
+//! - fairness: a 100-call campaign (a tenth of the cap with `--quick`) added while a large
+//!   one drains at the cap; its makespan
 //!   (its last `ended_at` − its first `created_at`) against its makespan alone on an idle
 //!   stack, target ≤ 2×.
 
@@ -33,7 +34,6 @@ const VISIBILITY_SECONDS: u32 = 180;
 const TARGET_ROWS_PER_SECOND: f64 = 5_000.0;
 const TARGET_BUSY: f64 = 0.95;
 const TARGET_FAIRNESS: f64 = 2.0;
-const SMALL_CAMPAIGN: usize = 100;
 
 /// The sizes of one run.
 struct Sizes {
@@ -42,6 +42,9 @@ struct Sizes {
     drain_calls: usize,
     drain_cap: u32,
     call_seconds: f64,
+    /// The small campaign of the fairness run: a tenth of the cap, as the 100 calls
+    /// are of its cap of 1,000 (it needs a tenth of a call's length of freed slots).
+    small_calls: usize,
 }
 
 impl Sizes {
@@ -53,6 +56,7 @@ impl Sizes {
                 drain_calls: 2_000,
                 drain_cap: 100,
                 call_seconds: 2.0,
+                small_calls: 10,
             }
         } else {
             Self {
@@ -61,6 +65,7 @@ impl Sizes {
                 drain_calls: 20_000,
                 drain_cap: 1_000,
                 call_seconds: 5.0,
+                small_calls: 100,
             }
         }
     }
@@ -71,8 +76,8 @@ pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
     let mut report = ScenarioReport::new("campaigns");
     if quick {
         report.notes.push(format!(
-            "--quick: import {} rows at cap {}, drain {} calls at cap {} (the issue's sizes: 100,000 rows, 20,000 calls at cap 1,000)",
-            sizes.import_rows, sizes.import_cap, sizes.drain_calls, sizes.drain_cap
+            "--quick: import {} rows at cap {}, drain {} calls at cap {}, a {}-call small campaign (the issue's sizes: 100,000 rows, 20,000 calls at cap 1,000, 100 calls)",
+            sizes.import_rows, sizes.import_cap, sizes.drain_calls, sizes.drain_cap, sizes.small_calls
         ));
     }
     let import = measure_import(&sizes).await.context("the import")?;
@@ -141,8 +146,8 @@ pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
         )
         .target(Target::AtMost(TARGET_FAIRNESS))
         .how(format!(
-            "{SMALL_CAMPAIGN} calls added while a {}-call campaign drains at cap {}",
-            sizes.drain_calls, sizes.drain_cap
+            "{} calls added while a {}-call campaign drains at cap {}",
+            sizes.small_calls, sizes.drain_calls, sizes.drain_cap
         )),
     );
     report.details = json!({
@@ -434,7 +439,7 @@ async fn measure_fairness(sizes: &Sizes) -> anyhow::Result<Fairness> {
         let result = async {
             let small = stack.create_campaign(&http, "small, alone").await?;
             stack
-                .add_calls(&http, &small, 50_000, SMALL_CAMPAIGN)
+                .add_calls(&http, &small, 50_000, sizes.small_calls)
                 .await?;
             stack.wait_done(&small, Duration::from_secs(120)).await?;
             Ok::<_, anyhow::Error>(stack.timings(&small).await?.0)
@@ -448,8 +453,8 @@ async fn measure_fairness(sizes: &Sizes) -> anyhow::Result<Fairness> {
     let shared = async {
         let big = stack.create_campaign(&http, "large").await?;
         println!(
-            "   a {SMALL_CAMPAIGN}-call campaign added while a {}-call one drains ...",
-            sizes.drain_calls
+            "   a {}-call campaign added while a {}-call one drains ...",
+            sizes.small_calls, sizes.drain_calls
         );
         stack.add_calls(&http, &big, 0, sizes.drain_calls).await?;
         let quarter = (sizes.drain_calls / 4) as i64;
@@ -468,7 +473,7 @@ async fn measure_fairness(sizes: &Sizes) -> anyhow::Result<Fairness> {
             .create_campaign(&http, "small, during the drain")
             .await?;
         stack
-            .add_calls(&http, &small, 50_000, SMALL_CAMPAIGN)
+            .add_calls(&http, &small, 50_000, sizes.small_calls)
             .await?;
         stack.wait_done(&small, Duration::from_secs(600)).await?;
         Ok::<_, anyhow::Error>(stack.timings(&small).await?.0)

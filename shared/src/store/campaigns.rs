@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::calls::ListCursor;
-use super::{query, query_one, query_opt, Pool, StoreError, StoreResult};
+use super::{execute, query, query_one, query_opt, Pool, StoreError, StoreResult};
 use crate::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
 
 /// What the operator chose for a campaign, and what the API shows.
@@ -425,6 +425,10 @@ pub enum BulkAdded {
     Canceled,
 }
 
+/// The advisory lock bulk adds take turns on while there are free slots to message (an
+/// arbitrary key, 'bulk' in ASCII).
+const BULK_ROOM_LOCK: i64 = 0x6275_6c6b;
+
 /// Adds calls to a campaign in one transaction: the rows are inserted by one statement
 /// (rows whose key exists are left out and answered from the existing call). `cap` is
 /// `GLOBAL_CONCURRENCY`.
@@ -466,13 +470,20 @@ pub async fn add_campaign_calls(
     let room: i64 = if status == "PAUSED" {
         0
     } else {
-        let global: i64 = query_one(
-            &tx,
-            &format!("SELECT GREATEST(0, {})", super::calls::ROOM_COUNT),
-            &[&(cap as i32)],
-        )
-        .await?
-        .try_get(0)?;
+        let room_sql = format!("SELECT GREATEST(0, {})", super::calls::ROOM_COUNT);
+        let mut global: i64 = query_one(&tx, &room_sql, &[&(cap as i32)])
+            .await?
+            .try_get(0)?;
+        if global > 0 {
+            // Concurrent bulk adds would each see the same free slots (neither sees the
+            // other's marks before it commits) and together message several times the
+            // cap: while there is room, they take turns, and each counts again after the
+            // one before it committed. Without room nothing is marked, and they do not wait.
+            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&BULK_ROOM_LOCK]).await?;
+            global = query_one(&tx, &room_sql, &[&(cap as i32)])
+                .await?
+                .try_get(0)?;
+        }
         let max_concurrency: Option<i32> = campaign.try_get("max_concurrency")?;
         let in_progress: i64 = campaign.try_get("in_progress")?;
         match max_concurrency {
