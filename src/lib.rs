@@ -6,8 +6,10 @@
 //! (started here when none answers) and the SQS endpoint in `AWS_ENDPOINT_URL_SQS` or,
 //! when unset, the embedded one (`local::sqs_server`), served in this process.
 //! `ebra migrate` applies the schema; `ebra bench` measures; `ebra console` serves the
-//! operator console against a deployed API, signing its requests with SigV4.
+//! operator console against a deployed API, signing its requests with SigV4; `ebra import`
+//! adds a CSV file's calls to a campaign, in batches, with a progress bar.
 
 pub mod bench;
 pub mod console;
+pub mod import;
 pub mod local;

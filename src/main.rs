@@ -40,6 +40,10 @@ enum Command {
     /// Serve the operator console on 127.0.0.1 against a deployed API, signing its requests
     /// with SigV4 (IAM authorization) using the standard AWS credential chain.
     Console(ebra::console::ConsoleArgs),
+    /// Add a CSV file's calls to a campaign (found by name or created, or by id), in
+    /// batches of up to 1,000 rows, with a progress bar; rejected rows go to
+    /// FILE.rejected.csv. Rerunning creates no duplicates.
+    Import(ebra::import::ImportArgs),
 }
 
 #[tokio::main]
@@ -60,6 +64,7 @@ async fn main() -> ExitCode {
         Command::Migrate { create_database } => migrate(create_database).await,
         Command::Bench(args) => ebra::bench::run(args).await,
         Command::Console(args) => ebra::console::run(args).await,
+        Command::Import(args) => ebra::import::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1583,6 +1583,19 @@ async fn with_a_token_every_route_but_openapi_needs_it() {
             Method::POST,
             format!("/events/{}/redeliver", Uuid::new_v4()),
         ),
+        (Method::POST, "/campaigns".to_owned()),
+        (Method::GET, "/campaigns".to_owned()),
+        (Method::GET, format!("/campaigns/{}", Uuid::new_v4())),
+        (Method::POST, format!("/campaigns/{}/pause", Uuid::new_v4())),
+        (
+            Method::POST,
+            format!("/campaigns/{}/resume", Uuid::new_v4()),
+        ),
+        (
+            Method::POST,
+            format!("/campaigns/{}/cancel", Uuid::new_v4()),
+        ),
+        (Method::POST, format!("/campaigns/{}/calls", Uuid::new_v4())),
         (Method::POST, "/webhook-endpoints".to_owned()),
         (Method::GET, "/webhook-endpoints".to_owned()),
         (
@@ -1751,6 +1764,13 @@ async fn openapi_lists_exactly_the_routes_served() {
         ("GET", "/calls/{id}/webhooks"),
         ("GET", "/calls/{id}/events"),
         ("POST", "/events/{id}/redeliver"),
+        ("POST", "/campaigns"),
+        ("GET", "/campaigns"),
+        ("GET", "/campaigns/{id}"),
+        ("POST", "/campaigns/{id}/pause"),
+        ("POST", "/campaigns/{id}/resume"),
+        ("POST", "/campaigns/{id}/cancel"),
+        ("POST", "/campaigns/{id}/calls"),
         ("POST", "/webhook-endpoints"),
         ("GET", "/webhook-endpoints"),
         ("GET", "/webhook-endpoints/{id}"),
@@ -1782,6 +1802,12 @@ async fn openapi_lists_exactly_the_routes_served() {
                 .call_json(Method::POST, "/webhook-endpoints", &endpoint_body)
                 .await;
             path.replace("{id}", &id_of(&created.json()))
+        } else if path.starts_with("/campaigns/") {
+            // A fresh campaign for each operation (one of them cancels it).
+            let created = api
+                .call_json(Method::POST, "/campaigns", &json!({"name": "every route"}))
+                .await;
+            path.replace("{id}", &id_of(&created.json()))
         } else if path.starts_with("/events/") {
             path.replace("{id}", &event_id)
         } else {
@@ -1791,6 +1817,10 @@ async fn openapi_lists_exactly_the_routes_served() {
         let body = match (&method, path.as_str()) {
             (&Method::POST, "/calls") => valid_call(),
             (&Method::POST, "/webhook-endpoints") => endpoint_body.clone(),
+            (&Method::POST, "/campaigns") => json!({"name": "documented"}),
+            (&Method::POST, "/campaigns/{id}/calls") => {
+                json!({"calls": [{"to": "+14155550199", "scriptId": "s"}]})
+            }
             (&Method::PATCH, "/webhook-endpoints/{id}") => json!({"description": "patched"}),
             (&Method::PATCH, _) => json!({"scriptId": "patched"}),
             _ => json!({}),

@@ -36,6 +36,9 @@
 //!   under its previous key was unknown to Ebra;
 //! - calls in progress never above the cap (sampled every ~20 ms throughout), nor calls live
 //!   at the provider;
+//! - campaigns in the mix (a quarter of the calls in one with a `maxConcurrency`, a quarter
+//!   in one without): no campaign ever above its `maxConcurrency` (sampled with the cap,
+//!   printed as `campaign_overruns`);
 //! - no two calls to one phone at once: neither in Postgres (sampled) nor at the provider
 //!   (placement to hang-up intervals per phone);
 //! - the DLQ holds exactly the injected poison messages;
@@ -102,6 +105,8 @@ const DEFAULT_SEED: u64 = 0xeb4a_fa17;
 
 /// `GLOBAL_CONCURRENCY`.
 const CAP: u32 = 10;
+/// The limited campaign's maxConcurrency (a quarter of the calls are in it).
+const CAMPAIGN_MAX_CONCURRENCY: u32 = 3;
 /// The calls queue's visibility timeout: what a crashed invocation's messages wait.
 const VISIBILITY_SECONDS: u32 = 2;
 const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
@@ -856,6 +861,10 @@ struct Sampled {
     max_slots_held: i64,
     /// Samples that saw two calls to one phone IN_PROGRESS.
     phone_overlaps: u64,
+    /// Samples that saw a campaign with more calls IN_PROGRESS than its maxConcurrency.
+    campaign_overruns: u64,
+    /// The most calls seen IN_PROGRESS in the limited campaign.
+    max_in_limited_campaign: i64,
 }
 
 /// Samples calls in progress, slots held and busy phones every ~20 ms until stopped.
@@ -865,7 +874,13 @@ async fn sample_in_progress(run: Arc<Run>, client: tokio_postgres::Client) -> Sa
             "SELECT (SELECT count(*) FROM calls WHERE status = 'IN_PROGRESS'), \
                     (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
                     (SELECT count(*) FROM (SELECT phone FROM calls WHERE status = 'IN_PROGRESS' \
-                                            GROUP BY phone HAVING count(*) > 1) AS twice)",
+                                            GROUP BY phone HAVING count(*) > 1) AS twice), \
+                    (SELECT count(*) FROM campaigns k WHERE k.max_concurrency < \
+                        (SELECT count(*) FROM calls c WHERE c.campaign_id = k.id AND c.status = 'IN_PROGRESS')), \
+                    (SELECT COALESCE(max(n), 0) FROM (SELECT count(*) AS n FROM calls c \
+                        JOIN campaigns k ON k.id = c.campaign_id \
+                       WHERE c.status = 'IN_PROGRESS' AND k.max_concurrency IS NOT NULL \
+                       GROUP BY k.id) AS limited)",
         )
         .await
         .expect("preparing the sampler");
@@ -873,6 +888,11 @@ async fn sample_in_progress(run: Arc<Run>, client: tokio_postgres::Client) -> Sa
     while !run.stop.load(Ordering::Relaxed) {
         let row = client.query_one(&statement, &[]).await.expect("sampling");
         let (in_progress, slots, twice): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (overrun, in_limited): (i64, i64) = (row.get(3), row.get(4));
+        if overrun > 0 {
+            sampled.campaign_overruns += 1;
+        }
+        sampled.max_in_limited_campaign = sampled.max_in_limited_campaign.max(in_limited);
         sampled.samples += 1;
         sampled.max_in_progress = sampled.max_in_progress.max(in_progress);
         sampled.max_slots_held = sampled.max_slots_held.max(slots);
@@ -961,6 +981,7 @@ async fn create_calls(
     settings: Arc<Settings>,
     api: Router,
     api_without_queue: Router,
+    campaigns: [Uuid; 2],
 ) {
     loop {
         let n = next.fetch_add(1, Ordering::SeqCst);
@@ -980,8 +1001,13 @@ async fn create_calls(
         } else {
             &api
         };
-        let body =
-            json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n}}).to_string();
+        // A quarter in the limited campaign, a quarter in the unlimited one, half alone.
+        let body = match n % 4 {
+            0 | 1 => json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n},
+                            "campaignId": campaigns[n % 4]}),
+            _ => json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n}}),
+        }
+        .to_string();
         let mut outcome = Err("never answered".to_owned());
         for _ in 0..100 {
             let request = Request::post("/calls")
@@ -1209,6 +1235,42 @@ async fn every_fault_at_once_breaks_no_invariant() {
             config.clone(),
         ),
     )));
+    // The campaigns, created before the faults reach the API (the database is not killed
+    // yet for the API's pool: the killer started above, so retry a 5xx).
+    let mut campaign_ids = Vec::new();
+    for body in [
+        json!({"name": "faults: limited", "maxConcurrency": CAMPAIGN_MAX_CONCURRENCY}),
+        json!({"name": "faults: unlimited"}),
+    ] {
+        let mut created = None;
+        for _ in 0..100 {
+            let request = Request::post("/campaigns")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("a campaign request");
+            let response = api
+                .clone()
+                .oneshot(request)
+                .await
+                .expect("the router answers");
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            if status == StatusCode::CREATED {
+                let campaign: serde_json::Value =
+                    serde_json::from_slice(&bytes).expect("a campaign");
+                created = campaign["id"]
+                    .as_str()
+                    .and_then(|id| id.parse::<Uuid>().ok());
+                break;
+            }
+            assert!(status.is_server_error(), "creating a campaign: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        campaign_ids.push(created.expect("the campaign was created"));
+    }
+    let campaigns = [campaign_ids[0], campaign_ids[1]];
     let next = Arc::new(AtomicUsize::new(0));
     let creators: Vec<JoinHandle<()>> = (0..CREATORS)
         .map(|_| {
@@ -1218,6 +1280,7 @@ async fn every_fault_at_once_breaks_no_invariant() {
                 settings.clone(),
                 api.clone(),
                 api_without_queue.clone(),
+                campaigns,
             ))
         })
         .collect();
@@ -1414,13 +1477,16 @@ async fn every_fault_at_once_breaks_no_invariant() {
     println!(
         "faults: calls={} lost={} double_dials={} max_in_progress={} cap={CAP} phone_overlaps={phone_overlaps} \
          (+{provider_lies} after a provider 5xx that placed the call) terminal={terminal} pending_ok={pending_ok} dlq={} \
-         (poison injected={}) forged_accepted={forged_accepted}",
+         (poison injected={}) forged_accepted={forged_accepted} campaign_overruns={} \
+         (max_in_limited_campaign={} of {CAMPAIGN_MAX_CONCURRENCY})",
         settings.calls,
         lost.len() + create_failures.len(),
         dials.double_dials,
         sampled.max_in_progress,
         dlq_bodies.len(),
         POISON.len(),
+        sampled.campaign_overruns,
+        sampled.max_in_limited_campaign,
     );
     println!(
         "faults injected: seed={} dials={} 5xx={} 5xx_after_placing={} timeouts={} 429={} 4xx={} crashes={} \
@@ -1566,6 +1632,11 @@ async fn every_fault_at_once_breaks_no_invariant() {
     assert_eq!(
         book.requests_without_key, 0,
         "dials without an Idempotency-Key"
+    );
+    assert_eq!(
+        sampled.campaign_overruns, 0,
+        "a campaign had more calls in progress than its maxConcurrency ({} of {CAMPAIGN_MAX_CONCURRENCY})",
+        sampled.max_in_limited_campaign
     );
     assert!(
         sampled.max_in_progress <= i64::from(CAP) && sampled.max_slots_held <= i64::from(CAP),

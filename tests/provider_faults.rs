@@ -349,6 +349,7 @@ async fn run(contract: Arc<dyn Contract>) {
             expires_at: None,
             idempotency: None,
             callback_url: None,
+            campaign_id: None,
         };
         match create_call(&stage.env.pool, &new, stage.config.max_attempts, CAP)
             .await

@@ -353,6 +353,7 @@ pub fn new_call(n: usize) -> ebra_shared::store::calls::NewCall {
         expires_at: None,
         idempotency: None,
         callback_url: None,
+        campaign_id: None,
     }
 }
 

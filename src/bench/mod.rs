@@ -11,6 +11,8 @@
 //! - [`growth`]: claim and list latency with 10 k and 1 M rows.
 //! - [`end_to_end`]: the local stack with an HTTP provider, cap 200, on the embedded SQS
 //!   endpoint and on moto: calls settled/s, creates/s, SQS requests per call, queue depth.
+//! - [`campaigns`]: `ebra import` rows/s and the SQS messages it causes, a campaign's drain
+//!   (slot utilisation), and a small campaign's makespan during a large one's drain.
 //!
 //! SQS comes from [`harness::BenchSqs`]: the embedded endpoint unless a scenario measures
 //! against moto, which the bench starts when none answers at `AWS_ENDPOINT_URL_SQS`.
@@ -24,6 +26,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 
 pub mod api_latency;
+pub mod campaigns;
 pub mod cold_start;
 mod cpu;
 pub mod db_efficiency;
@@ -65,10 +68,11 @@ pub enum Scenario {
     ColdStart,
     Growth,
     E2e,
+    Campaigns,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Dispatch,
         Scenario::Slots,
         Scenario::Api,
@@ -76,6 +80,7 @@ impl Scenario {
         Scenario::ColdStart,
         Scenario::Growth,
         Scenario::E2e,
+        Scenario::Campaigns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +92,7 @@ impl Scenario {
             Scenario::ColdStart => "cold-start",
             Scenario::Growth => "growth",
             Scenario::E2e => "e2e",
+            Scenario::Campaigns => "campaigns",
         }
     }
 
@@ -99,6 +105,7 @@ impl Scenario {
             Scenario::ColdStart => "5. cold start and size",
             Scenario::Growth => "6. growth",
             Scenario::E2e => "7. end to end",
+            Scenario::Campaigns => "8. campaigns",
         }
     }
 
@@ -115,6 +122,7 @@ impl Scenario {
             Scenario::ColdStart => cold_start::run(args.quick).await,
             Scenario::Growth => growth::run(args.quick).await,
             Scenario::E2e => end_to_end::run(args.quick, sqs).await,
+            Scenario::Campaigns => campaigns::run(args.quick).await,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Stage {
             expires_at: None,
             idempotency: None,
             callback_url: None,
+            campaign_id: None,
         };
         match create_call(
             &self.env.pool,

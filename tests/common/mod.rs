@@ -193,6 +193,7 @@ impl TestEnv {
             expires_at,
             idempotency: None,
             callback_url: None,
+            campaign_id: None,
         };
         match create_call(
             &self.pool,

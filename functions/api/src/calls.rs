@@ -90,6 +90,9 @@ pub struct ListCallsParams {
     /// `nextCursor` of the previous page (keyset paging, fast on any table size). Not with
     /// `page`.
     pub cursor: Option<String>,
+    /// Only the calls of this campaign.
+    #[param(value_type = Option<Uuid>)]
+    pub campaign_id: Option<String>,
 }
 
 struct ListRequest {
@@ -141,8 +144,16 @@ impl ListCallsParams {
                 })
             })
             .transpose();
-        match (status, phone, page, page_size, cursor) {
-            (Ok(status), Ok(phone), Ok(page), Ok(page_size), Ok(cursor)) => {
+        let campaign_id = self
+            .campaign_id
+            .map(|raw| {
+                raw.parse::<Uuid>().map_err(|_| {
+                    InvalidValue::new("campaignId", "must be a campaign's id (a UUID)")
+                })
+            })
+            .transpose();
+        match (status, phone, page, page_size, cursor, campaign_id) {
+            (Ok(status), Ok(phone), Ok(page), Ok(page_size), Ok(cursor), Ok(campaign_id)) => {
                 let position = match (page, cursor) {
                     (Some(_), Some(_)) => {
                         return Err(ApiError::InvalidQuery(vec![InvalidValue::new(
@@ -154,18 +165,23 @@ impl ListCallsParams {
                     (None, Some(cursor)) => ListPosition::After(cursor),
                 };
                 Ok(ListRequest {
-                    filter: CallFilter { status, phone },
+                    filter: CallFilter {
+                        status,
+                        phone,
+                        campaign_id,
+                    },
                     position,
                     page_size: page_size.unwrap_or(DEFAULT_PAGE_SIZE),
                 })
             }
-            (status, phone, page, page_size, cursor) => Err(ApiError::InvalidQuery(
+            (status, phone, page, page_size, cursor, campaign_id) => Err(ApiError::InvalidQuery(
                 [
                     status.err(),
                     phone.err(),
                     page.err(),
                     page_size.err(),
                     cursor.err(),
+                    campaign_id.err(),
                 ]
                 .into_iter()
                 .flatten()
@@ -230,7 +246,8 @@ async fn send_dial_message(state: &AppState, enqueue: Enqueue) {
         (status = 400, description = "Malformed JSON, unknown field, wrong type or bad Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (listed in `errors`; a callbackUrl whose host is or resolves to a private, loopback or link-local address among them), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The campaign named by campaignId is canceled.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`; a callbackUrl whose host is or resolves to a private, loopback or link-local address among them, or a campaignId that names no campaign), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_call(
@@ -296,10 +313,18 @@ pub async fn create_call(
             Ok((StatusCode::OK, headers, Json(call)).into_response())
         }
         Created::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        Created::CampaignNotFound => Err(ApiError::Invalid(vec![InvalidValue::new(
+            "campaignId",
+            "names no campaign",
+        )])),
+        Created::CampaignCanceled => Err(ApiError::CampaignCanceled(
+            new.campaign_id.unwrap_or_default(),
+        )),
     }
 }
 
-/// List calls, newest first, optionally only those in one status or to one phone number.
+/// List calls, newest first, optionally only those in one status, to one phone number or of
+/// one campaign.
 ///
 /// Page mode (`page`, default) counts `total` (up to 10,000, see `totalRelation`); cursor mode (`cursor` = the previous page's
 /// `nextCursor`) stays fast on any table size and leaves `total` null.
@@ -311,7 +336,7 @@ pub async fn create_call(
     params(ListCallsParams),
     responses(
         (status = 200, description = "One page of calls.", body = CallList),
-        (status = 400, description = "Unknown status, a `to` that is not an E.164 number, pageSize outside 1–100, malformed page or cursor, page with cursor, or an unknown parameter.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Unknown status, a `to` that is not an E.164 number, a campaignId that is not a UUID, pageSize outside 1–100, malformed page or cursor, page with cursor, or an unknown parameter.", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_calls(

@@ -36,6 +36,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("call {0} not found")]
     CallNotFound(Uuid),
+    #[error("campaign {0} not found")]
+    CampaignNotFound(Uuid),
+    #[error("campaign {0} is canceled")]
+    CampaignCanceled(Uuid),
+    #[error("a bulk add of more rows than allowed")]
+    TooManyRows,
+    #[error("a bulk add's body over the limit")]
+    BulkTooLarge,
     #[error("webhook endpoint {0} not found")]
     EndpointNotFound(Uuid),
     #[error("event {0} not found")]
@@ -123,6 +131,33 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "call-not-found",
                 format!("No call has id {id}."),
+            ),
+            Self::CampaignNotFound(id) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "campaign-not-found",
+                format!("No campaign has id {id}."),
+            ),
+            Self::CampaignCanceled(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "campaign-canceled",
+                format!("Campaign {id} is canceled: it takes no new calls and cannot be paused or resumed."),
+            ),
+            Self::TooManyRows => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-many-rows",
+                format!(
+                    "A bulk add takes at most {} rows; this one has more. Send it in batches (`ebra import` does).",
+                    crate::bulk::MAX_ROWS
+                ),
+            ),
+            Self::BulkTooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!(
+                    "A bulk add's body must be at most {} bytes (and {} rows); send it in batches (`ebra import` does).",
+                    crate::bulk::MAX_BYTES,
+                    crate::bulk::MAX_ROWS
+                ),
             ),
             Self::EndpointNotFound(id) => Problem::new(
                 StatusCode::NOT_FOUND,

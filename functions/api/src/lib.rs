@@ -5,6 +5,7 @@
 //! and the local listener of `ebra dev`, which merges [`routes`] with the webhook's routes.
 //!
 //! - [`calls`]: the `/calls` handlers; [`requests`]: their bodies and validation.
+//! - [`campaigns`]: the `/campaigns` handlers; [`bulk`]: the CSV and JSON rows of a bulk add.
 //! - [`webhooks`]: `GET /calls/{id}/webhooks`, the provider's reports for a call.
 //! - [`endpoints`]: `/webhook-endpoints`, where clients register to receive events;
 //!   [`events`]: `GET /calls/{id}/events` and `POST /events/{id}/redeliver`.
@@ -28,7 +29,9 @@ use ebra_shared::store::Pool;
 use ebra_shared::Config;
 
 pub mod auth;
+pub mod bulk;
 pub mod calls;
+pub mod campaigns;
 pub mod console;
 pub mod endpoints;
 pub mod error;
@@ -87,6 +90,15 @@ pub fn routes(state: AppState) -> Router {
         .route("/calls/{id}", get(calls::get_call).patch(calls::patch_call))
         .route("/calls/{id}/cancel", post(calls::cancel_call))
         .route("/calls/{id}/webhooks", get(webhooks::list_call_webhooks))
+        .route(
+            "/campaigns",
+            post(campaigns::create_campaign).get(campaigns::list_campaigns),
+        )
+        .route("/campaigns/{id}", get(campaigns::get_campaign))
+        .route("/campaigns/{id}/pause", post(campaigns::pause_campaign))
+        .route("/campaigns/{id}/resume", post(campaigns::resume_campaign))
+        .route("/campaigns/{id}/cancel", post(campaigns::cancel_campaign))
+        .route("/campaigns/{id}/calls", post(campaigns::add_campaign_calls))
         .route("/calls/{id}/events", get(events::list_call_events))
         .route("/events/{id}/redeliver", post(events::redeliver_event))
         .route(

@@ -11,6 +11,7 @@ use axum::Json;
 use ebra_shared::domain::CallStatus;
 use ebra_shared::problem::Problem;
 use ebra_shared::store::calls::{self as store, Metrics};
+use ebra_shared::store::campaigns::CampaignCounts;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -56,10 +57,12 @@ pub struct MetricsReport {
     /// last hour. Above zero, `GLOBAL_CONCURRENCY` is higher than the provider account
     /// allows: calls wait (the refused dials do not count as attempts), but lower the cap.
     pub provider_limited_dials_last_hour: i64,
+    /// Calls waiting and in progress per campaign (the 200 newest not canceled).
+    pub campaigns: Vec<CampaignCounts>,
 }
 
 impl MetricsReport {
-    fn new(metrics: Metrics, global_concurrency: u32) -> Self {
+    fn new(metrics: Metrics, global_concurrency: u32, campaigns: Vec<CampaignCounts>) -> Self {
         let count = |status: CallStatus| metrics.by_status.get(&status).copied().unwrap_or(0);
         Self {
             calls: StatusCounts {
@@ -76,6 +79,7 @@ impl MetricsReport {
             oldest_due_pending_call_id: metrics.oldest_due_pending_call_id,
             outbox_unconfirmed: metrics.outbox_unconfirmed,
             provider_limited_dials_last_hour: metrics.provider_limited_dials_last_hour,
+            campaigns,
         }
     }
 
@@ -137,8 +141,58 @@ impl MetricsReport {
             "Dials the provider refused for its account concurrency limit in the last hour (above 0: GLOBAL_CONCURRENCY is set too high).",
             &[(String::new(), self.provider_limited_dials_last_hour.to_string())],
         );
+        let campaign_calls: Vec<_> = self
+            .campaigns
+            .iter()
+            .flat_map(|c| {
+                [("PENDING", c.pending), ("IN_PROGRESS", c.in_progress)].map(|(status, n)| {
+                    (
+                        format!(
+                            "{{campaign_id=\"{}\",campaign=\"{}\",campaign_status=\"{}\",status=\"{status}\"}}",
+                            c.id,
+                            label_value(&c.name),
+                            c.status.as_str()
+                        ),
+                        n.to_string(),
+                    )
+                })
+            })
+            .collect();
+        gauge(
+            "ebra_campaign_calls",
+            "Calls waiting (PENDING) and in progress per campaign (the 200 newest not canceled).",
+            &campaign_calls,
+        );
+        let campaign_limits: Vec<_> = self
+            .campaigns
+            .iter()
+            .filter_map(|c| {
+                c.max_concurrency.map(|max| {
+                    (
+                        format!(
+                            "{{campaign_id=\"{}\",campaign=\"{}\"}}",
+                            c.id,
+                            label_value(&c.name)
+                        ),
+                        max.to_string(),
+                    )
+                })
+            })
+            .collect();
+        gauge(
+            "ebra_campaign_max_concurrency",
+            "A campaign's maxConcurrency (campaigns without one are not listed).",
+            &campaign_limits,
+        );
         out
     }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(raw: &str) -> String {
+    raw.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -222,6 +276,7 @@ pub async fn metrics(
     let report = MetricsReport::new(
         store::metrics(&state.pool).await?,
         state.config.global_concurrency,
+        ebra_shared::store::campaigns::campaign_counts(&state.pool).await?,
     );
     Ok(match format {
         Format::Json => Json(report).into_response(),
@@ -239,6 +294,11 @@ pub async fn metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn accept_negotiation() {

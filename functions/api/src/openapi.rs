@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{calls, endpoints, events, history, metrics, webhooks};
+use crate::{calls, campaigns, endpoints, events, history, metrics, webhooks};
 
 pub const PATH: &str = "/openapi.json";
 /// The security scheme's name (also spelled out in `#[openapi(security(..))]`).
@@ -28,6 +28,13 @@ const BEARER: &str = "bearer";
         calls::get_call,
         calls::patch_call,
         calls::cancel_call,
+        campaigns::create_campaign,
+        campaigns::list_campaigns,
+        campaigns::get_campaign,
+        campaigns::pause_campaign,
+        campaigns::resume_campaign,
+        campaigns::cancel_campaign,
+        campaigns::add_campaign_calls,
         webhooks::list_call_webhooks,
         events::list_call_events,
         events::redeliver_event,
@@ -46,6 +53,7 @@ const BEARER: &str = "bearer";
     security(("bearer" = [])),
     tags(
         (name = "calls", description = "Enqueue, inspect, change and cancel calls, and read the webhooks received for them."),
+        (name = "campaigns", description = "Lists of calls added in bulk (CSV or JSON), followed as a whole (counts, rate, ETA, failures), paused, resumed and canceled, each with its own maxConcurrency and a fair share of the global cap."),
         (name = "events", description = "Signed events on every change of a call (Standard Webhooks), posted to the endpoints you register and to a call's callbackUrl: their registration, each call's events with every delivery attempt, and redelivery. The body of a delivery is an EventBody."),
         (name = "operations", description = "Metrics, their last hour, and this document."),
     )

@@ -9,9 +9,11 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use ebra_shared::domain::{InvalidValue, Metadata, PhoneNumber, ScriptId};
 use ebra_shared::events::destination::parse_url;
 use ebra_shared::store::calls::{CallPatch, NewCall};
+use ebra_shared::store::campaigns::NewCampaign;
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 
@@ -41,6 +43,9 @@ pub struct CreateCallRequest {
     /// deployment sets ALLOW_PRIVATE_WEBHOOK_URLS).
     #[schema(example = "https://crm.example.com/hooks/call-42")]
     pub callback_url: Option<String>,
+    /// The campaign the call joins: it must exist and not be canceled (409). The call
+    /// counts toward the campaign's `maxConcurrency` and waits while it is paused.
+    pub campaign_id: Option<String>,
 }
 
 /// `PATCH /calls/{id}`: only these fields, only while the call is PENDING. An absent field is
@@ -78,7 +83,7 @@ where
 
 /// An RFC 3339 instant, truncated to the microseconds Postgres stores (so the idempotency
 /// hash and the stored value agree).
-fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, InvalidValue> {
+pub(crate) fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, InvalidValue> {
     DateTime::parse_from_rfc3339(raw)
         .map(|at| at.with_timezone(&Utc).trunc_subsecs(6))
         .map_err(|_| {
@@ -90,7 +95,7 @@ fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, Invali
 }
 
 /// `expiresAt` must lie ahead, and after `scheduledAt` (when that parsed).
-fn check_expiry(
+pub(crate) fn check_expiry(
     expiry: Option<DateTime<Utc>>,
     scheduled: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
@@ -134,10 +139,14 @@ impl CreateCallRequest {
         // The URL's shape here; its addresses are checked by the handler (a DNS lookup).
         let callback_url = self
             .callback_url
+            .map(|raw| parse_callback_url("callbackUrl", &raw))
+            .transpose();
+        let campaign_id = self
+            .campaign_id
             .map(|raw| {
-                parse_url(&raw)
-                    .map(|url| url.to_string())
-                    .map_err(|e| InvalidValue::new("callbackUrl", e.to_string()))
+                raw.parse::<Uuid>().map_err(|_| {
+                    InvalidValue::new("campaignId", "must be a campaign's id (a UUID)")
+                })
             })
             .transpose();
         match (
@@ -147,6 +156,7 @@ impl CreateCallRequest {
             scheduled_at,
             expires_at,
             callback_url,
+            campaign_id,
         ) {
             (
                 Ok(phone),
@@ -155,6 +165,7 @@ impl CreateCallRequest {
                 Ok(scheduled_at),
                 Ok(expires_at),
                 Ok(callback_url),
+                Ok(campaign_id),
             ) => Ok(NewCall {
                 phone,
                 script_id,
@@ -163,8 +174,9 @@ impl CreateCallRequest {
                 expires_at,
                 idempotency: None,
                 callback_url,
+                campaign_id,
             }),
-            (phone, script_id, metadata, scheduled_at, expires_at, callback_url) => {
+            (phone, script_id, metadata, scheduled_at, expires_at, callback_url, campaign_id) => {
                 Err(every_error([
                     phone.err(),
                     script_id.err(),
@@ -172,8 +184,98 @@ impl CreateCallRequest {
                     scheduled_at.err(),
                     expires_at.err(),
                     callback_url.err(),
+                    campaign_id.err(),
                 ]))
             }
+        }
+    }
+}
+
+/// An http(s) URL's shape (its addresses are checked by the handler, a DNS lookup).
+fn parse_callback_url(field: &'static str, raw: &str) -> Result<String, InvalidValue> {
+    parse_url(raw)
+        .map(|url| url.to_string())
+        .map_err(|e| InvalidValue::new(field, e.to_string()))
+}
+
+/// `POST /campaigns`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateCampaignRequest {
+    /// 1–200 characters.
+    #[schema(example = "Renewals, March", min_length = 1, max_length = 200)]
+    pub name: String,
+    /// The default `scriptId` of its calls (a row may name its own).
+    #[schema(example = "renewals-v2", min_length = 1, max_length = 128)]
+    pub script_id: Option<String>,
+    /// Its most calls in progress at once, 1 to `GLOBAL_CONCURRENCY`; absent: the global
+    /// cap only.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub max_concurrency: Option<i64>,
+    /// RFC 3339 date-time with an offset, in the future: the default `expiresAt` of its
+    /// calls.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
+    /// The default `callbackUrl` of its calls (as a call's: public addresses only, and the
+    /// deployment needs a CALLBACK_SECRET).
+    pub callback_url: Option<String>,
+}
+
+impl CreateCampaignRequest {
+    /// The validated campaign, or every invalid field. `cap` is `GLOBAL_CONCURRENCY`.
+    pub fn validate(self, now: DateTime<Utc>, cap: u32) -> Result<NewCampaign, ApiError> {
+        let name = self.name.trim().to_owned();
+        let name = if name.is_empty() || name.chars().count() > 200 {
+            Err(InvalidValue::new("name", "must be 1 to 200 characters"))
+        } else if name.chars().any(char::is_control) {
+            Err(InvalidValue::new(
+                "name",
+                "must contain printable characters only",
+            ))
+        } else {
+            Ok(name)
+        };
+        let script_id = self.script_id.map(|raw| ScriptId::parse(&raw)).transpose();
+        let max_concurrency = self
+            .max_concurrency
+            .map(|n| {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=cap).contains(n))
+                    .ok_or_else(|| {
+                        InvalidValue::new(
+                            "maxConcurrency",
+                            format!("must be a whole number from 1 to {cap} (GLOBAL_CONCURRENCY)"),
+                        )
+                    })
+            })
+            .transpose();
+        let expires_at = self
+            .expires_at
+            .map(|raw| parse_instant("expiresAt", &raw))
+            .transpose()
+            .and_then(|expiry| check_expiry(expiry, None, now));
+        let callback_url = self
+            .callback_url
+            .map(|raw| parse_callback_url("callbackUrl", &raw))
+            .transpose();
+        match (name, script_id, max_concurrency, expires_at, callback_url) {
+            (Ok(name), Ok(script_id), Ok(max_concurrency), Ok(expires_at), Ok(callback_url)) => {
+                Ok(NewCampaign {
+                    name,
+                    script_id,
+                    max_concurrency,
+                    expires_at,
+                    callback_url,
+                })
+            }
+            (name, script_id, max_concurrency, expires_at, callback_url) => Err(every_error([
+                name.err(),
+                script_id.err(),
+                max_concurrency.err(),
+                expires_at.err(),
+                callback_url.err(),
+            ])),
         }
     }
 }
@@ -279,12 +381,18 @@ pub fn request_hash(call: &NewCall) -> String {
             serde_json::Value::String(url.clone()),
         );
     }
+    if let (Some(campaign), Some(fields)) = (call.campaign_id, canonical.as_object_mut()) {
+        fields.insert(
+            "campaignId".to_owned(),
+            serde_json::Value::String(campaign.to_string()),
+        );
+    }
     let digest = Sha256::digest(sorted_keys(&canonical).to_string().as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The value with every object's keys in sorted order (whatever the map's own ordering).
-fn sorted_keys(value: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn sorted_keys(value: &serde_json::Value) -> serde_json::Value {
     match value {
         serde_json::Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();

@@ -197,6 +197,11 @@ pub enum AckReason {
     /// Every slot is held: the call waits, PENDING, for the nudge the next freed slot sends
     /// (invariant 8), with the reclaimer's refill pass as the safety net.
     WaitingForSlot,
+    /// Its campaign is paused: the call waits, parked, for the campaign's resume.
+    CampaignPaused,
+    /// Its campaign has `maxConcurrency` calls in progress: the call waits, parked, for
+    /// the nudge when one of them ends.
+    CampaignFull,
 }
 
 /// Processes an SQS batch: the calls of all its messages are claimed together (one
@@ -439,6 +444,16 @@ async fn not_claimed(state: &WorkerState, delivery: &Delivery<'_>, claim: Claim)
         Claim::NoFreeSlot => {
             tracing::info!("every slot is held; the call waits for a freed slot's nudge");
             return MessageOutcome::Acknowledged(AckReason::WaitingForSlot);
+        }
+        Claim::CampaignPaused => {
+            tracing::info!("the call's campaign is paused; the call waits for its resume");
+            return MessageOutcome::Acknowledged(AckReason::CampaignPaused);
+        }
+        Claim::CampaignFull => {
+            tracing::info!(
+                "the call's campaign is at its maxConcurrency; the call waits for a nudge"
+            );
+            return MessageOutcome::Acknowledged(AckReason::CampaignFull);
         }
         Claim::NotPending(status) => {
             tracing::info!(

@@ -28,6 +28,8 @@ pub struct NewCall {
     pub idempotency: Option<(String, String)>,
     /// Where this call's events are also sent (checked by the caller).
     pub callback_url: Option<String>,
+    /// The campaign it joins (it must exist and not be canceled).
+    pub campaign_id: Option<Uuid>,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,10 @@ pub enum Created {
     Replayed(Call),
     /// The `Idempotency-Key` was seen before with a different request.
     KeyReused,
+    /// The campaign named does not exist.
+    CampaignNotFound,
+    /// The campaign named is canceled: it takes no new calls.
+    CampaignCanceled,
 }
 
 /// SQL, with the cap as `$12`: whether a slot is free that no message is already on its
@@ -55,6 +61,13 @@ const ROOM_FOR_A_MESSAGE: &str = "(SELECT count(*) FROM (SELECT 1 FROM call_slot
          WHERE call_id IS NULL AND slot_no <= $12 LIMIT $12) AS free) \
      > (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
          LIMIT $12) AS promised)";
+
+/// SQL, with the cap as `$1`: how many free slots among the first `cap` no message is on
+/// its way to (may be negative), both counts stopping at the cap.
+pub(crate) const ROOM_COUNT: &str = "((SELECT count(*) FROM (SELECT 1 FROM call_slots \
+         WHERE call_id IS NULL AND slot_no <= $1 LIMIT $1) AS free) \
+     - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
+         LIMIT $1) AS promised))";
 
 /// How long SQS should hold a message for a call due at `due`.
 pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
@@ -68,18 +81,55 @@ pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
 /// that no other message is already on its way to (fewer calls marked than slots free,
 /// both counted up to `cap`). Otherwise the call is parked, with no message: SQS traffic
 /// follows dials, not the backlog.
+///
+/// A campaign's call is inserted in a transaction that first reads its campaign `FOR
+/// SHARE` (a cancel cannot slip between the check and the insert); a paused campaign's
+/// call, or a call of a campaign at its `maxConcurrency`, is parked.
 pub async fn create_call(
     pool: &Pool,
     new: &NewCall,
     max_attempts: u32,
     cap: u32,
 ) -> StoreResult<Created> {
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
+    let Some(campaign_id) = new.campaign_id else {
+        return insert_call(&client, new, max_attempts, cap, true).await;
+    };
+    let tx = client.transaction().await?;
+    let Some(row) = query_opt(
+        &tx,
+        "SELECT status = 'ACTIVE' AND (max_concurrency IS NULL OR max_concurrency > \
+                (SELECT count(*) FROM calls WHERE campaign_id = $1 AND status = 'IN_PROGRESS')) AS room, \
+                status = 'CANCELED' AS canceled \
+           FROM campaigns WHERE id = $1 FOR SHARE",
+        &[&campaign_id],
+    )
+    .await?
+    else {
+        return Ok(Created::CampaignNotFound);
+    };
+    if row.try_get::<_, bool>("canceled")? {
+        return Ok(Created::CampaignCanceled);
+    }
+    let created = insert_call(&tx, new, max_attempts, cap, row.try_get("room")?).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`create_call`]'s statement; `may_message`: false parks the call whatever the room.
+async fn insert_call<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    new: &NewCall,
+    max_attempts: u32,
+    cap: u32,
+    may_message: bool,
+) -> StoreResult<Created> {
     let id = Uuid::now_v7();
     let delay = message_delay(new.scheduled_at);
-    let due_within_horizon = new
-        .scheduled_at
-        .is_none_or(|at| at - Utc::now() <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64));
+    let due_within_horizon = may_message
+        && new.scheduled_at.is_none_or(|at| {
+            at - Utc::now() <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64)
+        });
     let (key, hash) = match &new.idempotency {
         Some((key, hash)) => (Some(key.as_str()), Some(hash.as_str())),
         None => (None, None),
@@ -87,10 +137,10 @@ pub async fn create_call(
     let sql = format!(
         "WITH created AS ( \
              INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, sequence) \
+                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
                  CASE WHEN $11 AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8) END, \
-                 $9, $10, $13, 1) \
+                 $9, $10, $13, $15, 1) \
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING *), \
          event AS ( \
@@ -102,7 +152,7 @@ pub async fn create_call(
         super::events::fanned_out_at_sql("c", "'call.created'")
     );
     let inserted = query_opt(
-        &client,
+        client,
         &sql,
         &[
             &id,
@@ -119,6 +169,7 @@ pub async fn create_call(
             &(cap as i32),
             &new.callback_url,
             &Uuid::now_v7(),
+            &new.campaign_id,
         ],
     )
     .await?;
@@ -132,7 +183,7 @@ pub async fn create_call(
     }
     // The key exists: ON CONFLICT waited for its transaction, so the row is visible now.
     let sql = format!("SELECT {CALL_COLUMNS}, request_hash FROM calls WHERE idempotency_key = $1");
-    let row = query_one(&client, &sql, &[&key]).await?;
+    let row = query_one(client, &sql, &[&key]).await?;
     let stored_hash: Option<String> = row.try_get("request_hash")?;
     if stored_hash.as_deref() == hash {
         Ok(Created::Replayed(call_from_row(&row)?))
@@ -234,13 +285,14 @@ pub struct CallsPage {
     pub next_cursor: Option<String>,
 }
 
-/// Which calls a listing shows. Each filter that is set narrows it; a campaign filter joins
-/// here when campaigns exist.
+/// Which calls a listing shows. Each filter that is set narrows it.
 #[derive(Debug, Clone, Default)]
 pub struct CallFilter {
     pub status: Option<CallStatus>,
     /// One phone number's calls (served by `calls_phone_newest`).
     pub phone: Option<PhoneNumber>,
+    /// One campaign's calls (served by `calls_campaign_newest`).
+    pub campaign_id: Option<Uuid>,
 }
 
 pub async fn list_calls(
@@ -265,6 +317,10 @@ pub async fn list_calls(
     if let Some(phone) = &phone {
         params.push(phone);
         conditions.push(format!("phone = ${}", params.len()));
+    }
+    if let Some(campaign_id) = &filter.campaign_id {
+        params.push(campaign_id);
+        conditions.push(format!("campaign_id = ${}", params.len()));
     }
     let (rows, total) = match position {
         ListPosition::Page(page) => {

@@ -8,13 +8,18 @@
 //!    order, then check that no call to that phone is in progress: claims for one phone
 //!    are serialised, so the check cannot race (the partial unique index is only the
 //!    backstop), and two calls of one batch to the same phone never both go;
-//! 3. take free rows of `call_slots` among the first `GLOBAL_CONCURRENCY` with
+//! 3. for calls of campaigns, take a transaction-scoped advisory lock on each campaign, in
+//!    id order, then read its status and count its calls in progress: a paused campaign's
+//!    calls are not claimed (they are parked, and its resume refills), a canceled one's are
+//!    canceled, and no more are claimed than its `maxConcurrency` leaves room for (claims
+//!    for one campaign are serialised, so the count cannot race);
+//! 4. take free rows of `call_slots` among the first `GLOBAL_CONCURRENCY` with
 //!    `FOR UPDATE SKIP LOCKED`, one per call that may go, in batch order: no two
 //!    transactions can hold one slot, so no more than the cap can be in progress, under any
 //!    number of workers;
-//! 4. mark the calls that got a slot IN_PROGRESS and record their attempts with their
+//! 5. mark the calls that got a slot IN_PROGRESS and record their attempts with their
 //!    idempotency keys;
-//! 5. write their `call.dialing` events (and `call.expired` for calls found past their
+//! 6. write their `call.dialing` events (and `call.expired` for calls found past their
 //!    expiry), one statement for the batch.
 //!
 //! The dials happen after the commit, outside any transaction.
@@ -59,6 +64,11 @@ pub enum Claim {
     },
     /// Another call to the same phone is in progress.
     PhoneBusy,
+    /// Its campaign is paused: the call waits, parked, until the campaign is resumed.
+    CampaignPaused,
+    /// Its campaign has `maxConcurrency` calls in progress: the call waits, parked, for
+    /// one of them to end (its slot's nudge).
+    CampaignFull,
     /// All `GLOBAL_CONCURRENCY` slots are held.
     NoFreeSlot,
     /// The call is not PENDING any more (in progress, or finished): nothing to do.
@@ -89,7 +99,7 @@ pub async fn claim_call(
 ///
 /// Locks, always in the same order so that concurrent batches cannot deadlock: the calls'
 /// rows (by id), then their phones' advisory locks (by number), then free slots
-/// (`SKIP LOCKED`).
+/// (`SKIP LOCKED`). Campaign locks come after the phone locks.
 pub async fn claim_calls(
     pool: &Pool,
     call_ids: &[Uuid],
@@ -100,7 +110,7 @@ pub async fn claim_calls(
     let tx = client.transaction().await?;
     let rows = query(
         &tx,
-        "SELECT id, phone, status, next_run_at, attempts, limited_dials, max_attempts, script_id, metadata, retry_dial_key, \
+        "SELECT id, phone, campaign_id, status, next_run_at, attempts, limited_dials, max_attempts, script_id, metadata, retry_dial_key, \
                 outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
                 (COALESCE(expires_at <= now(), false) \
                  OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
@@ -196,6 +206,18 @@ pub async fn claim_calls(
             &[&sorted_phones],
         )
         .await?;
+        admit_by_campaign(
+            &tx,
+            &found,
+            &mut candidates,
+            &mut claims,
+            &mut settle_marks,
+            &mut events,
+        )
+        .await?;
+    }
+
+    if !candidates.is_empty() {
         let ids: Vec<Uuid> = candidates.iter().map(|(_, id, _)| *id).collect();
         let attempt_ids: Vec<Uuid> = candidates.iter().map(|_| Uuid::now_v7()).collect();
         // One statement, after the phone locks (so its snapshot sees every committed claim
@@ -313,6 +335,116 @@ pub async fn claim_calls(
             })
         })
         .collect()
+}
+
+/// Arbitrary first key of the campaigns' advisory locks (the two-integer form, a space
+/// apart from the phones' one-bigint locks).
+const CAMPAIGN_LOCK_SPACE: i32 = 0x6361_6d70;
+
+/// Step 3: keeps the candidates whose campaign may take a call now. Calls of a paused
+/// campaign are answered [`Claim::CampaignPaused`], those beyond a campaign's
+/// `maxConcurrency` [`Claim::CampaignFull`] (both parked: their delivery marks are
+/// settled), and those of a canceled campaign are CANCELED with their event.
+async fn admit_by_campaign(
+    tx: &Transaction<'_>,
+    found: &HashMap<Uuid, &Row>,
+    candidates: &mut Vec<(usize, Uuid, String)>,
+    claims: &mut [Option<Claim>],
+    settle_marks: &mut Vec<Uuid>,
+    events: &mut Vec<(Uuid, EventType)>,
+) -> StoreResult<()> {
+    let mut campaign_of: HashMap<Uuid, Uuid> = HashMap::new();
+    for (_, call_id, _) in candidates.iter() {
+        if let Some(row) = found.get(call_id) {
+            if let Some(campaign) = row.try_get::<_, Option<Uuid>>("campaign_id")? {
+                campaign_of.insert(*call_id, campaign);
+            }
+        }
+    }
+    if campaign_of.is_empty() {
+        return Ok(());
+    }
+    let mut campaigns: Vec<Uuid> = campaign_of.values().copied().collect();
+    campaigns.sort_unstable();
+    campaigns.dedup();
+    execute(
+        tx,
+        "SELECT pg_advisory_xact_lock($2, hashtext(id::text)) \
+           FROM unnest($1::uuid[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
+        &[&campaigns, &CAMPAIGN_LOCK_SPACE],
+    )
+    .await?;
+    // Read after the locks: every committed claim of these campaigns is counted.
+    let rows = query(
+        tx,
+        "SELECT k.id, k.status, k.max_concurrency, \
+                (SELECT count(*) FROM calls c WHERE c.campaign_id = k.id AND c.status = 'IN_PROGRESS') AS in_progress \
+           FROM campaigns k WHERE k.id = ANY($1)",
+        &[&campaigns],
+    )
+    .await?;
+    // Per campaign: its status, and how many more calls it may start (None: no limit).
+    let mut state: HashMap<Uuid, (String, Option<i64>)> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let max: Option<i32> = row.try_get("max_concurrency")?;
+        let in_progress: i64 = row.try_get("in_progress")?;
+        state.insert(
+            row.try_get("id")?,
+            (
+                row.try_get("status")?,
+                max.map(|max| i64::from(max) - in_progress),
+            ),
+        );
+    }
+    let mut canceled = Vec::new();
+    let mut admitted = Vec::with_capacity(candidates.len());
+    for (index, call_id, phone) in candidates.drain(..) {
+        let Some(campaign) = campaign_of.get(&call_id) else {
+            admitted.push((index, call_id, phone));
+            continue;
+        };
+        let Some((status, room)) = state.get_mut(campaign) else {
+            return Err(super::StoreError::Corrupt(format!(
+                "call {call_id}'s campaign {campaign} does not exist"
+            )));
+        };
+        match status.as_str() {
+            "CANCELED" => {
+                canceled.push(call_id);
+                claims[index] = Some(Claim::NotPending(CallStatus::Canceled));
+            }
+            "PAUSED" => {
+                settle_marks.push(call_id);
+                claims[index] = Some(Claim::CampaignPaused);
+            }
+            _ if room.is_some_and(|room| room <= 0) => {
+                settle_marks.push(call_id);
+                claims[index] = Some(Claim::CampaignFull);
+            }
+            _ => {
+                if let Some(room) = room.as_mut() {
+                    *room -= 1;
+                }
+                admitted.push((index, call_id, phone));
+            }
+        }
+    }
+    *candidates = admitted;
+    if !canceled.is_empty() {
+        // A call of a canceled campaign that came back to PENDING (a retry scheduled
+        // while the cancel ran): canceled as the campaign's other calls were.
+        execute(
+            tx,
+            "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), \
+                    outbox_due_at = NULL, nudged_at = NULL, sequence = sequence + 1, \
+                    last_error = COALESCE(last_error || '; ', '') || 'campaign canceled' \
+              WHERE id = ANY($1)",
+            &[&canceled],
+        )
+        .await?;
+        events.extend(canceled.iter().map(|id| (*id, EventType::Canceled)));
+    }
+    Ok(())
 }
 
 /// A call whose last dial's fate is unknown (a timeout) keeps its slot and its phone; once

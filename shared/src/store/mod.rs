@@ -2,6 +2,8 @@
 //! anywhere else.
 //!
 //! - [`calls`]: create, read, list, patch, cancel, metrics (the API).
+//! - [`campaigns`]: campaigns, their calls added in bulk, their progress, pause, resume,
+//!   cancel, and the fair pick of waiting calls across them.
 //! - [`claim`]: taking a call under the global cap and the per-phone rule (invariants 1, 2).
 //! - [`dial`]: recording what the provider answered to a dial.
 //! - [`settle`]: applying provider outcomes from webhooks (invariant 5).
@@ -24,6 +26,7 @@ use crate::call_result::CallResult;
 use crate::domain::{CallOutcome, CallStatus, DialOutcome};
 
 pub mod calls;
+pub mod campaigns;
 pub mod claim;
 pub mod deliveries;
 pub mod dial;
@@ -132,6 +135,10 @@ pub struct Call {
     /// How many events the call has had: each event carries the value right after its
     /// change, so a receiver can order a call's events and drop stale ones.
     pub sequence: i64,
+    /// The campaign the call belongs to; null for a call on its own. (`default`: events
+    /// written before campaigns existed read back without it.)
+    #[serde(default)]
+    pub campaign_id: Option<Uuid>,
 }
 
 /// One dial of a call: the audit trail.
@@ -158,7 +165,7 @@ pub struct DialAttempt {
 
 pub(crate) const CALL_COLUMNS: &str = "id, phone, script_id, metadata, status, attempts, \
     max_attempts, last_error, outcome, duration_sec, scheduled_at, expires_at, next_run_at, \
-    created_at, updated_at, started_at, ended_at, sequence, result, callback_url";
+    created_at, updated_at, started_at, ended_at, sequence, result, callback_url, campaign_id";
 
 pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
     let status: String = row.try_get("status")?;
@@ -189,6 +196,7 @@ pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
         started_at: row.try_get("started_at")?,
         ended_at: row.try_get("ended_at")?,
         sequence: row.try_get("sequence")?,
+        campaign_id: row.try_get("campaign_id")?,
     })
 }
 

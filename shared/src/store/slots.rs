@@ -2,8 +2,8 @@
 //!
 //! A call holds a row of `call_slots` from its claim until it leaves IN_PROGRESS. Every
 //! path that releases a slot (a dial that failed, a webhook, the reclaimer) does so in
-//! the transaction that moves the call on, and in the same transaction picks the oldest due
-//! PENDING calls whose phone is free and marks them nudged; after the commit their messages
+//! the transaction that moves the call on, and in the same transaction picks due PENDING
+//! calls whose phone is free, fairly across campaigns, and marks them nudged; after the commit their messages
 //! are sent with no delay, so a freed slot is refilled at once instead of when some waiting
 //! message next wakes up.
 
@@ -33,6 +33,17 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 
 /// Marks up to `count` waiting calls as nudged and returns their messages, to send after
 /// the commit. Calls whose message is on its way are left to it.
+///
+/// Fairness (issue 13): the waiting calls are taken round-robin across groups (each ACTIVE
+/// campaign with due calls, and the calls without a campaign as a group of their own),
+/// the group with the fewest calls in progress relative to its share first: the `r`-th
+/// waiting call of a group ranks `(in progress + r) / share`, where the share is the
+/// campaign's `maxConcurrency` (the cap when it has none, as for the group without a
+/// campaign). So a small campaign that starts while a large one drains gets freed slots
+/// until it holds as many as the large one. A group gives no more calls than its
+/// `maxConcurrency` leaves room for; paused and canceled campaigns give none. Each group
+/// is read through `calls_campaign_pending_due` with a LIMIT: the cost follows the number
+/// of groups with due calls, not the size of the table.
 pub(crate) async fn nudge_waiting_calls(
     tx: &Transaction<'_>,
     count: i64,
@@ -42,23 +53,69 @@ pub(crate) async fn nudge_waiting_calls(
     }
     let rows = query(
         tx,
-        "UPDATE calls SET nudged_at = now() WHERE id IN ( \
-             SELECT c.id FROM calls c \
-              WHERE c.status = 'PENDING' AND c.next_run_at <= now() \
-                AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
-                AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
-                AND NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS') \
-              ORDER BY c.next_run_at \
-              LIMIT $1 \
-              FOR UPDATE OF c SKIP LOCKED) \
-         RETURNING id",
-        &[&count, &NUDGE_QUIET_SECONDS, &MESSAGE_ON_ITS_WAY_SECONDS],
+        FAIR_NUDGE,
+        &[
+            &count,
+            &NUDGE_QUIET_SECONDS,
+            &MESSAGE_ON_ITS_WAY_SECONDS,
+            &FAIR_SHARE_UNLIMITED,
+        ],
     )
     .await?;
     rows.iter()
         .map(|row| Ok(Enqueue::now(row.try_get(0)?)))
         .collect()
 }
+
+/// The share of a group without a `maxConcurrency` of its own (a number above any cap:
+/// only the ratio between groups matters).
+const FAIR_SHARE_UNLIMITED: f64 = 10_000.0;
+
+/// Which waiting calls a nudge may take (`c`): due, not nudged within the quiet window, no
+/// message on its way, and their phone free.
+macro_rules! nudge_eligible {
+    () => {
+        "c.status = 'PENDING' AND c.next_run_at <= now() \
+           AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
+           AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
+           AND NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')"
+    };
+}
+
+/// `$1` calls to nudge, `$2` the quiet window, `$3` the message-on-its-way window, `$4`
+/// the share of a group without a limit.
+const FAIR_NUDGE: &str = concat!(
+    "UPDATE calls SET nudged_at = now() WHERE id IN ( \
+     SELECT pick.id FROM ( \
+         SELECT g.in_progress, g.share, w.id, w.r \
+           FROM (SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
+                        (SELECT count(*) FROM calls p WHERE p.campaign_id = k.id AND p.status = 'IN_PROGRESS') AS in_progress \
+                   FROM campaigns k \
+                  WHERE k.status = 'ACTIVE' \
+                    AND EXISTS (SELECT 1 FROM calls d WHERE d.campaign_id = k.id AND d.status = 'PENDING' \
+                                  AND d.next_run_at <= now())) g \
+          CROSS JOIN LATERAL ( \
+              SELECT e.id, row_number() OVER (ORDER BY e.next_run_at) AS r FROM ( \
+                  SELECT c.id, c.next_run_at FROM calls c \
+                   WHERE c.campaign_id = g.id AND ",
+    nudge_eligible!(),
+    " \
+                   ORDER BY c.next_run_at \
+                   LIMIT GREATEST(0, LEAST($1, COALESCE(g.max_concurrency - g.in_progress, $1))) \
+                   FOR UPDATE OF c SKIP LOCKED) e) w \
+         UNION ALL \
+         SELECT (SELECT count(*) FROM calls p WHERE p.campaign_id IS NULL AND p.status = 'IN_PROGRESS'), \
+                $4, e.id, row_number() OVER (ORDER BY e.next_run_at) \
+           FROM (SELECT c.id, c.next_run_at FROM calls c \
+                  WHERE c.campaign_id IS NULL AND ",
+    nudge_eligible!(),
+    " \
+                  ORDER BY c.next_run_at LIMIT $1 \
+                  FOR UPDATE OF c SKIP LOCKED) e) pick \
+      ORDER BY (pick.in_progress + pick.r) / pick.share, pick.r \
+      LIMIT $1) \
+     RETURNING id"
+);
 
 /// Calls in progress as the cap counts them: slots held.
 pub async fn slots_in_use(pool: &Pool) -> StoreResult<i64> {

@@ -329,6 +329,8 @@ pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<E
                   WHERE status = 'PENDING' AND next_run_at > now() \
                     AND next_run_at <= now() + make_interval(secs => $2) \
                     AND outbox_due_at IS NULL \
+                    AND (campaign_id IS NULL \
+                         OR campaign_id IN (SELECT id FROM campaigns WHERE status = 'ACTIVE')) \
                   ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, GREATEST(EXTRACT(EPOCH FROM next_run_at - now()), 0)::float8 AS wait",
             &[&left, &seconds(MAX_DELAY)],
