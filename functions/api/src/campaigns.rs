@@ -331,7 +331,7 @@ pub async fn cancel_campaign(
         (CampaignChanged::Done(campaign), canceled_calls) => {
             tracing::info!(campaign_id = %id, canceled_calls, "campaign canceled");
             if canceled_calls > 0 {
-                state.events.send().await;
+                state.events.after_change(&state.pool).await;
             }
             Ok(Json(CampaignCanceled {
                 campaign,
@@ -518,7 +518,7 @@ async fn add_rows(
         .any(|o| matches!(o, BulkOutcome::Created(_)));
     let nudge = async {
         if created_any {
-            state.events.send().await;
+            state.events.after_change(&state.pool).await;
         }
     };
     tokio::join!(messages, nudge);

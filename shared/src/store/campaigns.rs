@@ -371,11 +371,12 @@ pub(crate) async fn cancel_pending_calls_of<C: deadpool_postgres::GenericClient>
                     last_error = COALESCE(last_error || '; ', '') || 'campaign canceled' \
               WHERE campaign_id = $1 AND status = 'PENDING' RETURNING *), \
          event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data) \
-             SELECT gen_random_uuid(), c.id, c.sequence, 'call.canceled', {} FROM canceled c \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT gen_random_uuid(), c.id, c.sequence, 'call.canceled', {}, {} FROM canceled c \
              RETURNING 1) \
          SELECT (SELECT count(*) FROM canceled) AS canceled, (SELECT count(*) FROM event) AS events",
-        super::events::snapshot_sql("c")
+        super::events::snapshot_sql("c"),
+        super::events::fanned_out_at_sql("c", "'call.canceled'")
     );
     let row = query_one(client, &sql, &[&campaign_id]).await?;
     let canceled: i64 = row.try_get("canceled")?;
@@ -533,12 +534,13 @@ pub async fn add_campaign_calls(
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING *), \
          event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data) \
-             SELECT gen_random_uuid(), c.id, c.sequence, 'call.created', {} FROM created c RETURNING 1) \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT gen_random_uuid(), c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
          SELECT c.id, c.idempotency_key, c.outbox_due_at IS NOT NULL AS messaged, \
                 (SELECT count(*) FROM event) AS events \
            FROM created c",
-        super::events::snapshot_sql("c")
+        super::events::snapshot_sql("c"),
+        super::events::fanned_out_at_sql("c", "'call.created'")
     );
     let inserted = query(
         &tx,
