@@ -349,6 +349,9 @@ async fn run(contract: Arc<dyn Contract>) {
             expires_at: None,
             idempotency: None,
             callback_url: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(&stage.env.pool, &new, stage.config.max_attempts, CAP)
             .await

@@ -246,6 +246,7 @@ fn worker(env: &TestEnv, provider: &FakeProvider, overrides: &[(&str, &str)]) ->
         provider: Arc::new(http),
         config: Arc::new(config),
         events: Default::default(),
+        clock: Default::default(),
     }
 }
 

@@ -353,6 +353,9 @@ pub fn new_call(n: usize) -> ebra_shared::store::calls::NewCall {
         expires_at: None,
         idempotency: None,
         callback_url: None,
+        rules: Default::default(),
+        timezone: None,
+        window_opens_at: None,
     }
 }
 

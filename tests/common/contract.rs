@@ -115,6 +115,9 @@ impl Stage {
             expires_at: None,
             idempotency: None,
             callback_url: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(
             &self.env.pool,

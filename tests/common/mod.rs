@@ -193,6 +193,9 @@ impl TestEnv {
             expires_at,
             idempotency: None,
             callback_url: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(
             &self.pool,

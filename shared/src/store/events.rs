@@ -27,7 +27,8 @@ pub(crate) fn snapshot_sql(c: &str) -> String {
             'durationSec', {c}.duration_sec, 'result', {c}.result, 'scheduledAt', {c}.scheduled_at, \
             'expiresAt', {c}.expires_at, 'nextRunAt', {c}.next_run_at, 'createdAt', {c}.created_at, \
             'updatedAt', {c}.updated_at, 'startedAt', {c}.started_at, 'endedAt', {c}.ended_at, \
-            'sequence', {c}.sequence, \
+            'sequence', {c}.sequence, 'window', {c}.calling_window, 'timezone', {c}.timezone, \
+            'timeZones', {c}.time_zones, \
             'dials', COALESCE((SELECT jsonb_agg(jsonb_build_object(\
                 'attempt', a.attempt_no, 'idempotencyKey', a.idempotency_key, \
                 'dialState', a.dial_state, 'providerCallId', a.provider_call_id, \
