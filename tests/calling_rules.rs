@@ -778,3 +778,503 @@ async fn property_no_dial_is_ever_made_outside_its_window() {
         dialed.len() as i64
     );
 }
+
+// --- The do-not-call list --------------------------------------------------------------
+
+#[tokio::test]
+async fn suppressions_routes_normalise_numbers_and_keep_who_and_when() {
+    let rules = Rules::start(&[]).await;
+    // A formatted number in the path, normalised to E.164.
+    let put = rules
+        .send(
+            Method::PUT,
+            "/suppressions/%2B1%20(415)%20555-0171",
+            "application/json",
+            r#"{"reason": "asked not to be called"}"#,
+        )
+        .await
+        .expect(201);
+    assert_eq!(put["phone"], "+14155550171");
+    assert_eq!(put["reason"], "asked not to be called");
+    assert_eq!(put["createdBy"], "api-token");
+    // Again, without a body: already there (200), the reason kept.
+    let again = rules
+        .send(Method::PUT, "/suppressions/%2B14155550171", "", "")
+        .await
+        .expect(200);
+    assert_eq!(again["reason"], "asked not to be called");
+    let shown = rules
+        .send(Method::GET, "/suppressions/%2B14155550171", "", "")
+        .await
+        .expect(200);
+    let actions: Vec<&str> = shown["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|change| change["action"].as_str().expect("action"))
+        .collect();
+    assert_eq!(actions, ["ADDED", "UPDATED"]);
+    assert_eq!(shown["history"][0]["actor"], "api-token");
+    assert!(shown["history"][0]["changedAt"].is_string());
+
+    // Creating a call to it: 422 suppressed, nothing written.
+    let refused = rules
+        .post_call(json!({"to": "+14155550171", "scriptId": "rules"}))
+        .await
+        .problem(422);
+    assert_eq!(refused["type"], "urn:ebra:problem:suppressed");
+    assert_eq!(rules.count("SELECT count(*) FROM calls").await, 0);
+
+    // Bad input: 4xx problems, nothing written.
+    rules
+        .send(Method::PUT, "/suppressions/4155550171", "", "")
+        .await
+        .problem(422);
+    rules
+        .send(
+            Method::PUT,
+            "/suppressions/%2B14155550172",
+            "text/plain",
+            "reason",
+        )
+        .await
+        .problem(415);
+    let long = "x".repeat(501);
+    rules
+        .send(
+            Method::PUT,
+            "/suppressions/%2B14155550172",
+            "application/json",
+            &json!({ "reason": long }).to_string(),
+        )
+        .await
+        .problem(422);
+    rules
+        .send(
+            Method::PUT,
+            "/suppressions/%2B14155550172",
+            "application/json",
+            r#"{"reason": "x", "extra": 1}"#,
+        )
+        .await
+        .problem(400);
+    assert_eq!(rules.count("SELECT count(*) FROM suppressions").await, 1);
+
+    // Removed, with who and when kept.
+    rules
+        .send(Method::DELETE, "/suppressions/%2B14155550171", "", "")
+        .await
+        .expect(204);
+    rules
+        .send(Method::DELETE, "/suppressions/%2B14155550171", "", "")
+        .await
+        .problem(404);
+    rules
+        .send(Method::GET, "/suppressions/%2B14155550171", "", "")
+        .await
+        .problem(404);
+    assert_eq!(
+        rules
+            .count(
+                "SELECT count(*) FROM suppression_changes WHERE phone = '+14155550171' \
+                 AND action = 'REMOVED' AND actor = 'api-token' AND source = 'delete'"
+            )
+            .await,
+        1
+    );
+    // Off the list: calls to it are accepted again.
+    rules
+        .create(json!({"to": "+14155550171", "scriptId": "rules"}))
+        .await;
+}
+
+#[tokio::test]
+async fn suppressions_bulk_csv_and_cursor_paging() {
+    let rules = Rules::start(&[]).await;
+    let csv = "phone,reason\r\n+1 212 555 0181,\"asked, twice\"\n0014155550182\n\n+12125550183,complaint\n";
+    let added = rules
+        .send(Method::POST, "/suppressions", "text/csv", csv)
+        .await
+        .expect(200);
+    assert_eq!(added, json!({"added": 3, "updated": 0}));
+    let again = rules
+        .send(
+            Method::POST,
+            "/suppressions",
+            "text/csv; charset=utf-8",
+            csv,
+        )
+        .await
+        .expect(200);
+    assert_eq!(again, json!({"added": 0, "updated": 3}));
+    assert_eq!(
+        rules
+            .count("SELECT count(*) FROM suppression_changes WHERE source = 'csv' AND actor = 'api-token'")
+            .await,
+        6
+    );
+    let reason = rules
+        .send(Method::GET, "/suppressions/%2B12125550181", "", "")
+        .await
+        .expect(200);
+    assert_eq!(reason["reason"], "asked, twice");
+
+    // One bad row refuses the file: nothing added.
+    let bad = rules
+        .send(
+            Method::POST,
+            "/suppressions",
+            "text/csv",
+            "+12125550191\nnot-a-number\n+1555\n",
+        )
+        .await
+        .problem(422);
+    let messages: Vec<&str> = bad["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["message"].as_str().expect("message"))
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].starts_with("line 2:"), "{messages:?}");
+    rules
+        .send(Method::POST, "/suppressions", "application/json", "[]")
+        .await
+        .problem(415);
+    rules
+        .send(Method::POST, "/suppressions", "text/csv", "phone,reason\n")
+        .await
+        .problem(422);
+    assert_eq!(rules.count("SELECT count(*) FROM suppressions").await, 3);
+
+    // Paged by number.
+    let first = rules
+        .send(Method::GET, "/suppressions?pageSize=2", "", "")
+        .await
+        .expect(200);
+    let phones = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|s| s["phone"].as_str().expect("phone").to_owned())
+            .collect()
+    };
+    assert_eq!(phones(&first), ["+12125550181", "+12125550183"]);
+    let cursor = first["nextCursor"].as_str().expect("a next page");
+    let second = rules
+        .send(
+            Method::GET,
+            &format!("/suppressions?pageSize=2&cursor={cursor}"),
+            "",
+            "",
+        )
+        .await
+        .expect(200);
+    assert_eq!(phones(&second), ["+14155550182"]);
+    assert!(second["nextCursor"].is_null());
+    rules
+        .send(Method::GET, "/suppressions?pageSize=0", "", "")
+        .await
+        .problem(400);
+    rules
+        .send(Method::GET, "/suppressions?cursor=%21%21", "", "")
+        .await
+        .problem(400);
+    rules
+        .send(Method::GET, "/suppressions?page=2", "", "")
+        .await
+        .problem(400);
+}
+
+#[tokio::test]
+async fn a_pending_call_whose_number_is_suppressed_is_canceled_at_claim_and_never_dialed() {
+    let rules = Rules::start(&[]).await;
+    let call = rules
+        .create(json!({"to": "+14155550191", "scriptId": "rules"}))
+        .await;
+    let id = id_of(&call);
+    rules
+        .send(Method::PUT, "/suppressions/%2B14155550191", "", "")
+        .await
+        .expect(201);
+    rules.clock.set(Utc::now());
+    assert!(matches!(rules.claim_one(id).await, Claim::Suppressed));
+    let shown = rules.get(&id.to_string()).await;
+    assert_eq!(shown["status"], "CANCELED");
+    assert_eq!(shown["lastError"], "suppressed");
+    assert_eq!(shown["attempts"], 0);
+    assert_eq!(shown["sequence"], 2);
+    assert_eq!(
+        rules
+            .count(&format!(
+                "SELECT count(*) FROM call_events WHERE call_id = '{id}' AND type = 'call.canceled' \
+                 AND sequence = 2 AND data->>'lastError' = 'suppressed'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(rules.count("SELECT count(*) FROM call_attempts").await, 0);
+    assert_eq!(
+        rules
+            .count("SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL")
+            .await,
+        0
+    );
+    // A later delivery of it finds it finished.
+    assert!(matches!(
+        rules.claim_one(id).await,
+        Claim::NotPending(ebra_shared::domain::CallStatus::Canceled)
+    ));
+}
+
+/// Takes `phone`'s advisory lock in a transaction of its own, as a suppression (or a claim)
+/// in progress holds it, runs `write` in it, and keeps it open until the returned sender
+/// is used (true: commit).
+async fn hold_number_lock(
+    rules: &Rules,
+    phone: &str,
+    write: &'static str,
+) -> tokio::sync::oneshot::Sender<bool> {
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<bool>();
+    let pool = rules.env.pool.clone();
+    let phone = phone.to_owned();
+    tokio::spawn(async move {
+        let mut client = pool.get().await.expect("pool");
+        let tx = client.transaction().await.expect("begin");
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&phone],
+        )
+        .await
+        .expect("lock");
+        if !write.is_empty() {
+            tx.execute(write, &[&phone]).await.expect("write");
+        }
+        let _ = locked_tx.send(());
+        if finish_rx.await.unwrap_or(false) {
+            tx.commit().await.expect("commit");
+        }
+    });
+    locked_rx.await.expect("the lock is held");
+    finish_tx
+}
+
+#[tokio::test]
+async fn suppression_race_a_claim_waits_for_a_suppression_being_written_then_cancels() {
+    let rules = Rules::start(&[]).await;
+    let id = id_of(
+        &rules
+            .create(json!({"to": "+14155550192", "scriptId": "rules"}))
+            .await,
+    );
+    // A suppression of the number is being written (not committed yet).
+    let finish = hold_number_lock(
+        &rules,
+        "+14155550192",
+        "INSERT INTO suppressions (phone) VALUES ($1)",
+    )
+    .await;
+    let pool = rules.env.pool.clone();
+    let limits = ClaimLimits::from(&rules.config);
+    let now = Utc::now();
+    let claim = tokio::spawn(async move { claim_calls_at(&pool, &[id], &limits, now).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !claim.is_finished(),
+        "the claim must wait for the suppression's lock"
+    );
+    finish.send(true).expect("commit the suppression");
+    let claims = claim.await.expect("joined").expect("claim");
+    assert!(matches!(claims[..], [Claim::Suppressed]), "{claims:?}");
+    assert_eq!(rules.count("SELECT count(*) FROM call_attempts").await, 0);
+}
+
+#[tokio::test]
+async fn suppression_race_a_suppression_waits_for_a_claim_in_progress() {
+    let rules = Rules::start(&[]).await;
+    // A claim of a call to the number holds its lock (not committed yet).
+    let finish = hold_number_lock(&rules, "+14155550193", "").await;
+    let router = rules.router.clone();
+    let put = tokio::spawn(async move {
+        router
+            .oneshot(
+                Request::builder()
+                    .method(Method::PUT)
+                    .uri("/suppressions/%2B14155550193")
+                    .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible")
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !put.is_finished(),
+        "the suppression must wait for the claim's lock"
+    );
+    finish.send(true).expect("end the claim");
+    assert_eq!(put.await.expect("joined"), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn suppression_race_each_call_is_dialed_before_or_never() {
+    let rules = Rules::start(&[]).await;
+    let mut calls = Vec::new();
+    for n in 0..24 {
+        let phone = format!("+1415555{:04}", 4000 + n);
+        let id = id_of(
+            &rules
+                .create(json!({"to": phone, "scriptId": "rules"}))
+                .await,
+        );
+        calls.push((id, phone));
+    }
+    let limits = ClaimLimits::from(&rules.config);
+    let mut tasks = Vec::new();
+    for (id, phone) in calls.clone() {
+        let pool = rules.env.pool.clone();
+        let limits = limits.clone();
+        let router = rules.router.clone();
+        tasks.push(tokio::spawn(async move {
+            let path = format!("/suppressions/{}", phone.replace('+', "%2B"));
+            let suppress = async {
+                router
+                    .oneshot(
+                        Request::builder()
+                            .method(Method::PUT)
+                            .uri(path)
+                            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                            .body(Body::empty())
+                            .expect("request"),
+                    )
+                    .await
+                    .expect("infallible")
+                    .status()
+            };
+            let ids = [id];
+            let claim = claim_calls_at(&pool, &ids, &limits, Utc::now());
+            let (status, claims) = tokio::join!(suppress, claim);
+            assert_eq!(status, StatusCode::CREATED);
+            (id, claims.expect("claim").pop().expect("answer"))
+        }));
+    }
+    let (mut dialed, mut canceled) = (0, 0);
+    for task in tasks {
+        let (id, claim) = task.await.expect("joined");
+        let attempts = rules
+            .count(&format!(
+                "SELECT count(*) FROM call_attempts WHERE call_id = '{id}'"
+            ))
+            .await;
+        let status = rules
+            .count(&format!(
+                "SELECT CASE status WHEN 'IN_PROGRESS' THEN 1 WHEN 'CANCELED' THEN 2 ELSE 0 END::int8 \
+                 FROM calls WHERE id = '{id}'"
+            ))
+            .await;
+        match claim {
+            Claim::Claimed(_) => {
+                assert_eq!((attempts, status), (1, 1), "{id}");
+                dialed += 1;
+            }
+            Claim::Suppressed => {
+                assert_eq!((attempts, status), (0, 2), "{id}");
+                canceled += 1;
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(dialed + canceled, calls.len());
+    // Now every number is suppressed: a redelivery dials none of the canceled calls.
+    let ids: Vec<Uuid> = calls.iter().map(|(id, _)| *id).collect();
+    for claim in rules.claim_at(&ids, Utc::now()).await {
+        assert!(!matches!(claim, Claim::Claimed(_)), "{claim:?}");
+    }
+}
+
+// --- The daily cap per number ------------------------------------------------------------
+
+#[tokio::test]
+async fn the_daily_cap_counts_dials_across_calls_in_a_rolling_day() {
+    let rules = Rules::start(&[("MAX_DIALS_PER_NUMBER_PER_DAY", "2")]).await;
+    let phone = "+14155550195";
+    // Two calls to the number were dialed, 23 h and 1 h ago, and ended.
+    for hours_ago in [23, 1] {
+        let id = id_of(
+            &rules
+                .create(json!({"to": phone, "scriptId": "rules"}))
+                .await,
+        );
+        rules.clock.set(Utc::now());
+        assert!(matches!(rules.claim_one(id).await, Claim::Claimed(_)));
+        rules
+            .env
+            .execute(&format!(
+                "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = '{id}'; \
+                 UPDATE calls SET status = 'COMPLETED', ended_at = now() WHERE id = '{id}'; \
+                 UPDATE call_attempts SET started_at = now() - interval '{hours_ago} hours', \
+                        dial_state = 'ACCEPTED', provider_call_id = 'p-{id}' WHERE call_id = '{id}'"
+            ))
+            .await;
+    }
+    // A third waits until the older dial is 24 h old (in an hour).
+    let third = id_of(
+        &rules
+            .create(json!({"to": phone, "scriptId": "rules"}))
+            .await,
+    );
+    let now = Utc::now();
+    rules.clock.set(now);
+    let until = match rules.claim_one(third).await {
+        Claim::DailyCapReached { until } => until,
+        other => panic!("expected the daily cap, got {other:?}"),
+    };
+    let expected = now + chrono::Duration::hours(1);
+    assert!(
+        (until - expected).num_seconds().abs() <= 5,
+        "until {until}, expected about {expected}"
+    );
+    let shown = rules.get(&third.to_string()).await;
+    assert_eq!(shown["status"], "PENDING");
+    assert_eq!(instant(&shown["nextRunAt"]), until);
+    // Another number is not held back.
+    let other = id_of(
+        &rules
+            .create(json!({"to": "+14155550196", "scriptId": "rules"}))
+            .await,
+    );
+    rules.clock.set(Utc::now());
+    assert!(matches!(rules.claim_one(other).await, Claim::Claimed(_)));
+    // At `until` it goes.
+    rules.clock.set(until);
+    assert!(matches!(rules.claim_one(third).await, Claim::Claimed(_)));
+
+    // A dial the provider refused never rang the phone: it does not count.
+    let rules = Rules::start(&[("MAX_DIALS_PER_NUMBER_PER_DAY", "1")]).await;
+    let first = id_of(
+        &rules
+            .create(json!({"to": phone, "scriptId": "rules"}))
+            .await,
+    );
+    rules.clock.set(Utc::now());
+    assert!(matches!(rules.claim_one(first).await, Claim::Claimed(_)));
+    rules
+        .env
+        .execute(&format!(
+            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = '{first}'; \
+             UPDATE calls SET status = 'FAILED', ended_at = now() WHERE id = '{first}'; \
+             UPDATE call_attempts SET dial_state = 'REJECTED' WHERE call_id = '{first}'"
+        ))
+        .await;
+    let second = id_of(
+        &rules
+            .create(json!({"to": phone, "scriptId": "rules"}))
+            .await,
+    );
+    rules.clock.set(Utc::now());
+    assert!(matches!(rules.claim_one(second).await, Claim::Claimed(_)));
+}

@@ -658,7 +658,7 @@ async fn daily_cap_reached(
         tx,
         "SELECT c.phone, array_agg(a.started_at ORDER BY a.started_at) AS dials \
            FROM calls c JOIN call_attempts a ON a.call_id = c.id \
-          WHERE c.phone = ANY($1) AND a.started_at > $2 - interval '24 hours' \
+          WHERE c.phone = ANY($1) AND a.started_at > $2::timestamptz - interval '24 hours' \
             AND a.dial_state IN ('DIALING', 'ACCEPTED', 'UNKNOWN') \
           GROUP BY c.phone",
         &[&phones, &now],
