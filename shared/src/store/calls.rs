@@ -483,13 +483,15 @@ pub async fn patch_call(
         }
     };
     // Never due while the window is closed.
-    let new_next_run = if schedule_changed || new_phone.is_some() {
-        rules
-            .next_allowed(new_next_run.max(now))
-            .unwrap_or(new_next_run)
-            .max(new_next_run)
-    } else {
-        new_next_run
+    let new_next_run = match (&rules.window, schedule_changed || new_phone.is_some()) {
+        (Some(_), true) => {
+            let from = new_next_run.max(now);
+            match rules.next_allowed(from) {
+                Some(opening) if opening > from => opening,
+                _ => new_next_run,
+            }
+        }
+        _ => new_next_run,
     };
     let due_changed = schedule_changed || new_next_run != next_run_at;
     let delay = message_delay(Some(new_next_run));
