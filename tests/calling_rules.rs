@@ -1278,3 +1278,140 @@ async fn the_daily_cap_counts_dials_across_calls_in_a_rolling_day() {
     rules.clock.set(Utc::now());
     assert!(matches!(rules.claim_one(second).await, Claim::Claimed(_)));
 }
+
+// --- Redials, changes ------------------------------------------------------------------
+
+/// Claims `id` now and records a dial of unknown fate (a timeout): the call keeps its slot
+/// and is redialed with the same key after its backoff.
+async fn dial_of_unknown_fate(rules: &Rules, id: Uuid) {
+    use ebra_shared::provider::DialResult;
+    use ebra_shared::store::dial::{record_dial, DialRecorded, RetryPolicy};
+    rules.clock.set(Utc::now());
+    let Claim::Claimed(claimed) = rules.claim_one(id).await else {
+        panic!("expected a claim of {id}");
+    };
+    let timeout = DialResult::Retryable {
+        error: "timed out".to_owned(),
+        retry_after: None,
+        maybe_placed: true,
+    };
+    let (recorded, _) = record_dial(
+        &rules.env.pool,
+        &claimed,
+        &timeout,
+        &RetryPolicy::from(&rules.config),
+    )
+    .await
+    .expect("recording the timeout");
+    assert!(
+        matches!(recorded, DialRecorded::RetryScheduled { .. }),
+        "{recorded:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_redial_obeys_the_rules_too() {
+    let rules = Rules::start(&[("BASE_RETRY_SECONDS", "1")]).await;
+    // Suppressed while its dial's fate is unknown: not redialed but CANCELED, its slot freed.
+    let id = id_of(
+        &rules
+            .create(json!({"to": "+14155550401", "scriptId": "rules"}))
+            .await,
+    );
+    dial_of_unknown_fate(&rules, id).await;
+    rules
+        .send(Method::PUT, "/suppressions/%2B14155550401", "", "")
+        .await
+        .expect(201);
+    rules.clock.set(Utc::now() + chrono::Duration::minutes(5));
+    assert!(matches!(rules.claim_one(id).await, Claim::Suppressed));
+    let shown = rules.get(&id.to_string()).await;
+    assert_eq!(shown["status"], "CANCELED");
+    assert_eq!(shown["lastError"], "suppressed");
+    assert_eq!(shown["dials"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        rules
+            .count(&format!(
+                "SELECT count(*) FROM call_slots WHERE call_id = '{id}'"
+            ))
+            .await,
+        0
+    );
+    let last_event = rules
+        .count(&format!(
+            "SELECT count(*) FROM call_events e JOIN calls c ON c.id = e.call_id \
+              WHERE c.id = '{id}' AND e.sequence = c.sequence AND e.type = 'call.canceled'"
+        ))
+        .await;
+    assert_eq!(last_event, 1);
+
+    // Its window closed meanwhile: the redial waits for the next opening (the slot kept,
+    // as while it backs off; the reclaimer settles a call silent for too long).
+    let now = Utc::now();
+    let window = json!({
+        "start": format!("{:02}:{:02}", now.hour(), now.minute()),
+        "end": format!("{:02}:{:02}", (now.hour() + 1) % 24, now.minute()),
+    });
+    let id = id_of(
+        &rules
+            .create(call_body("+14155550402", window, Some("UTC")))
+            .await,
+    );
+    dial_of_unknown_fate(&rules, id).await;
+    let later = now + chrono::Duration::hours(2);
+    rules.clock.set(later);
+    match rules.claim_one(id).await {
+        Claim::OutsideWindow { until } => {
+            assert!(until > later, "{until}");
+            let shown = rules.get(&id.to_string()).await;
+            assert_eq!(shown["status"], "IN_PROGRESS");
+            assert_eq!(shown["dials"].as_array().map(Vec::len), Some(1));
+            assert_eq!(instant(&shown["nextRunAt"]), until);
+        }
+        other => panic!("expected OutsideWindow, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_patch_to_a_suppressed_number_is_refused_and_a_new_number_brings_its_zones() {
+    let rules = Rules::start(&[]).await;
+    rules.clock.set(at("2030-07-01T14:00:00Z"));
+    // 10:00 in New York: open; the call is due at once.
+    let call = rules
+        .create(call_body(
+            "+12125550501",
+            json!({"start": "09:00", "end": "20:00"}),
+            None,
+        ))
+        .await;
+    assert!(call["windowOpensAt"].is_null());
+    let id = call["id"].as_str().expect("id").to_owned();
+    rules
+        .send(Method::PUT, "/suppressions/%2B14155550502", "", "")
+        .await
+        .expect(201);
+    let refused = rules
+        .send(
+            Method::PATCH,
+            &format!("/calls/{id}"),
+            "application/json",
+            r#"{"to": "+14155550502"}"#,
+        )
+        .await
+        .problem(422);
+    assert_eq!(refused["type"], "urn:ebra:problem:suppressed");
+    assert_eq!(rules.get(&id).await["to"], "+12125550501");
+    // To Los Angeles, where it is 07:00: its zones follow, and it waits for 09:00 there.
+    let moved = rules
+        .send(
+            Method::PATCH,
+            &format!("/calls/{id}"),
+            "application/json",
+            r#"{"to": "+14155550503"}"#,
+        )
+        .await
+        .expect(200);
+    assert_eq!(moved["timeZones"], json!(["America/Los_Angeles"]));
+    assert_eq!(instant(&moved["nextRunAt"]), at("2030-07-01T16:00:00Z"));
+    assert_eq!(instant(&moved["windowOpensAt"]), at("2030-07-01T16:00:00Z"));
+}

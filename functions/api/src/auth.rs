@@ -89,6 +89,14 @@ pub fn caller_identity(extensions: &axum::http::Extensions, token_checked: bool)
     token_checked.then(|| "api-token".to_owned())
 }
 
+/// [`caller_identity`], cut to what the records keep (512 characters).
+pub fn caller_identity_for_records(
+    extensions: &axum::http::Extensions,
+    token_checked: bool,
+) -> Option<String> {
+    caller_identity(extensions, token_checked).map(|who| who.chars().take(512).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use ebra_shared::store::suppressions::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::caller_identity;
+use crate::auth::caller_identity_for_records;
 use crate::error::ApiError;
 use crate::extract::{has_json_content_type, QueryParams};
 use crate::AppState;
@@ -157,7 +157,7 @@ pub async fn put_suppression(
             .map_err(|e| ApiError::bad_request("malformed-body", e.to_string()))?
     };
     let reason = check_reason("reason", request.reason).map_err(|e| ApiError::Invalid(vec![e]))?;
-    let actor = caller_identity(&extensions, state.config.api_token.is_some());
+    let actor = caller_identity_for_records(&extensions, state.config.api_token.is_some());
     let entry = SuppressionEntry { phone, reason };
     let mut changed = store::add_suppressions(
         &state.pool,
@@ -196,7 +196,7 @@ pub async fn delete_suppression(
     extensions: Extensions,
     PhonePath(phone): PhonePath,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller_identity(&extensions, state.config.api_token.is_some());
+    let actor = caller_identity_for_records(&extensions, state.config.api_token.is_some());
     if store::remove_suppression(&state.pool, &phone, actor.as_deref()).await? {
         tracing::info!(phone = %phone, actor = ?actor, "number removed from the do-not-call list");
         Ok(StatusCode::NO_CONTENT)
@@ -328,7 +328,7 @@ pub async fn add_suppressions(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::Invalid(vec![InvalidValue::new("csv", "must be UTF-8 text")]))?;
     let entries = parse_csv(text).map_err(ApiError::Invalid)?;
-    let actor = caller_identity(&extensions, state.config.api_token.is_some());
+    let actor = caller_identity_for_records(&extensions, state.config.api_token.is_some());
     let changed =
         store::add_suppressions(&state.pool, &entries, actor.as_deref(), ChangeSource::Csv).await?;
     let added = changed.iter().filter(|(_, added)| *added).count() as u64;
