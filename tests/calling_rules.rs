@@ -1415,3 +1415,59 @@ async fn a_patch_to_a_suppressed_number_is_refused_and_a_new_number_brings_its_z
     assert_eq!(instant(&moved["nextRunAt"]), at("2030-07-01T16:00:00Z"));
     assert_eq!(instant(&moved["windowOpensAt"]), at("2030-07-01T16:00:00Z"));
 }
+
+#[tokio::test]
+async fn a_nudge_the_rules_stop_is_passed_on_to_another_waiting_call() {
+    let rules = Rules::start(&[]).await;
+    // A: due, brought to a free slot by a nudge, but its window closed meanwhile.
+    let now = Utc::now();
+    let window = json!({
+        "start": format!("{:02}:{:02}", now.hour(), now.minute()),
+        "end": format!("{:02}:{:02}", (now.hour() + 1) % 24, now.minute()),
+    });
+    let held = id_of(
+        &rules
+            .create(call_body("+14155550601", window, Some("UTC")))
+            .await,
+    );
+    // B: waiting for a slot, no message.
+    let waiting = id_of(
+        &rules
+            .create(json!({"to": "+14155550602", "scriptId": "rules"}))
+            .await,
+    );
+    rules
+        .env
+        .execute(&format!(
+            "UPDATE calls SET outbox_due_at = NULL, nudged_at = now() WHERE id = '{held}'; \
+             UPDATE calls SET outbox_due_at = NULL, nudged_at = NULL WHERE id = '{waiting}'"
+        ))
+        .await;
+    let later = Utc::now() + chrono::Duration::hours(2);
+    let (claims, nudges) = ebra_shared::store::claim::claim_calls_passing_nudges(
+        &rules.env.pool,
+        &[held],
+        &ClaimLimits::from(&rules.config),
+        later,
+    )
+    .await
+    .expect("claim");
+    assert!(
+        matches!(claims[..], [Claim::OutsideWindow { .. }]),
+        "{claims:?}"
+    );
+    let nudged: Vec<Uuid> = nudges.iter().map(|n| n.call_id).collect();
+    assert_eq!(
+        nudged,
+        [waiting],
+        "the slot's nudge goes to the waiting call"
+    );
+    assert_eq!(
+        rules
+            .count(&format!(
+                "SELECT count(*) FROM calls WHERE id = '{waiting}' AND nudged_at IS NOT NULL"
+            ))
+            .await,
+        1
+    );
+}

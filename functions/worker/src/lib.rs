@@ -69,7 +69,7 @@ use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{dial_once, Dial, DialResult, Provider};
 use ebra_shared::queue::MAX_DELAY;
 use ebra_shared::queue::{CallsQueue, Enqueue};
-use ebra_shared::store::claim::{claim_calls_at, Claim, ClaimLimits, ClaimedCall};
+use ebra_shared::store::claim::{claim_calls_passing_nudges, Claim, ClaimLimits, ClaimedCall};
 use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::{Pool, StoreError};
 use ebra_shared::Config;
@@ -344,7 +344,7 @@ async fn process_calls(
     // key), so it is tried once more at once: a pooled connection the database dropped
     // must not hold up a whole batch for seconds.
     let limits = ClaimLimits::from(&**config);
-    let claim = || claim_calls_at(&state.pool, &call_ids, &limits, state.clock.now());
+    let claim = || claim_calls_passing_nudges(&state.pool, &call_ids, &limits, state.clock.now());
     let claimed = match claim().await {
         Ok(claims) => Ok(claims),
         Err(error) => {
@@ -352,8 +352,8 @@ async fn process_calls(
             claim().await
         }
     };
-    let claims = match claimed {
-        Ok(claims) => claims,
+    let (claims, passed_on) = match claimed {
+        Ok(claimed) => claimed,
         Err(error) => {
             tracing::warn!(error = %error, calls = deliveries.len(), "claim failed; the messages come back shortly");
             return defer_all(
@@ -393,6 +393,11 @@ async fn process_calls(
     let nudge = async {
         if wrote_events {
             state.events.send().await;
+        }
+        // Calls nudged in place of those the calling rules held back (their slots would
+        // otherwise idle until the reclaimer's refill).
+        if !passed_on.is_empty() {
+            state.queue.send_best_effort(&passed_on).await;
         }
     };
     let (mut outcomes, dialed, ()) = tokio::join!(not_dialed, dialed, nudge);

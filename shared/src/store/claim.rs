@@ -36,6 +36,7 @@ use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 use crate::events::EventType;
 use crate::provider::PriorDial;
+use crate::queue::Enqueue;
 use crate::rules::CallRules;
 
 /// A stored window that can never open again (the search horizon passed with none) is
@@ -157,6 +158,32 @@ pub async fn claim_calls_at(
     limits: &ClaimLimits,
     now: DateTime<Utc>,
 ) -> StoreResult<Vec<Claim>> {
+    claim_batch(pool, call_ids, limits, now, false)
+        .await
+        .map(|(claims, _)| claims)
+}
+
+/// [`claim_calls_at`], passing on the nudges the calling rules stopped: a call that was
+/// brought to a free slot (nudged, or messaged by the refill) but is held back by its window,
+/// its number's daily cap or the do-not-call list would leave that slot idle until the
+/// reclaimer's next refill; instead as many other waiting calls are nudged, in this
+/// transaction. Returns their messages, to send after it (the worker does).
+pub async fn claim_calls_passing_nudges(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    limits: &ClaimLimits,
+    now: DateTime<Utc>,
+) -> StoreResult<(Vec<Claim>, Vec<Enqueue>)> {
+    claim_batch(pool, call_ids, limits, now, true).await
+}
+
+async fn claim_batch(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    limits: &ClaimLimits,
+    now: DateTime<Utc>,
+    pass_nudges_on: bool,
+) -> StoreResult<(Vec<Claim>, Vec<Enqueue>)> {
     let cap = limits.cap;
     let max_pending_age_seconds = limits.max_pending_age_seconds;
     let mut client = pool.get().await?;
@@ -301,6 +328,12 @@ pub async fn claim_calls_at(
     // The calling rules, for the due PENDING calls.
     let mut suppressed = Vec::new();
     let mut allowed = Vec::with_capacity(candidates.len());
+    // Calls the rules held back that had been brought to a free slot: their nudges are
+    // passed on.
+    let mut held_back_marked: i64 = 0;
+    let was_marked = |row: &Row| -> StoreResult<bool> {
+        Ok(row.try_get::<_, bool>("outbox_marked")? || row.try_get::<_, bool>("nudged")?)
+    };
     for (index, call_id, phone) in candidates {
         let row = found.get(&call_id).ok_or_else(|| {
             super::StoreError::Corrupt(format!("call {call_id} is a candidate but not read"))
@@ -308,9 +341,11 @@ pub async fn claim_calls_at(
         if suppressed_phones.contains(&phone) {
             suppressed.push(call_id);
             claims[index] = Some(Claim::Suppressed);
+            held_back_marked += i64::from(was_marked(row)?);
         } else if let Some(until) = outside_rules(row, now)? {
             moved.push((call_id, until));
             claims[index] = Some(Claim::OutsideWindow { until });
+            held_back_marked += i64::from(was_marked(row)?);
         } else {
             allowed.push((index, call_id, phone));
         }
@@ -318,20 +353,24 @@ pub async fn claim_calls_at(
     let mut candidates = allowed;
     if let (Some(cap), false) = (limits.max_dials_per_number_per_day, candidates.is_empty()) {
         let capped = daily_cap_reached(&tx, &candidates, cap, now).await?;
-        candidates.retain(|(index, call_id, _)| match capped.get(call_id) {
-            Some(aged_out) => {
-                // Then the window must be open too: the claim checks it again at `until`.
-                let until = found
-                    .get(call_id)
-                    .and_then(|row| stored_rules(row).ok().flatten())
-                    .and_then(|rules| rules.next_allowed(*aged_out))
-                    .unwrap_or(*aged_out);
-                moved.push((*call_id, until));
-                claims[*index] = Some(Claim::DailyCapReached { until });
-                false
-            }
-            None => true,
-        });
+        let mut kept = Vec::with_capacity(candidates.len());
+        for (index, call_id, phone) in candidates {
+            let Some(aged_out) = capped.get(&call_id) else {
+                kept.push((index, call_id, phone));
+                continue;
+            };
+            let row = found.get(&call_id).ok_or_else(|| {
+                super::StoreError::Corrupt(format!("call {call_id} is a candidate but not read"))
+            })?;
+            // Then the window must be open too (the claim checks it again at `until`).
+            let until = stored_rules(row)?
+                .and_then(|rules| rules.next_allowed(*aged_out))
+                .unwrap_or(*aged_out);
+            moved.push((call_id, until));
+            claims[index] = Some(Claim::DailyCapReached { until });
+            held_back_marked += i64::from(was_marked(row)?);
+        }
+        candidates = kept;
     }
     if !suppressed.is_empty() {
         execute(
@@ -470,8 +509,14 @@ pub async fn claim_calls_at(
     }
     record_events(&tx, &events).await?;
     clear_delivery_marks(&tx, &settle_marks).await?;
+    // After the claim statement, so that no call of this batch is nudged.
+    let nudges = if pass_nudges_on && held_back_marked > 0 {
+        super::slots::nudge_waiting_calls(&tx, held_back_marked).await?
+    } else {
+        Vec::new()
+    };
     tx.commit().await?;
-    claims
+    let claims = claims
         .into_iter()
         .zip(call_ids)
         .map(|(claim, call_id)| {
@@ -479,7 +524,8 @@ pub async fn claim_calls_at(
                 super::StoreError::Corrupt(format!("call {call_id} was left unanswered"))
             })
         })
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((claims, nudges))
 }
 
 /// A call whose last dial's fate is unknown (a timeout) keeps its slot and its phone; once
