@@ -338,8 +338,8 @@ fn check_locally(
     let now = chrono::Utc::now();
     Ok(parsed
         .into_iter()
-        .map(
-            |row| match row.and_then(|raw| ebra_api::bulk::validate_row(raw, &campaign, now)) {
+        .map(|row| {
+            match row.and_then(|raw| ebra_api::bulk::validate_row(raw, &campaign, now, None)) {
                 Ok(_) => RowAnswer::Created,
                 Err(errors) => RowAnswer::Rejected(
                     errors
@@ -348,8 +348,8 @@ fn check_locally(
                         .collect::<Vec<_>>()
                         .join("; "),
                 ),
-            },
-        )
+            }
+        })
         .collect())
 }
 

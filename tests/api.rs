@@ -1777,6 +1777,11 @@ async fn openapi_lists_exactly_the_routes_served() {
         ("PATCH", "/webhook-endpoints/{id}"),
         ("DELETE", "/webhook-endpoints/{id}"),
         ("POST", "/webhook-endpoints/{id}/rotate-secret"),
+        ("POST", "/suppressions"),
+        ("GET", "/suppressions"),
+        ("GET", "/suppressions/{phone}"),
+        ("PUT", "/suppressions/{phone}"),
+        ("DELETE", "/suppressions/{phone}"),
         ("GET", "/metrics"),
         ("GET", "/metrics/history"),
         ("GET", "/openapi.json"),
@@ -1810,10 +1815,28 @@ async fn openapi_lists_exactly_the_routes_served() {
             path.replace("{id}", &id_of(&created.json()))
         } else if path.starts_with("/events/") {
             path.replace("{id}", &event_id)
+        } else if path.starts_with("/suppressions/") {
+            // On the list before each operation (one of them removes it).
+            api.call(Method::PUT, "/suppressions/%2B14155550177").await;
+            path.replace("{phone}", "%2B14155550177")
         } else {
             path.replace("{id}", &id)
         };
         let method = Method::from_bytes(method.as_bytes()).unwrap();
+        if (&method, path.as_str()) == (&Method::POST, "/suppressions") {
+            let request = api
+                .builder(Method::POST, "/suppressions")
+                .header(header::CONTENT_TYPE, "text/csv")
+                .body(Body::from("+14155550178\n"))
+                .unwrap();
+            let reply = api.send(request).await;
+            assert!(
+                reply.status.is_success(),
+                "POST /suppressions: {}",
+                reply.text()
+            );
+            continue;
+        }
         let body = match (&method, path.as_str()) {
             (&Method::POST, "/calls") => valid_call(),
             (&Method::POST, "/webhook-endpoints") => endpoint_body.clone(),
@@ -1843,7 +1866,8 @@ async fn openapi_lists_exactly_the_routes_served() {
             .map(|(m, _)| m.as_str())
             .collect();
         let concrete = path.replace("{id}", &id);
-        let reply = api.call(Method::PUT, &concrete).await;
+        // A method no route serves.
+        let reply = api.call(Method::TRACE, &concrete).await;
         reply.problem(405);
         let allowed: BTreeSet<&str> = reply
             .header("allow")

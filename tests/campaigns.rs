@@ -1012,3 +1012,70 @@ async fn calls_without_a_campaign_are_a_group_of_their_own() {
         "{picked:?}"
     );
 }
+
+#[tokio::test]
+async fn bulk_rows_obey_the_calling_rules() {
+    use chrono::Timelike as _;
+    // A CALL_WINDOW closed now in Los Angeles (the zone of +1 415): it opens in one to two
+    // hours, every day.
+    let hour = chrono::Utc::now()
+        .with_timezone(&chrono_tz::America::Los_Angeles)
+        .hour();
+    let window = json!({
+        "start": format!("{:02}:00", (hour + 2) % 24),
+        "end": format!("{:02}:00", (hour + 3) % 24),
+        "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+    })
+    .to_string();
+    let env = TestEnv::new().await;
+    let config = env.config(&[
+        ("GLOBAL_CONCURRENCY", "10"),
+        ("CALL_WINDOW", window.as_str()),
+    ]);
+    let api = Api {
+        router: ebra_api::router(AppState::new(
+            env.pool.clone(),
+            Some(env.queue.clone()),
+            Arc::new(config),
+        )),
+        env,
+        cap: 10,
+    };
+    let suppressed = api
+        .call(
+            Method::PUT,
+            "/suppressions/%2B14155550199",
+            "application/json",
+            r#"{"reason": "asked not to be called"}"#,
+        )
+        .await;
+    assert!(suppressed.status.is_success(), "{}", suppressed.text());
+    let campaign = api
+        .campaign(json!({"name": "rules", "scriptId": "s"}))
+        .await;
+
+    let added = api
+        .add_csv(&campaign, "to\n+14155550101\n+14155550199\n")
+        .await
+        .ok();
+    assert_eq!(statuses(&added), ["created", "rejected"]);
+    assert_eq!(added["rows"][1]["errors"][0]["field"], "to", "{added}");
+
+    // Nothing was written for the suppressed number.
+    assert_eq!(
+        api.count("SELECT count(*) FROM calls WHERE phone = '+14155550199'")
+            .await,
+        0
+    );
+    // The other waits for its window, parked: no message, due at the opening.
+    assert_eq!(
+        api.count(
+            "SELECT count(*) FROM calls WHERE phone = '+14155550101' AND calling_window IS NOT NULL \
+               AND time_zones = ARRAY['America/Los_Angeles'] AND outbox_due_at IS NULL \
+               AND next_run_at > now() + interval '55 minutes'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(api.messages().await, 0);
+}

@@ -28,6 +28,11 @@
 //! - Postgres: every ~200 ms, backends of the test database are terminated — those idle in
 //!   a transaction, and random active or idle ones — from an admin connection of its own.
 //!
+//! - calling rules (issue 14): some calls carry a calling window (most open now, some that
+//!   open at the next minute, so they wait parked and the refill brings them), some numbers
+//!   are put on the do-not-call list right after their call is created, and some before
+//!   (their creates must be refused).
+//!
 //! It asserts, and prints as `faults: calls=… lost=… double_dials=… …`:
 //! - no call lost: every accepted call exists and is terminal, or PENDING with an outbox mark
 //!   or a message that will deliver it — and the run reaches that state before a deadline;
@@ -42,6 +47,8 @@
 //! - no two calls to one phone at once: neither in Postgres (sampled) nor at the provider
 //!   (placement to hang-up intervals per phone);
 //! - the DLQ holds exactly the injected poison messages;
+//! - no dial outside its call's window, no dial of a number after its suppression was
+//!   written, every create to a suppressed number refused (`faults rules: …`);
 //! - every forged webhook refused (401), no genuine one refused, no call moved backwards
 //!   (each settled dial keeps the provider's first genuine report) and no early webhook
 //!   left held once its dial is recorded.
@@ -144,6 +151,74 @@ const P_DUPLICATE_SQS: f64 = 0.05;
 const P_BROKEN_QUEUE: f64 = 0.10;
 /// Share of calls to a few shared phones (the rest each have a phone of their own).
 const P_SHARED_PHONE: f64 = 0.20;
+
+/// Calling rules (issue 14): shares of calls with a window open now, with a window that
+/// opens at the next minute, whose number is suppressed right after the create, and whose
+/// number is suppressed before it (the create must be refused).
+const P_WINDOW_OPEN: f64 = 0.08;
+const P_WINDOW_WAIT: f64 = 0.03;
+const P_SUPPRESS_AFTER: f64 = 0.03;
+const P_SUPPRESS_BEFORE: f64 = 0.02;
+/// The zones the windows are written in.
+const WINDOW_ZONES: [&str; 4] = [
+    "America/New_York",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Adelaide",
+];
+
+/// What a call of the run does about the calling rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleCase {
+    None,
+    WindowOpen,
+    WindowWait,
+    SuppressAfter,
+    SuppressBefore,
+}
+
+impl RuleCase {
+    fn roll(rng: &mut StdRng) -> Self {
+        let x: f64 = rng.random();
+        let mut edge = P_WINDOW_OPEN;
+        if x < edge {
+            return Self::WindowOpen;
+        }
+        edge += P_WINDOW_WAIT;
+        if x < edge {
+            return Self::WindowWait;
+        }
+        edge += P_SUPPRESS_AFTER;
+        if x < edge {
+            return Self::SuppressAfter;
+        }
+        edge += P_SUPPRESS_BEFORE;
+        if x < edge {
+            return Self::SuppressBefore;
+        }
+        Self::None
+    }
+}
+
+/// A window four hours long in `zone`, opening at the start of the current local minute
+/// (open now), or at the next one at least 5 s away (the call waits for it).
+fn window_in(zone: &str, opens_later: bool) -> serde_json::Value {
+    use chrono::Timelike as _;
+    let tz: chrono_tz::Tz = zone.parse().expect("a zone");
+    let now = chrono::Utc::now();
+    let opening = if opens_later {
+        // The minute that starts 5 to 65 s from now.
+        (now + chrono::Duration::seconds(65)).with_timezone(&tz)
+    } else {
+        now.with_timezone(&tz)
+    };
+    let start = opening.hour() * 60 + opening.minute();
+    let end = (start + 4 * 60) % (24 * 60);
+    json!({
+        "start": format!("{:02}:{:02}", start / 60, start % 60),
+        "end": format!("{:02}:{:02}", end / 60, end % 60),
+    })
+}
 
 /// Bodies no worker can parse: these, and only these, must end in the DLQ.
 const POISON: [&str; 4] = [
@@ -754,6 +829,13 @@ struct Run {
     stale_reclaimed: AtomicU64,
     outbox_resent: AtomicU64,
     backends_killed: AtomicU64,
+    /// Each call's calling-rules case, by index.
+    rule_cases: Mutex<Vec<RuleCase>>,
+    /// Numbers suppressed after their call was created, with when the suppression had
+    /// committed (its PUT answered).
+    suppressed_after: Mutex<Vec<(String, chrono::DateTime<chrono::Utc>)>>,
+    /// Creates refused as suppressed (they were meant to be).
+    refused_suppressed: AtomicUsize,
 }
 
 /// One Lambda instance behind the event source mapping: receive, invoke, delete what was
@@ -988,7 +1070,11 @@ async fn create_calls(
         if n >= settings.calls || run.stop.load(Ordering::Relaxed) {
             return;
         }
-        while n >= run.terminal.load(Ordering::SeqCst) + WINDOW && !run.stop.load(Ordering::Relaxed)
+        while n
+            >= run.terminal.load(Ordering::SeqCst)
+                + run.refused_suppressed.load(Ordering::SeqCst)
+                + WINDOW
+            && !run.stop.load(Ordering::Relaxed)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1001,13 +1087,37 @@ async fn create_calls(
         } else {
             &api
         };
+        // The calling rules' draws come from an RNG of their own, so the rest of the run
+        // draws as it did before they existed.
+        let mut rules_rng = StdRng::seed_from_u64(
+            settings.seed ^ 0x14 ^ (n as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
+        );
+        let case = RuleCase::roll(&mut rules_rng);
+        lock(&run.rule_cases)[n] = case;
+        let mut body = json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n}});
         // A quarter in the limited campaign, a quarter in the unlimited one, half alone.
-        let body = match n % 4 {
-            0 | 1 => json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n},
-                            "campaignId": campaigns[n % 4]}),
-            _ => json!({"to": phone, "scriptId": "fault-suite", "metadata": {"n": n}}),
+        if n % 4 < 2 {
+            body["campaignId"] = json!(campaigns[n % 4]);
         }
-        .to_string();
+        let phone = match case {
+            RuleCase::SuppressAfter | RuleCase::SuppressBefore => {
+                // A number of its own (Chicago's 312), so no other call shares it.
+                let own = format!("+1312555{:04}", n % 10_000);
+                body["to"] = json!(own);
+                own
+            }
+            RuleCase::WindowOpen | RuleCase::WindowWait => {
+                let zone = WINDOW_ZONES[rules_rng.random_range(0..WINDOW_ZONES.len())];
+                body["timezone"] = json!(zone);
+                body["window"] = window_in(zone, case == RuleCase::WindowWait);
+                phone
+            }
+            RuleCase::None => phone,
+        };
+        if case == RuleCase::SuppressBefore {
+            suppress(&api, &phone, &run).await;
+        }
+        let body = body.to_string();
         let mut outcome = Err("never answered".to_owned());
         for _ in 0..100 {
             let request = Request::post("/calls")
@@ -1038,6 +1148,14 @@ async fn create_calls(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+            let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if case == RuleCase::SuppressBefore
+                && status == StatusCode::UNPROCESSABLE_ENTITY
+                && problem["type"] == "urn:ebra:problem:suppressed"
+            {
+                outcome = Err(String::new());
+                break;
+            }
             outcome = Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
             break;
         }
@@ -1046,10 +1164,40 @@ async fn create_calls(
                 lock(&run.crashes.call_ids).insert(n, id);
                 lock(&run.created)[n] = Some((id, broken_queue));
                 run.created_count.fetch_add(1, Ordering::SeqCst);
+                if case == RuleCase::SuppressAfter {
+                    suppress(&api, &phone, &run).await;
+                    lock(&run.suppressed_after).push((phone, chrono::Utc::now()));
+                }
+            }
+            Err(error) if error.is_empty() => {
+                run.refused_suppressed.fetch_add(1, Ordering::SeqCst);
             }
             Err(error) => lock(&run.create_failures).push(format!("call {n} ({phone}): {error}")),
         }
     }
+}
+
+/// Puts `phone` on the do-not-call list, retrying 5xx (Postgres is being cut).
+async fn suppress(api: &Router, phone: &str, run: &Run) {
+    let path = format!("/suppressions/{}", phone.replace('+', "%2B"));
+    for _ in 0..100 {
+        let request = Request::put(path.as_str())
+            .body(Body::empty())
+            .expect("a suppression request");
+        let status = api
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router answers")
+            .status();
+        if status.is_success() {
+            return;
+        }
+        assert!(status.is_server_error(), "suppressing {phone}: {status}");
+        run.api_retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("suppressing {phone} never succeeded");
 }
 
 async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> usize {
@@ -1186,6 +1334,9 @@ async fn every_fault_at_once_breaks_no_invariant() {
         stale_reclaimed: AtomicU64::new(0),
         outbox_resent: AtomicU64::new(0),
         backends_killed: AtomicU64::new(0),
+        rule_cases: Mutex::new(vec![RuleCase::None; settings.calls]),
+        suppressed_after: Mutex::new(Vec::new()),
+        refused_suppressed: AtomicUsize::new(0),
     });
 
     // Poison first: it needs maxReceiveCount receives, a visibility timeout apart.
@@ -1462,6 +1613,54 @@ async fn every_fault_at_once_breaks_no_invariant() {
     let (events_written, event_gaps, wrong_last_events): (i64, i64, i64) =
         (events_row.get(0), events_row.get(1), events_row.get(2));
 
+    // Calling rules (issue 14): no dial outside its call's window, none to a number after
+    // its suppression committed, every create to a suppressed number refused.
+    let rule_cases = lock(&run.rule_cases).clone();
+    let count_case = |wanted: RuleCase| rule_cases.iter().filter(|c| **c == wanted).count();
+    let windowed_dials = db
+        .query(
+            "SELECT a.started_at, c.calling_window, c.time_zones FROM call_attempts a \
+               JOIN calls c ON c.id = a.call_id WHERE c.calling_window IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("reading the windowed calls' dials");
+    let mut dials_outside_window = 0;
+    for row in &windowed_dials {
+        let started_at: chrono::DateTime<chrono::Utc> = row.get(0);
+        let window: Option<serde_json::Value> = row.get(1);
+        let zones: Vec<String> = row.get(2);
+        let rules = ebra_shared::rules::CallRules::from_stored(window.as_ref(), &zones)
+            .expect("stored calling rules");
+        if !rules.allows(started_at) {
+            eprintln!("faults: a dial at {started_at} outside {window:?} in {zones:?}");
+            dials_outside_window += 1;
+        }
+    }
+    let suppressed_after = lock(&run.suppressed_after).clone();
+    let mut dialed_after_suppression = 0;
+    for (phone, committed) in &suppressed_after {
+        let late: i64 = db
+            .query_one(
+                "SELECT count(*) FROM call_attempts a JOIN calls c ON c.id = a.call_id \
+                  WHERE c.phone = $1 AND a.started_at > $2",
+                &[phone, committed],
+            )
+            .await
+            .expect("reading the suppressed numbers' dials")
+            .get(0);
+        dialed_after_suppression += late;
+    }
+    let canceled_suppressed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM calls WHERE status = 'CANCELED' AND last_error = 'suppressed'",
+            &[],
+        )
+        .await
+        .expect("reading the canceled calls")
+        .get(0);
+    let refused_suppressed = run.refused_suppressed.load(Ordering::SeqCst);
+
     // The DLQ: exactly the poison.
     let mut dlq_bodies = drain_bodies(&env.sqs, &env.dlq_url).await;
     dlq_bodies.sort();
@@ -1513,6 +1712,16 @@ async fn every_fault_at_once_breaks_no_invariant() {
     );
     println!(
         "faults events: written={events_written} calls_with_gaps={event_gaps} wrong_last_event={wrong_last_events}"
+    );
+    println!(
+        "faults rules: windowed={} (waiting for their window={}) dials={} dials_outside_window={dials_outside_window} \
+         suppressed_after_create={} canceled_suppressed={canceled_suppressed} dialed_after_suppression={dialed_after_suppression} \
+         refused_suppressed={refused_suppressed}/{}",
+        count_case(RuleCase::WindowOpen) + count_case(RuleCase::WindowWait),
+        count_case(RuleCase::WindowWait),
+        windowed_dials.len(),
+        suppressed_after.len(),
+        count_case(RuleCase::SuppressBefore),
     );
     let mut statuses: Vec<_> = by_status.iter().collect();
     statuses.sort();
@@ -1608,14 +1817,28 @@ async fn every_fault_at_once_breaks_no_invariant() {
         "events missing, repeated or contradicting the call's end"
     );
     assert!(
-        events_written >= 2 * settings.calls as i64,
+        events_written >= 2 * accepted as i64,
         "every call has its events"
     );
     assert_eq!(extra_rows, 0, "idempotent creates made extra calls");
     assert_eq!(
         terminal + pending_ok,
-        settings.calls,
+        settings.calls - refused_suppressed,
         "every call terminal or legitimately pending"
+    );
+    assert_eq!(dials_outside_window, 0, "dials outside their call's window");
+    assert_eq!(
+        dialed_after_suppression, 0,
+        "dials to a number after its suppression committed"
+    );
+    assert_eq!(
+        refused_suppressed,
+        count_case(RuleCase::SuppressBefore),
+        "creates to suppressed numbers must be refused, and only those"
+    );
+    assert!(
+        windowed_dials.len() >= count_case(RuleCase::WindowOpen) + count_case(RuleCase::WindowWait),
+        "every windowed call was dialed, inside its window"
     );
     assert_eq!(
         dials.double_dials,

@@ -350,6 +350,9 @@ async fn run(contract: Arc<dyn Contract>) {
             idempotency: None,
             callback_url: None,
             campaign_id: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(&stage.env.pool, &new, stage.config.max_attempts, CAP)
             .await

@@ -246,6 +246,7 @@ fn worker(env: &TestEnv, provider: &FakeProvider, overrides: &[(&str, &str)]) ->
         provider: Arc::new(http),
         config: Arc::new(config),
         events: Default::default(),
+        clock: Default::default(),
     }
 }
 
@@ -1844,4 +1845,79 @@ async fn every_log_line_of_a_dial_names_the_call_and_the_attempt() {
             "line without the attempt: {line}"
         );
     }
+}
+
+/// Inserts a PENDING call due now whose calling window (in UTC) opens `opens_in` from now
+/// and lasts an hour.
+async fn insert_call_outside_its_window(
+    env: &TestEnv,
+    phone: &str,
+    opens_in: chrono::Duration,
+) -> (Uuid, chrono::DateTime<chrono::Utc>) {
+    use chrono::{Timelike as _, Utc};
+    let opens = (Utc::now() + opens_in)
+        .with_second(0)
+        .and_then(|at| at.with_nanosecond(0))
+        .expect("a minute");
+    let closes = opens + chrono::Duration::hours(1);
+    let window = serde_json::json!({
+        "start": format!("{:02}:{:02}", opens.hour(), opens.minute()),
+        "end": format!("{:02}:{:02}", closes.hour(), closes.minute()),
+    });
+    let id = insert_call(env, phone, -1.0).await;
+    env.pool
+        .get()
+        .await
+        .expect("pool")
+        .execute(
+            "UPDATE calls SET calling_window = $2, time_zones = '{UTC}' WHERE id = $1",
+            &[&id, &window],
+        )
+        .await
+        .expect("giving the call a window");
+    (id, opens)
+}
+
+#[tokio::test]
+async fn a_call_outside_its_window_is_parked_or_deferred_never_dialed() {
+    let env = TestEnv::new().await;
+    let provider = FakeProvider::start().await;
+    let state = worker(&env, &provider, &[]);
+    let arn = env.queue_arn().await;
+
+    // Hours away: no message waits for it (the reclaimer's refill brings it when due).
+    let (far, opens) =
+        insert_call_outside_its_window(&env, "+14155550301", chrono::Duration::hours(3)).await;
+    let outcome = deliver_new_message(&env, &state, &arn, far).await;
+    assert_eq!(
+        outcome,
+        MessageOutcome::Acknowledged(AckReason::WaitingForRules)
+    );
+    let row = call_row(&env, far).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
+    assert!(!row.outbox_marked);
+    let due_in = (opens - chrono::Utc::now()).num_seconds() as f64;
+    assert!(
+        (row.due_in_secs - due_in).abs() < 5.0,
+        "next_run_at moved to the opening: due in {} s, opens in {due_in} s",
+        row.due_in_secs
+    );
+
+    // Minutes away (within SQS's delay): its message comes back at the opening.
+    let (near, opens) =
+        insert_call_outside_its_window(&env, "+14155550302", chrono::Duration::minutes(5)).await;
+    let outcome = deliver_new_message(&env, &state, &arn, near).await;
+    let MessageOutcome::Deferred {
+        delay,
+        reason: DeferReason::CallingRules,
+    } = outcome
+    else {
+        panic!("expected a deferral until the window opens, got {outcome:?}");
+    };
+    let wait = (opens - chrono::Utc::now()).num_seconds();
+    assert!(
+        (delay.as_secs() as i64 - wait).abs() <= 2,
+        "{delay:?} vs {wait} s"
+    );
+    assert_eq!(provider.dial_count(), 0, "nothing dialed outside a window");
 }

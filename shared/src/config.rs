@@ -12,6 +12,7 @@ use crate::provider::retell::RetellSettings;
 use crate::provider::twilio::TwilioSettings;
 use crate::provider::vapi::{VapiSettings, VapiWebhookSecret};
 use crate::provider::ProviderKind;
+use crate::rules::CallingWindow;
 use crate::webhook_signature::WebhookSecret;
 
 /// The path of the provider webhook, on the local listener and on the Function URL.
@@ -72,6 +73,47 @@ pub struct Config {
     /// Outbound events: where the notifier is nudged, which URLs may receive them, how
     /// they are retried.
     pub events: EventSettings,
+    /// Calling rules (issue 14): the default window and the daily cap per number.
+    pub calling_rules: CallingRuleSettings,
+}
+
+/// The deployment's calling rules.
+#[derive(Debug, Clone, Default)]
+pub struct CallingRuleSettings {
+    /// `CALL_WINDOW`: the window of calls that have none of their own (JSON, like a call's
+    /// `window`). Unset: any time.
+    pub default_window: Option<CallingWindow>,
+    /// `MAX_DIALS_PER_NUMBER_PER_DAY`: dials to one number in any rolling 24 h, across
+    /// calls. Unset: no cap.
+    pub max_dials_per_number_per_day: Option<u32>,
+}
+
+impl CallingRuleSettings {
+    fn from_settings(settings: &Settings<'_>) -> Result<Self, ConfigError> {
+        let default_window = settings
+            .get("CALL_WINDOW")
+            .map(|raw| {
+                let value: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+                    ConfigError::new(
+                        "CALL_WINDOW",
+                        format!("is not JSON ({e}); expected {{\"start\": \"09:00\", \"end\": \"20:00\", \"days\": [\"mon\", ...]}}"),
+                    )
+                })?;
+                CallingWindow::parse("CALL_WINDOW", &value)
+                    .map_err(|invalid| ConfigError::new("CALL_WINDOW", invalid.message))
+            })
+            .transpose()?;
+        let max_dials_per_number_per_day = match settings.get("MAX_DIALS_PER_NUMBER_PER_DAY") {
+            None => None,
+            Some(_) => {
+                Some(settings.parse_in_range("MAX_DIALS_PER_NUMBER_PER_DAY", 0u32, 1..=10_000)?)
+            }
+        };
+        Ok(Self {
+            default_window,
+            max_dials_per_number_per_day,
+        })
+    }
 }
 
 /// The settings of outbound events (issue 17).
@@ -178,6 +220,7 @@ impl fmt::Debug for Config {
             .field("outbox_grace_seconds", &self.outbox_grace_seconds)
             .field("dial_timeout", &self.dial_timeout)
             .field("events", &self.events)
+            .field("calling_rules", &self.calling_rules)
             .finish()
     }
 }
@@ -296,6 +339,7 @@ impl Config {
             outbox_grace_seconds,
             dial_timeout: Duration::from_millis(dial_timeout_ms),
             events: EventSettings::from_settings(&env)?,
+            calling_rules: CallingRuleSettings::from_settings(&env)?,
         })
     }
 
@@ -833,6 +877,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.database_url, "postgres://u:p%40ss@db:5432/calls");
         assert!(!format!("{c:?}").contains("p%40ss"));
+    }
+
+    #[test]
+    fn calling_rules_default_to_any_time_and_no_cap_and_name_their_variable() {
+        let base = [("DATABASE_URL", "postgres://x/y")];
+        let rules = config(&base).unwrap().calling_rules;
+        assert!(rules.default_window.is_none());
+        assert!(rules.max_dials_per_number_per_day.is_none());
+        let rules = config(&[
+            base[0],
+            ("CALL_WINDOW", r#"{"start": "08:00", "end": "21:00"}"#),
+            ("MAX_DIALS_PER_NUMBER_PER_DAY", "3"),
+        ])
+        .unwrap()
+        .calling_rules;
+        assert_eq!(
+            rules.default_window.map(|w| w.to_string()),
+            Some("08:00–21:00 on mon,tue,wed,thu,fri,sat,sun".to_owned())
+        );
+        assert_eq!(rules.max_dials_per_number_per_day, Some(3));
+        for (name, value) in [
+            ("CALL_WINDOW", "08:00-21:00"),
+            (
+                "CALL_WINDOW",
+                r#"{"start": "08:00", "end": "21:00", "days": []}"#,
+            ),
+            ("CALL_WINDOW", r#"{"start": "8", "end": "21:00"}"#),
+            ("MAX_DIALS_PER_NUMBER_PER_DAY", "0"),
+            ("MAX_DIALS_PER_NUMBER_PER_DAY", "many"),
+        ] {
+            let err = config(&[base[0], (name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - [`store`]: every SQL statement Ebra runs, as named queries. The global cap is enforced in
 //!   [`store::claim`], settlement in [`store::settle`].
 //! - [`backoff`]: where retry delays are computed.
+//! - [`rules`]: calling rules: windows in the callee's time zones (the do-not-call list and
+//!   the daily cap per number are enforced in [`store::claim`]); [`clock`]: the "now" they
+//!   are decided at.
 //! - [`events`]: outbound events to clients (types, destinations, signed delivery, nudges);
 //!   their SQL is in [`store::events`], [`store::endpoints`] and [`store::deliveries`].
 //! - [`call_result`]: what a provider reports beyond the outcome, bounded.
@@ -17,6 +20,7 @@
 
 pub mod backoff;
 pub mod call_result;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -24,6 +28,7 @@ pub mod events;
 pub mod problem;
 pub mod provider;
 pub mod queue;
+pub mod rules;
 pub mod store;
 pub mod telemetry;
 pub mod webhook_signature;

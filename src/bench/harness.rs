@@ -354,6 +354,9 @@ pub fn new_call(n: usize) -> ebra_shared::store::calls::NewCall {
         idempotency: None,
         callback_url: None,
         campaign_id: None,
+        rules: Default::default(),
+        timezone: None,
+        window_opens_at: None,
     }
 }
 

@@ -116,6 +116,9 @@ impl Stage {
             idempotency: None,
             callback_url: None,
             campaign_id: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(
             &self.env.pool,

@@ -194,6 +194,9 @@ impl TestEnv {
             idempotency: None,
             callback_url: None,
             campaign_id: None,
+            rules: Default::default(),
+            timezone: None,
+            window_opens_at: None,
         };
         match create_call(
             &self.pool,

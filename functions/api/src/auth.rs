@@ -63,6 +63,40 @@ pub async fn require_bearer(
     }
 }
 
+/// Who is calling, for the records that keep it (the do-not-call list's history): the IAM
+/// principal or the JWT subject API Gateway authenticated (`iam:<user ARN>`, `jwt:<sub>`),
+/// else `api-token` when the bearer token was checked, else nobody known.
+pub fn caller_identity(extensions: &axum::http::Extensions, token_checked: bool) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    if let Some(RequestContext::ApiGatewayV2(context)) = extensions.get::<RequestContext>() {
+        if let Some(authorizer) = &context.authorizer {
+            if let Some(arn) = authorizer
+                .iam
+                .as_ref()
+                .and_then(|iam| iam.user_arn.as_deref())
+            {
+                return Some(format!("iam:{arn}"));
+            }
+            if let Some(subject) = authorizer
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.claims.get("sub"))
+            {
+                return Some(format!("jwt:{subject}"));
+            }
+        }
+    }
+    token_checked.then(|| "api-token".to_owned())
+}
+
+/// [`caller_identity`], cut to what the records keep (512 characters).
+pub fn caller_identity_for_records(
+    extensions: &axum::http::Extensions,
+    token_checked: bool,
+) -> Option<String> {
+    caller_identity(extensions, token_checked).map(|who| who.chars().take(512).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use ebra_shared::domain::{InvalidValue, Metadata, PhoneNumber, ScriptId};
+use ebra_shared::rules::CallingWindow;
 use ebra_shared::store::campaigns::{BulkCall, Campaign};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -224,6 +225,7 @@ pub fn validate_row(
     row: RawRow,
     campaign: &Campaign,
     now: DateTime<Utc>,
+    default_window: Option<&CallingWindow>,
 ) -> Result<BulkCall, Vec<InvalidValue>> {
     let phone = match &row.to {
         Some(to) => PhoneNumber::parse(to),
@@ -249,6 +251,14 @@ pub fn validate_row(
         None => Ok(campaign.expires_at),
     }
     .and_then(|expiry| check_expiry(expiry, scheduled_at.as_ref().ok().copied().flatten(), now));
+    // The calling rules: the deployment's CALL_WINDOW in the zones of the number.
+    let from = scheduled_at
+        .as_ref()
+        .ok()
+        .copied()
+        .flatten()
+        .map_or(now, |at| at.max(now));
+    let rules = crate::requests::call_rules(&phone, None, None, default_window, from);
     let key = row
         .idempotency_key
         .map(|key| {
@@ -262,8 +272,24 @@ pub fn validate_row(
             }
         })
         .transpose();
-    match (phone, script_id, metadata, scheduled_at, expires_at, key) {
-        (Ok(phone), Ok(script_id), Ok(metadata), Ok(scheduled_at), Ok(expires_at), Ok(key)) => {
+    match (
+        phone,
+        script_id,
+        metadata,
+        scheduled_at,
+        expires_at,
+        key,
+        rules,
+    ) {
+        (
+            Ok(phone),
+            Ok(script_id),
+            Ok(metadata),
+            Ok(scheduled_at),
+            Ok(expires_at),
+            Ok(key),
+            Ok((rules, window_opens_at)),
+        ) => {
             let hash = row_hash(
                 campaign,
                 &phone,
@@ -281,15 +307,18 @@ pub fn validate_row(
                 scheduled_at,
                 expires_at,
                 callback_url: campaign.callback_url.clone(),
+                rules,
+                window_opens_at,
             })
         }
-        (phone, script_id, metadata, scheduled_at, expires_at, key) => Err([
+        (phone, script_id, metadata, scheduled_at, expires_at, key, rules) => Err([
             phone.err(),
             script_id.err(),
             metadata.err(),
             scheduled_at.err(),
             expires_at.err(),
             key.err(),
+            rules.err(),
         ]
         .into_iter()
         .flatten()
@@ -396,15 +425,15 @@ mod tests {
             metadata: Some(serde_json::json!({"b": "2", "a": "1"})),
             ..RawRow::default()
         };
-        let first = validate_row(row.clone(), &campaign, Utc::now()).unwrap();
+        let first = validate_row(row.clone(), &campaign, Utc::now(), None).unwrap();
         assert_eq!(first.script_id.as_str(), "renewals");
         let again = RawRow {
             metadata: Some(serde_json::json!({"a": "1", "b": "2"})),
             ..row.clone()
         };
-        let second = validate_row(again, &campaign, Utc::now()).unwrap();
+        let second = validate_row(again, &campaign, Utc::now(), None).unwrap();
         assert_eq!(first.idempotency_key, second.idempotency_key);
-        let other = validate_row(row, &self::campaign(Some("renewals")), Utc::now()).unwrap();
+        let other = validate_row(row, &self::campaign(Some("renewals")), Utc::now(), None).unwrap();
         assert_ne!(
             first.idempotency_key, other.idempotency_key,
             "keys differ per campaign"
@@ -422,6 +451,7 @@ mod tests {
             },
             &campaign(None),
             Utc::now(),
+            None,
         )
         .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field).collect();

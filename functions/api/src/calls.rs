@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use ebra_shared::domain::{CallStatus, InvalidValue, PhoneNumber};
 use ebra_shared::problem::Problem;
 use ebra_shared::queue::Enqueue;
@@ -247,7 +246,7 @@ async fn send_dial_message(state: &AppState, enqueue: Enqueue) {
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The campaign named by campaignId is canceled.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (listed in `errors`; a callbackUrl whose host is or resolves to a private, loopback or link-local address among them, or a campaignId that names no campaign), or an Idempotency-Key reused with a different request.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`; a callbackUrl whose host is or resolves to a private, loopback or link-local address among them, a campaignId that names no campaign, a window or timezone that is not one, or a window that never holds in all of the number's time zones), an Idempotency-Key reused with a different request, or a number on the do-not-call list (`urn:ebra:problem:suppressed`).", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_call(
@@ -256,7 +255,8 @@ pub async fn create_call(
     JsonBody(request): JsonBody<CreateCallRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let mut new = request.validate(Utc::now())?;
+    let now = state.clock.now();
+    let mut new = request.validate(now, state.config.calling_rules.default_window.as_ref())?;
     if let Some(url) = &new.callback_url {
         if state.config.events.callback_secret.is_none() {
             return Err(ApiError::Invalid(vec![InvalidValue::new(
@@ -285,9 +285,11 @@ pub async fn create_call(
             tracing::info!(
                 call_id = %call.id,
                 scheduled_at = ?call.scheduled_at,
+                window_opens_at = ?new.window_opens_at,
                 parked = enqueue.is_none(),
                 "call accepted"
             );
+            let call = call.with_window_opening(now);
             // Parked (no slot free, or due beyond the delay horizon): a freed slot's nudge
             // or the reclaimer's refill sends its message. Its call.created event waits in
             // the outbox for the notifier, woken alongside.
@@ -320,6 +322,7 @@ pub async fn create_call(
         Created::CampaignCanceled => Err(ApiError::CampaignCanceled(
             new.campaign_id.unwrap_or_default(),
         )),
+        Created::Suppressed => Err(ApiError::Suppressed(new.phone.as_str().to_owned())),
     }
 }
 
@@ -385,6 +388,7 @@ pub async fn get_call(
     let (call, dials) = store::get_call(&state.pool, id)
         .await?
         .ok_or(ApiError::CallNotFound(id))?;
+    let call = call.with_window_opening(state.clock.now());
     Ok(Json(CallWithDials { call, dials }))
 }
 
@@ -403,7 +407,7 @@ pub async fn get_call(
         (status = 409, description = "The call is no longer PENDING.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON.", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (listed in `errors`), nothing to change, or scheduledAt not before expiresAt.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (listed in `errors`), nothing to change, scheduledAt not before expiresAt, a new number whose time zones the call's window never holds in, or a new number on the do-not-call list (`urn:ebra:problem:suppressed`).", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn patch_call(
@@ -412,15 +416,32 @@ pub async fn patch_call(
     JsonBody(request): JsonBody<PatchCallRequest>,
 ) -> Result<Json<Call>, ApiError> {
     let patch = request.validate()?;
-    match store::patch_call(&state.pool, id, &patch, state.config.global_concurrency).await? {
+    let now = state.clock.now();
+    match store::patch_call(
+        &state.pool,
+        id,
+        &patch,
+        state.config.global_concurrency,
+        now,
+    )
+    .await?
+    {
         Changed::Done { call, enqueue } => {
             tracing::info!(call_id = %id, "call updated");
             // A new schedule needs a message that arrives on time, sent like a create's.
             if let Some(enqueue) = enqueue {
                 send_dial_message(&state, enqueue).await;
             }
-            Ok(Json(call))
+            Ok(Json(call.with_window_opening(now)))
         }
+        Changed::Suppressed => Err(ApiError::Suppressed(
+            patch
+                .phone
+                .as_ref()
+                .map(|phone| phone.as_str().to_owned())
+                .unwrap_or_default(),
+        )),
+        Changed::Invalid(invalid) => Err(ApiError::Invalid(vec![invalid])),
         Changed::NotFound => Err(ApiError::CallNotFound(id)),
         Changed::NotPending(status) => Err(ApiError::NotPending { id, status }),
         Changed::ScheduleAfterExpiry => Err(ApiError::Invalid(vec![InvalidValue::new(
@@ -456,9 +477,9 @@ pub async fn cancel_call(
         }
         Changed::NotFound => Err(ApiError::CallNotFound(id)),
         Changed::NotPending(status) => Err(ApiError::NotPending { id, status }),
-        // Canceling changes no schedule, so the store never answers this for a cancel.
-        Changed::ScheduleAfterExpiry => Err(ApiError::Internal(format!(
-            "cancel_call answered ScheduleAfterExpiry for call {id}"
-        ))),
+        // Canceling changes no schedule nor number, so the store never answers these.
+        other @ (Changed::ScheduleAfterExpiry | Changed::Suppressed | Changed::Invalid(_)) => Err(
+            ApiError::Internal(format!("cancel_call answered {other:?} for call {id}")),
+        ),
     }
 }

@@ -458,11 +458,13 @@ async fn add_rows(
         /// The same key as the `n`-th stored row, with the same content.
         Repeat(usize),
     }
+    let default_window = state.config.calling_rules.default_window.as_ref();
     let mut plans = Vec::with_capacity(parsed.len());
     let mut to_store: Vec<BulkCall> = Vec::new();
     let mut by_key: HashMap<String, usize> = HashMap::new();
     for row in parsed {
-        let plan = match row.and_then(|raw| bulk::validate_row(raw, campaign, now)) {
+        let plan = match row.and_then(|raw| bulk::validate_row(raw, campaign, now, default_window))
+        {
             Err(errors) => Plan::Rejected(errors),
             Ok(call) => match by_key.get(&call.idempotency_key) {
                 Some(&first) if to_store[first].request_hash == call.request_hash => {
@@ -574,6 +576,7 @@ async fn add_rows(
                             message: "was already used for a different call".to_owned(),
                         }]),
                     },
+                    BulkOutcome::Suppressed => suppressed_row(row, key),
                 }
             }
             Plan::Repeat(n) => match &outcomes[n] {
@@ -594,6 +597,9 @@ async fn add_rows(
                         message: "was already used for a different call".to_owned(),
                     }]),
                 },
+                BulkOutcome::Suppressed => {
+                    suppressed_row(row, Some(to_store[n].idempotency_key.clone()))
+                }
             },
         };
         match answer.status {
@@ -604,4 +610,18 @@ async fn add_rows(
         result.rows.push(answer);
     }
     Ok(result)
+}
+
+/// A row whose number is on the do-not-call list: rejected, nothing written.
+fn suppressed_row(row: usize, idempotency_key: Option<String>) -> RowResult {
+    RowResult {
+        row,
+        status: RowStatus::Rejected,
+        id: None,
+        idempotency_key,
+        errors: Some(vec![FieldError {
+            field: "to".to_owned(),
+            message: "is on the do-not-call list (urn:ebra:problem:suppressed)".to_owned(),
+        }]),
+    }
 }

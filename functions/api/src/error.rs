@@ -58,6 +58,11 @@ pub enum ApiError {
     NotPending { id: Uuid, status: CallStatus },
     #[error("Idempotency-Key reused with a different request")]
     IdempotencyKeyReused,
+    /// The number is on the do-not-call list.
+    #[error("{0} is on the do-not-call list")]
+    Suppressed(String),
+    #[error("{0} is not on the do-not-call list")]
+    SuppressionNotFound(String),
     /// A bug on our side (e.g. an extractor misconfigured); logged, answered as 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -196,6 +201,16 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",
                 "This Idempotency-Key was already used with a different request.",
+            ),
+            Self::Suppressed(phone) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "suppressed",
+                format!("{phone} is on the do-not-call list; no call to it is made."),
+            ),
+            Self::SuppressionNotFound(phone) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "suppression-not-found",
+                format!("{phone} is not on the do-not-call list."),
             ),
             Self::Internal(_) => internal_problem(),
             Self::Store(error) => store_problem(error),

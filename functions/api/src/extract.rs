@@ -44,7 +44,7 @@ where
 }
 
 /// `application/json`, or a JSON-based type such as `application/merge-patch+json`.
-fn has_json_content_type(headers: &HeaderMap) -> bool {
+pub(crate) fn has_json_content_type(headers: &HeaderMap) -> bool {
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -9,6 +9,7 @@
 //! - [`webhooks`]: `GET /calls/{id}/webhooks`, the provider's reports for a call.
 //! - [`endpoints`]: `/webhook-endpoints`, where clients register to receive events;
 //!   [`events`]: `GET /calls/{id}/events` and `POST /events/{id}/redeliver`.
+//! - [`suppressions`]: `/suppressions`, the do-not-call list (issue 14).
 //! - [`metrics`]: `GET /metrics`, JSON or Prometheus; [`history`]: `GET /metrics/history`.
 //! - [`console`]: the operator console at `/console`, static files embedded at build time.
 //! - [`openapi`]: `GET /openapi.json`.
@@ -22,6 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
+use ebra_shared::clock::Clock;
 use ebra_shared::events::destination::DestinationPolicy;
 use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::queue::CallsQueue;
@@ -41,6 +43,7 @@ pub mod history;
 pub mod metrics;
 pub mod openapi;
 pub mod requests;
+pub mod suppressions;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -61,6 +64,8 @@ pub struct AppState {
     pub destinations: DestinationPolicy,
     /// Wakes the notifier after a change that wrote events (`EVENTS_QUEUE_URL`).
     pub events: EventsNudge,
+    /// "Now" for the calling rules (the system clock; tests set their own).
+    pub clock: Clock,
 }
 
 impl AppState {
@@ -77,6 +82,7 @@ impl AppState {
             destinations: DestinationPolicy::system(config.events.allow_private_urls),
             config,
             events,
+            clock: Clock::system(),
         }
     }
 }
@@ -114,6 +120,16 @@ pub fn routes(state: AppState) -> Router {
         .route(
             "/webhook-endpoints/{id}/rotate-secret",
             post(endpoints::rotate_secret),
+        )
+        .route(
+            "/suppressions",
+            post(suppressions::add_suppressions).get(suppressions::list_suppressions),
+        )
+        .route(
+            "/suppressions/{phone}",
+            get(suppressions::get_suppression)
+                .put(suppressions::put_suppression)
+                .delete(suppressions::delete_suppression),
         )
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/history", get(history::metrics_history));

@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{calls, campaigns, endpoints, events, history, metrics, webhooks};
+use crate::{calls, campaigns, endpoints, events, history, metrics, suppressions, webhooks};
 
 pub const PATH: &str = "/openapi.json";
 /// The security scheme's name (also spelled out in `#[openapi(security(..))]`).
@@ -44,6 +44,11 @@ const BEARER: &str = "bearer";
         endpoints::update_endpoint,
         endpoints::delete_endpoint,
         endpoints::rotate_secret,
+        suppressions::put_suppression,
+        suppressions::delete_suppression,
+        suppressions::get_suppression,
+        suppressions::list_suppressions,
+        suppressions::add_suppressions,
         metrics::metrics,
         history::metrics_history,
         openapi_json,
@@ -55,6 +60,7 @@ const BEARER: &str = "bearer";
         (name = "calls", description = "Enqueue, inspect, change and cancel calls, and read the webhooks received for them."),
         (name = "campaigns", description = "Lists of calls added in bulk (CSV or JSON), followed as a whole (counts, rate, ETA, failures), paused, resumed and canceled, each with its own maxConcurrency and a fair share of the global cap."),
         (name = "events", description = "Signed events on every change of a call (Standard Webhooks), posted to the endpoints you register and to a call's callbackUrl: their registration, each call's events with every delivery attempt, and redelivery. The body of a delivery is an EventBody."),
+        (name = "suppressions", description = "The do-not-call list: numbers never dialed. Creating a call to one is refused (422 urn:ebra:problem:suppressed); a PENDING call to one is CANCELED (lastError \"suppressed\") when it comes due. Every change keeps who made it and when."),
         (name = "operations", description = "Metrics, their last hour, and this document."),
     )
 )]

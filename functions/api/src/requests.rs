@@ -8,6 +8,7 @@
 use chrono::{DateTime, SubsecRound as _, Utc};
 use ebra_shared::domain::{InvalidValue, Metadata, PhoneNumber, ScriptId};
 use ebra_shared::events::destination::parse_url;
+use ebra_shared::rules::{parse_time_zone, resolve_window, CallRules, CallingWindow, WindowSpec};
 use ebra_shared::store::calls::{CallPatch, NewCall};
 use ebra_shared::store::campaigns::NewCampaign;
 use serde::{Deserialize, Deserializer};
@@ -46,6 +47,15 @@ pub struct CreateCallRequest {
     /// The campaign the call joins: it must exist and not be canceled (409). The call
     /// counts toward the campaign's `maxConcurrency` and waits while it is paused.
     pub campaign_id: Option<String>,
+    /// When the call may be dialed, in the callee's local time. Absent: the deployment's
+    /// `CALL_WINDOW`, else any time. A call outside its window waits (PENDING, at no cost)
+    /// for the next opening; a call in progress is never cut off.
+    #[schema(value_type = Option<WindowSpec>)]
+    pub window: Option<serde_json::Value>,
+    /// The callee's IANA time zone (`America/New_York`). Absent: the zones of the number's
+    /// country and area code, and the window must hold in every one of them.
+    #[schema(example = "America/New_York")]
+    pub timezone: Option<String>,
 }
 
 /// `PATCH /calls/{id}`: only these fields, only while the call is PENDING. An absent field is
@@ -119,9 +129,39 @@ fn every_error<const N: usize>(errors: [Option<InvalidValue>; N]) -> ApiError {
     ApiError::Invalid(errors.into_iter().flatten().collect())
 }
 
+/// The call's rules: its window (else `default_window`) in its `timezone` (else its number's
+/// zones), and when that window next opens at or after the call's schedule.
+pub(crate) fn call_rules(
+    phone: &Result<PhoneNumber, InvalidValue>,
+    window: Option<serde_json::Value>,
+    timezone: Option<&str>,
+    default_window: Option<&CallingWindow>,
+    from: DateTime<Utc>,
+) -> Result<(CallRules, Option<DateTime<Utc>>), InvalidValue> {
+    let window = window
+        .map(|value| CallingWindow::parse("window", &value))
+        .transpose()?;
+    let zone = timezone
+        .map(|raw| parse_time_zone("timezone", raw))
+        .transpose()?;
+    // A bad number is reported on its own; nothing to resolve zones from.
+    let Ok(phone) = phone else {
+        return Ok((CallRules::default(), None));
+    };
+    let window = resolve_window(window, None, default_window);
+    let rules = CallRules::resolve(phone, zone, window, from)?;
+    let opens_at = rules.next_allowed(from).filter(|at| *at > from);
+    Ok((rules, opens_at))
+}
+
 impl CreateCallRequest {
-    /// The validated call (without its idempotency key), or every invalid field.
-    pub fn validate(self, now: DateTime<Utc>) -> Result<NewCall, ApiError> {
+    /// The validated call (without its idempotency key), or every invalid field. `now` is
+    /// the clock's; `default_window` the deployment's `CALL_WINDOW`.
+    pub fn validate(
+        self,
+        now: DateTime<Utc>,
+        default_window: Option<&CallingWindow>,
+    ) -> Result<NewCall, ApiError> {
         let phone = PhoneNumber::parse(&self.to);
         let script_id = ScriptId::parse(&self.script_id);
         let metadata = metadata_or_empty(self.metadata);
@@ -149,6 +189,30 @@ impl CreateCallRequest {
                 })
             })
             .transpose();
+        let timezone = self.timezone.map(|raw| raw.trim().to_owned());
+        let from = scheduled_at
+            .as_ref()
+            .ok()
+            .copied()
+            .flatten()
+            .map_or(now, |at| at.max(now));
+        let rules = call_rules(
+            &phone,
+            self.window,
+            timezone.as_deref(),
+            default_window,
+            from,
+        )
+        .and_then(|(rules, opens_at)| {
+            // A call whose window opens only after it expires could never be dialed.
+            match (opens_at, expires_at.as_ref().ok().copied().flatten()) {
+                (Some(opens), Some(expiry)) if opens >= expiry => Err(InvalidValue::new(
+                    "expiresAt",
+                    format!("must be after the call's window next opens ({opens})"),
+                )),
+                _ => Ok((rules, opens_at)),
+            }
+        });
         match (
             phone,
             script_id,
@@ -157,6 +221,7 @@ impl CreateCallRequest {
             expires_at,
             callback_url,
             campaign_id,
+            rules,
         ) {
             (
                 Ok(phone),
@@ -166,6 +231,7 @@ impl CreateCallRequest {
                 Ok(expires_at),
                 Ok(callback_url),
                 Ok(campaign_id),
+                Ok((rules, window_opens_at)),
             ) => Ok(NewCall {
                 phone,
                 script_id,
@@ -175,18 +241,31 @@ impl CreateCallRequest {
                 idempotency: None,
                 callback_url,
                 campaign_id,
+                // Stored by its canonical name (the one zone it resolved to).
+                timezone: timezone
+                    .and_then(|_| rules.zones.first().map(|zone| zone.name().to_owned())),
+                rules,
+                window_opens_at,
             }),
-            (phone, script_id, metadata, scheduled_at, expires_at, callback_url, campaign_id) => {
-                Err(every_error([
-                    phone.err(),
-                    script_id.err(),
-                    metadata.err(),
-                    scheduled_at.err(),
-                    expires_at.err(),
-                    callback_url.err(),
-                    campaign_id.err(),
-                ]))
-            }
+            (
+                phone,
+                script_id,
+                metadata,
+                scheduled_at,
+                expires_at,
+                callback_url,
+                campaign_id,
+                rules,
+            ) => Err(every_error([
+                phone.err(),
+                script_id.err(),
+                metadata.err(),
+                scheduled_at.err(),
+                expires_at.err(),
+                callback_url.err(),
+                campaign_id.err(),
+                rules.err(),
+            ])),
         }
     }
 }
@@ -387,6 +466,17 @@ pub fn request_hash(call: &NewCall) -> String {
             serde_json::Value::String(campaign.to_string()),
         );
     }
+    // The rules as resolved: the same window and zone asked for twice hash the same (and a
+    // request without them as before they existed, when no CALL_WINDOW applies).
+    if let (Some(window), Some(fields)) = (call.rules.window_json(), canonical.as_object_mut()) {
+        fields.insert("window".to_owned(), window);
+    }
+    if let (Some(zone), Some(fields)) = (&call.timezone, canonical.as_object_mut()) {
+        fields.insert(
+            "timezone".to_owned(),
+            serde_json::Value::String(zone.clone()),
+        );
+    }
     let digest = Sha256::digest(sorted_keys(&canonical).to_string().as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -419,7 +509,7 @@ mod tests {
     fn create(body: serde_json::Value) -> Result<NewCall, ApiError> {
         serde_json::from_value::<CreateCallRequest>(body)
             .expect("shape")
-            .validate(Utc::now())
+            .validate(Utc::now(), None)
     }
 
     fn invalid_fields(result: Result<impl std::fmt::Debug, ApiError>) -> Vec<&'static str> {
@@ -486,6 +576,34 @@ mod tests {
                 "callbackUrl": "ftp://crm.example.com/hook"}))),
             ["callbackUrl"]
         );
+    }
+
+    #[test]
+    fn windows_and_time_zones_are_checked_with_the_other_fields() {
+        let fields = invalid_fields(create(json!({
+            "to": "+14155550100", "scriptId": "",
+            "window": {"start": "09:00", "end": "20:00", "days": []},
+        })));
+        assert_eq!(fields, ["scriptId", "window"]);
+        let fields = invalid_fields(create(json!({
+            "to": "+14155550100", "scriptId": "s", "timezone": "Europe/Atlantis",
+        })));
+        assert_eq!(fields, ["timezone"]);
+        let call = create(json!({
+            "to": "+14155550100", "scriptId": "s", "timezone": "asia/kolkata",
+            "window": {"start": "09:00", "end": "20:00"},
+        }));
+        // IANA names are case-sensitive: a wrong case is not one.
+        assert_eq!(invalid_fields(call), ["timezone"]);
+        let call = create(json!({
+            "to": "+14155550100", "scriptId": "s", "timezone": "Asia/Kolkata",
+            "window": {"start": "09:00", "end": "20:00"},
+        }))
+        .unwrap();
+        assert_eq!(call.timezone.as_deref(), Some("Asia/Kolkata"));
+        assert_eq!(call.rules.zone_names(), ["Asia/Kolkata"]);
+        let plain = create(json!({"to": "+14155550100", "scriptId": "s"})).unwrap();
+        assert_ne!(request_hash(&plain), request_hash(&call));
     }
 
     #[test]

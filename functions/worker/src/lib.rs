@@ -62,12 +62,14 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use ebra_shared::backoff;
+use ebra_shared::clock::Clock;
 use ebra_shared::config::ConfigError;
 use ebra_shared::domain::{CallStatus, DialRequest};
 use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::provider::{dial_once, Dial, DialResult, Provider};
+use ebra_shared::queue::MAX_DELAY;
 use ebra_shared::queue::{CallsQueue, Enqueue};
-use ebra_shared::store::claim::{claim_calls, Claim, ClaimedCall};
+use ebra_shared::store::claim::{claim_calls_passing_nudges, Claim, ClaimLimits, ClaimedCall};
 use ebra_shared::store::dial::{record_accepted_dials, record_dial, DialRecorded, RetryPolicy};
 use ebra_shared::store::{Pool, StoreError};
 use ebra_shared::Config;
@@ -89,6 +91,8 @@ pub struct WorkerState {
     pub config: Arc<Config>,
     /// Wakes the notifier after a batch wrote events (`call.dialing`, retries, failures).
     pub events: EventsNudge,
+    /// "Now" for the calling rules (the system clock; tests set their own).
+    pub clock: Clock,
 }
 
 impl WorkerState {
@@ -117,6 +121,7 @@ impl WorkerState {
             provider,
             config,
             events,
+            clock: Clock::system(),
         })
     }
 }
@@ -177,6 +182,8 @@ pub enum DeferReason {
     StoreUnavailable,
     /// The worker lacks a setting it needs to dial (no webhook URL).
     Misconfigured,
+    /// Outside its calling window, or its number's daily cap reached, for a short while.
+    CallingRules,
 }
 
 /// Why a message was acknowledged without a dial.
@@ -202,6 +209,9 @@ pub enum AckReason {
     /// Its campaign has `maxConcurrency` calls in progress: the call waits, parked, for
     /// the nudge when one of them ends.
     CampaignFull,
+    /// Outside its calling window, or its number's daily cap reached, for longer than SQS
+    /// can delay a message: parked until then (the reclaimer's refill brings it).
+    WaitingForRules,
 }
 
 /// Processes an SQS batch: the calls of all its messages are claimed together (one
@@ -338,14 +348,8 @@ async fn process_calls(
     // IN_PROGRESS that the next try acknowledges and the reclaimer redials with the same
     // key), so it is tried once more at once: a pooled connection the database dropped
     // must not hold up a whole batch for seconds.
-    let claim = || {
-        claim_calls(
-            &state.pool,
-            &call_ids,
-            config.global_concurrency,
-            config.max_pending_age_seconds,
-        )
-    };
+    let limits = ClaimLimits::from(&**config);
+    let claim = || claim_calls_passing_nudges(&state.pool, &call_ids, &limits, state.clock.now());
     let claimed = match claim().await {
         Ok(claims) => Ok(claims),
         Err(error) => {
@@ -353,8 +357,8 @@ async fn process_calls(
             claim().await
         }
     };
-    let claims = match claimed {
-        Ok(claims) => claims,
+    let (claims, passed_on) = match claimed {
+        Ok(claimed) => claimed,
         Err(error) => {
             tracing::warn!(error = %error, calls = deliveries.len(), "claim failed; the messages come back shortly");
             return defer_all(
@@ -369,9 +373,12 @@ async fn process_calls(
 
     // The claim wrote call.dialing (and call.expired) events: the notifier is woken while
     // the calls are dialed.
-    let wrote_events = claims
-        .iter()
-        .any(|claim| matches!(claim, Claim::Claimed(_) | Claim::Expired));
+    let wrote_events = claims.iter().any(|claim| {
+        matches!(
+            claim,
+            Claim::Claimed(_) | Claim::Expired | Claim::Suppressed
+        )
+    });
     let mut claimed = Vec::new();
     let mut waiting = Vec::new();
     for (delivery, claim) in deliveries.iter().zip(claims) {
@@ -391,6 +398,11 @@ async fn process_calls(
     let nudge = async {
         if wrote_events {
             state.events.after_change(&state.pool).await;
+        }
+        // Calls nudged in place of those the calling rules held back (their slots would
+        // otherwise idle until the reclaimer's refill).
+        if !passed_on.is_empty() {
+            state.queue.send_best_effort(&passed_on).await;
         }
     };
     let (mut outcomes, dialed, ()) = tokio::join!(not_dialed, dialed, nudge);
@@ -436,6 +448,20 @@ async fn not_claimed(state: &WorkerState, delivery: &Delivery<'_>, claim: Claim)
                 .unwrap_or_default()
                 .max(Duration::from_secs(1));
             (wait, DeferReason::NotDue)
+        }
+        Claim::OutsideWindow { until } | Claim::DailyCapReached { until } => {
+            let wait = (until - state.clock.now()).to_std().unwrap_or_default();
+            if wait > MAX_DELAY {
+                // Parked, like a call scheduled for later: no message while it waits (the
+                // reclaimer's refill sends one when it is due within SQS's delay).
+                tracing::info!(%until, "the calling rules hold the call until then; parked");
+                return MessageOutcome::Acknowledged(AckReason::WaitingForRules);
+            }
+            (wait.max(Duration::from_secs(1)), DeferReason::CallingRules)
+        }
+        Claim::Suppressed => {
+            tracing::info!("call canceled: its number is on the do-not-call list");
+            return MessageOutcome::Acknowledged(AckReason::NotPending(CallStatus::Canceled));
         }
         Claim::PhoneBusy => (
             backoff::wait_recheck_delay(config.wait_recheck_seconds),

@@ -10,11 +10,12 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    call_from_row, query, query_one, query_opt, seconds, Call, DialAttempt, Pool, StoreResult,
-    CALL_COLUMNS,
+    call_from_row, execute, query, query_one, query_opt, seconds, Call, DialAttempt, Pool,
+    StoreResult, CALL_COLUMNS,
 };
-use crate::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
+use crate::domain::{CallStatus, InvalidValue, Metadata, PhoneNumber, ScriptId};
 use crate::queue::{Enqueue, MAX_DELAY};
+use crate::rules::CallRules;
 
 /// A validated create request.
 #[derive(Debug, Clone)]
@@ -30,6 +31,13 @@ pub struct NewCall {
     pub callback_url: Option<String>,
     /// The campaign it joins (it must exist and not be canceled).
     pub campaign_id: Option<Uuid>,
+    /// Its calling rules, resolved (window and zones).
+    pub rules: CallRules,
+    /// The IANA time zone the client gave, if any.
+    pub timezone: Option<String>,
+    /// When its window next opens, at or after `scheduledAt` (or now), when it is closed
+    /// then: the call is not due before it.
+    pub window_opens_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -50,6 +58,8 @@ pub enum Created {
     CampaignNotFound,
     /// The campaign named is canceled: it takes no new calls.
     CampaignCanceled,
+    /// The number is on the do-not-call list: nothing was written.
+    Suppressed,
 }
 
 /// SQL, with the cap as `$12`: whether a slot is free that no message is already on its
@@ -125,9 +135,11 @@ async fn insert_call<C: deadpool_postgres::GenericClient>(
     may_message: bool,
 ) -> StoreResult<Created> {
     let id = Uuid::now_v7();
-    let delay = message_delay(new.scheduled_at);
+    // Due when scheduled, or when its window next opens after that.
+    let due = new.window_opens_at.or(new.scheduled_at);
+    let delay = message_delay(due);
     let due_within_horizon = may_message
-        && new.scheduled_at.is_none_or(|at| {
+        && due.is_none_or(|at| {
             at - Utc::now() <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64)
         });
     let (key, hash) = match &new.idempotency {
@@ -137,10 +149,13 @@ async fn insert_call<C: deadpool_postgres::GenericClient>(
     let sql = format!(
         "WITH created AS ( \
              INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, GREATEST(now(), COALESCE($6, now())), \
-                 CASE WHEN $11 AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8) END, \
-                 $9, $10, $13, $15, 1) \
+                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
+                 calling_window, timezone, time_zones) \
+             SELECT $1::uuid, $2::text, $3::text, $4::jsonb, $5::int4, $6::timestamptz, $7::timestamptz, \
+                 GREATEST(now(), COALESCE($6, now()), COALESCE($18::timestamptz, '-infinity')), \
+                 CASE WHEN $11::bool AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8::float8) END, \
+                 $9::text, $10::text, $13::text, $19::uuid, 1, $15::jsonb, $16::text, $17::text[] \
+              WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING *), \
          event AS ( \
@@ -169,6 +184,10 @@ async fn insert_call<C: deadpool_postgres::GenericClient>(
             &(cap as i32),
             &new.callback_url,
             &Uuid::now_v7(),
+            &new.rules.window_json(),
+            &new.timezone,
+            &new.rules.zone_names(),
+            &new.window_opens_at,
             &new.campaign_id,
         ],
     )
@@ -181,9 +200,16 @@ async fn insert_call<C: deadpool_postgres::GenericClient>(
         });
         return Ok(Created::New { call, enqueue });
     }
-    // The key exists: ON CONFLICT waited for its transaction, so the row is visible now.
+    // Nothing inserted: the number is suppressed, or the key exists (ON CONFLICT waited for
+    // its transaction, so the row is visible now; it answers even if the number was
+    // suppressed since).
+    let Some(key) = key else {
+        return Ok(Created::Suppressed);
+    };
     let sql = format!("SELECT {CALL_COLUMNS}, request_hash FROM calls WHERE idempotency_key = $1");
-    let row = query_one(client, &sql, &[&key]).await?;
+    let Some(row) = query_opt(client, &sql, &[&key]).await? else {
+        return Ok(Created::Suppressed);
+    };
     let stored_hash: Option<String> = row.try_get("request_hash")?;
     if stored_hash.as_deref() == hash {
         Ok(Created::Replayed(call_from_row(&row)?))
@@ -420,27 +446,44 @@ pub enum Changed {
     NotPending(CallStatus),
     /// The new schedule is not before the call's `expiresAt`.
     ScheduleAfterExpiry,
+    /// The new number is on the do-not-call list.
+    Suppressed,
+    /// The call's window can never be kept for the new number (no zone known for it, or
+    /// the window never holds in all of them).
+    Invalid(InvalidValue),
 }
 
 /// Changes a PENDING call. A new schedule gets a message (as [`create_call`] gives one:
 /// when due within the horizon and a slot has room), or parks the call.
+///
+/// A new number gets its own time zones (when the call's come from its number) and is
+/// refused when suppressed; the call's window then applies to the new schedule: a call is
+/// never due while its window is closed.
 pub async fn patch_call(
     pool: &Pool,
     id: Uuid,
     patch: &CallPatch,
     cap: u32,
+    now: DateTime<Utc>,
 ) -> StoreResult<Changed> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = query_opt(
         &tx,
-        "SELECT status, expires_at, attempts, next_run_at FROM calls WHERE id = $1 FOR UPDATE",
+        "SELECT status, expires_at, attempts, next_run_at, phone, calling_window, timezone, time_zones \
+           FROM calls WHERE id = $1 FOR UPDATE",
         &[&id],
     )
     .await?
     else {
         return Ok(Changed::NotFound);
     };
+    let stored_window: Option<serde_json::Value> = row.try_get("calling_window")?;
+    let stored_zones: Vec<String> = row.try_get("time_zones")?;
+    let mut rules =
+        CallRules::from_stored(stored_window.as_ref(), &stored_zones).ok_or_else(|| {
+            super::StoreError::Corrupt(format!("call {id}'s calling rules {stored_window:?}"))
+        })?;
     let status = super::parse_status(row.try_get("status")?)?;
     if status != CallStatus::Pending {
         return Ok(Changed::NotPending(status));
@@ -448,7 +491,37 @@ pub async fn patch_call(
     let expires_at: Option<DateTime<Utc>> = row.try_get("expires_at")?;
     let attempts: i32 = row.try_get("attempts")?;
     let next_run_at: DateTime<Utc> = row.try_get("next_run_at")?;
-    let now = Utc::now();
+    let stored_phone: String = row.try_get("phone")?;
+    let new_phone = patch
+        .phone
+        .as_ref()
+        .filter(|phone| phone.as_str() != stored_phone);
+    if let Some(phone) = new_phone {
+        // Under the number's lock, as a suppression is written.
+        execute(
+            &tx,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&phone.as_str()],
+        )
+        .await?;
+        if query_opt(
+            &tx,
+            "SELECT 1 FROM suppressions WHERE phone = $1",
+            &[&phone.as_str()],
+        )
+        .await?
+        .is_some()
+        {
+            return Ok(Changed::Suppressed);
+        }
+        let timezone: Option<String> = row.try_get("timezone")?;
+        if timezone.is_none() {
+            rules = match CallRules::resolve(phone, None, rules.window.clone(), now) {
+                Ok(rules) => rules,
+                Err(invalid) => return Ok(Changed::Invalid(invalid)),
+            };
+        }
+    }
     let (schedule_changed, scheduled_at, new_next_run) = match patch.scheduled_at {
         None => (false, None, next_run_at),
         Some(scheduled) => {
@@ -467,6 +540,18 @@ pub async fn patch_call(
             (true, scheduled, next)
         }
     };
+    // Never due while the window is closed.
+    let new_next_run = match (&rules.window, schedule_changed || new_phone.is_some()) {
+        (Some(_), true) => {
+            let from = new_next_run.max(now);
+            match rules.next_allowed(from) {
+                Some(opening) if opening > from => opening,
+                _ => new_next_run,
+            }
+        }
+        _ => new_next_run,
+    };
+    let due_changed = schedule_changed || new_next_run != next_run_at;
     let delay = message_delay(Some(new_next_run));
     let due_within_horizon =
         new_next_run - now <= chrono::Duration::seconds(MAX_DELAY.as_secs() as i64);
@@ -475,14 +560,15 @@ pub async fn patch_call(
         "UPDATE calls SET phone = COALESCE($2, phone), script_id = COALESCE($3, script_id), \
              metadata = COALESCE($4, metadata), \
              scheduled_at = CASE WHEN $5 THEN $6 ELSE scheduled_at END, \
-             next_run_at = $7, \
-             outbox_due_at = CASE WHEN NOT $5 THEN outbox_due_at \
+             next_run_at = $7, time_zones = $11, \
+             outbox_due_at = CASE WHEN NOT $DUE_CHANGED THEN outbox_due_at \
                                   WHEN $9 AND (outbox_due_at IS NOT NULL OR {ROOM_FOR_A_MESSAGE}) \
                                   THEN now() + make_interval(secs => $8) END, \
              updated_at = now() \
          WHERE id = $1 RETURNING {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged"
     )
-    .replace("$12", "$10");
+    .replace("$12", "$10")
+    .replace("$DUE_CHANGED", "$12");
     let row = query_one(
         &tx,
         &sql,
@@ -497,13 +583,15 @@ pub async fn patch_call(
             &seconds(delay),
             &due_within_horizon,
             &(cap as i32),
+            &rules.zone_names(),
+            &due_changed,
         ],
     )
     .await?;
     tx.commit().await?;
     let call = call_from_row(&row)?;
     // A new schedule needs a message that arrives on time, not when the old one wakes.
-    let enqueue = (schedule_changed && row.try_get::<_, bool>("messaged")?)
+    let enqueue = (due_changed && row.try_get::<_, bool>("messaged")?)
         .then_some(Enqueue { call_id: id, delay });
     Ok(Changed::Done { call, enqueue })
 }

@@ -398,6 +398,10 @@ pub struct BulkCall {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
+    /// Its calling rules, resolved (the deployment's `CALL_WINDOW` in the number's zones).
+    pub rules: crate::rules::CallRules,
+    /// When its window next opens, when it is closed at its due time.
+    pub window_opens_at: Option<DateTime<Utc>>,
     /// The row's idempotency key (the client's, or derived from the campaign and the row's
     /// content) and a hash of the row.
     pub idempotency_key: String,
@@ -412,6 +416,8 @@ pub enum BulkOutcome {
     Duplicate(Uuid),
     /// The key was seen before with a different row (or in another campaign).
     KeyReused,
+    /// The number is on the do-not-call list: nothing was written.
+    Suppressed,
 }
 
 #[derive(Debug)]
@@ -502,7 +508,13 @@ pub async fn add_campaign_calls(
     let mut callbacks = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     let mut hashes = Vec::with_capacity(n);
+    let mut windows = Vec::with_capacity(n);
+    let mut zones = Vec::with_capacity(n);
+    let mut opens = Vec::with_capacity(n);
     for row in rows {
+        windows.push(row.rules.window_json());
+        zones.push(serde_json::json!(row.rules.zone_names()));
+        opens.push(row.window_opens_at);
         ids.push(Uuid::now_v7());
         phones.push(row.phone.as_str());
         scripts.push(row.script_id.as_str());
@@ -519,18 +531,24 @@ pub async fn add_campaign_calls(
     let sql = format!(
         "WITH input AS ( \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], \
-                                  $6::timestamptz[], $7::text[], $8::text[], $9::text[]) \
+                                  $6::timestamptz[], $7::text[], $8::text[], $9::text[], \
+                                  $13::jsonb[], $14::jsonb[], $15::timestamptz[]) \
                  WITH ORDINALITY AS r(id, phone, script_id, metadata, scheduled_at, expires_at, \
-                                      callback_url, idempotency_key, request_hash, n)), \
+                                      callback_url, idempotency_key, request_hash, calling_window, \
+                                      zones, opens_at, n)), \
          created AS ( \
              INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence) \
+                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
+                 calling_window, time_zones) \
              SELECT r.id, r.phone, r.script_id, r.metadata, $10, r.scheduled_at, r.expires_at, \
-                    GREATEST(now(), COALESCE(r.scheduled_at, now())), \
-                    CASE WHEN (r.scheduled_at IS NULL OR r.scheduled_at <= now()) \
+                    GREATEST(now(), COALESCE(r.scheduled_at, now()), COALESCE(r.opens_at, '-infinity')), \
+                    CASE WHEN (r.scheduled_at IS NULL OR r.scheduled_at <= now()) AND r.opens_at IS NULL \
                           AND r.n <= $11 THEN now() END, \
-                    r.idempotency_key, r.request_hash, r.callback_url, $12, 1 \
-               FROM input r ORDER BY r.n \
+                    r.idempotency_key, r.request_hash, r.callback_url, $12, 1, \
+                    r.calling_window, ARRAY(SELECT jsonb_array_elements_text(r.zones)) \
+               FROM input r \
+              WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.phone = r.phone) \
+              ORDER BY r.n \
              ON CONFLICT (idempotency_key) DO NOTHING \
              RETURNING *), \
          event AS ( \
@@ -558,6 +576,9 @@ pub async fn add_campaign_calls(
             &(max_attempts as i32),
             &room,
             &campaign_id,
+            &windows,
+            &zones,
+            &opens,
         ],
     )
     .await?;
@@ -623,10 +644,8 @@ pub async fn add_campaign_calls(
                     Ok(BulkOutcome::Duplicate(*id))
                 }
                 Some(_) => Ok(BulkOutcome::KeyReused),
-                None => Err(StoreError::Corrupt(format!(
-                    "bulk add: key {:?} neither inserted nor found",
-                    row.idempotency_key
-                ))),
+                // Left out by the statement: its number is on the do-not-call list.
+                None => Ok(BulkOutcome::Suppressed),
             }
         })
         .collect::<StoreResult<Vec<_>>>()?;

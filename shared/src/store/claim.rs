@@ -7,7 +7,13 @@
 //! 2. take a transaction-scoped advisory lock on each due call's phone number, in number
 //!    order, then check that no call to that phone is in progress: claims for one phone
 //!    are serialised, so the check cannot race (the partial unique index is only the
-//!    backstop), and two calls of one batch to the same phone never both go;
+//!    backstop), and two calls of one batch to the same phone never both go.
+//!    Then the calling rules (issue 14), under those locks: a call whose number is on the
+//!    do-not-call list is CANCELED (a suppression takes the same lock, so it either
+//!    committed before this check or waits for this claim to commit: a number is dialed
+//!    before its suppression or never); a call outside its calling window, or whose number
+//!    had `MAX_DIALS_PER_NUMBER_PER_DAY` dials in the last 24 h, is not dialed and its
+//!    `next_run_at` moves to when it may be;
 //! 3. for calls of campaigns, take a transaction-scoped advisory lock on each campaign, in
 //!    id order, then read its status and count its calls in progress: a paused campaign's
 //!    calls are not claimed (they are parked, and its resume refills), a canceled one's are
@@ -35,6 +41,33 @@ use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 use crate::events::EventType;
 use crate::provider::PriorDial;
+use crate::queue::Enqueue;
+use crate::rules::CallRules;
+
+/// A stored window that can never open again (the search horizon passed with none) is
+/// checked again this much later.
+const RECHECK_UNOPENABLE: chrono::Duration = chrono::Duration::days(1);
+
+/// What a claim enforces, from [`crate::Config`].
+#[derive(Debug, Clone, Default)]
+pub struct ClaimLimits {
+    /// `GLOBAL_CONCURRENCY`.
+    pub cap: u32,
+    /// `MAX_PENDING_AGE_SECONDS`.
+    pub max_pending_age_seconds: Option<u64>,
+    /// `MAX_DIALS_PER_NUMBER_PER_DAY`.
+    pub max_dials_per_number_per_day: Option<u32>,
+}
+
+impl From<&crate::Config> for ClaimLimits {
+    fn from(config: &crate::Config) -> Self {
+        Self {
+            cap: config.global_concurrency,
+            max_pending_age_seconds: config.max_pending_age_seconds,
+            max_dials_per_number_per_day: config.calling_rules.max_dials_per_number_per_day,
+        }
+    }
+}
 
 /// A call this worker now holds a slot for, ready to dial.
 #[derive(Debug, Clone)]
@@ -79,6 +112,19 @@ pub enum Claim {
     Unknown,
     /// The same call appeared earlier in this batch: that delivery answers for it.
     Duplicate,
+    /// Due, but outside its calling window: not dialed, due again at `until` (the next
+    /// opening), to which its `next_run_at` moved.
+    OutsideWindow {
+        until: DateTime<Utc>,
+    },
+    /// Its number had `MAX_DIALS_PER_NUMBER_PER_DAY` dials in the last 24 h: not dialed,
+    /// due again at `until` (when the oldest of them is 24 h old, or the window's next
+    /// opening after that), to which its `next_run_at` moved.
+    DailyCapReached {
+        until: DateTime<Utc>,
+    },
+    /// Its number is on the do-not-call list: now CANCELED (`lastError: "suppressed"`).
+    Suppressed,
 }
 
 /// Claims one call: [`claim_calls`] with a batch of one.
@@ -106,6 +152,50 @@ pub async fn claim_calls(
     cap: u32,
     max_pending_age_seconds: Option<u64>,
 ) -> StoreResult<Vec<Claim>> {
+    let limits = ClaimLimits {
+        cap,
+        max_pending_age_seconds,
+        max_dials_per_number_per_day: None,
+    };
+    claim_calls_at(pool, call_ids, &limits, Utc::now()).await
+}
+
+/// [`claim_calls`] with every limit (the daily cap per number too), deciding what is due
+/// and what is inside its window at `now` (the worker's [`crate::clock::Clock`]).
+pub async fn claim_calls_at(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    limits: &ClaimLimits,
+    now: DateTime<Utc>,
+) -> StoreResult<Vec<Claim>> {
+    claim_batch(pool, call_ids, limits, now, false)
+        .await
+        .map(|(claims, _)| claims)
+}
+
+/// [`claim_calls_at`], passing on the nudges the calling rules stopped: a call that was
+/// brought to a free slot (nudged, or messaged by the refill) but is held back by its window,
+/// its number's daily cap or the do-not-call list would leave that slot idle until the
+/// reclaimer's next refill; instead as many other waiting calls are nudged, in this
+/// transaction. Returns their messages, to send after it (the worker does).
+pub async fn claim_calls_passing_nudges(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    limits: &ClaimLimits,
+    now: DateTime<Utc>,
+) -> StoreResult<(Vec<Claim>, Vec<Enqueue>)> {
+    claim_batch(pool, call_ids, limits, now, true).await
+}
+
+async fn claim_batch(
+    pool: &Pool,
+    call_ids: &[Uuid],
+    limits: &ClaimLimits,
+    now: DateTime<Utc>,
+    pass_nudges_on: bool,
+) -> StoreResult<(Vec<Claim>, Vec<Enqueue>)> {
+    let cap = limits.cap;
+    let max_pending_age_seconds = limits.max_pending_age_seconds;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = query(
@@ -114,9 +204,9 @@ pub async fn claim_calls(
                 outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
                 (COALESCE(expires_at <= now(), false) \
                  OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
-                next_run_at <= now() AS due \
+                next_run_at <= $3 AS due, calling_window, time_zones \
            FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&call_ids, &max_pending_age_seconds.map(|s| s as f64)],
+        &[&call_ids, &max_pending_age_seconds.map(|s| s as f64), &now],
     )
     .await?;
     let mut found: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
@@ -134,6 +224,10 @@ pub async fn claim_calls(
     // Claimed calls whose key an earlier dial used: (index, id, key, attempt).
     let mut reused_keys: Vec<(usize, Uuid, Uuid, i32)> = Vec::new();
     let mut phones = HashSet::new();
+    // IN_PROGRESS calls that may need a redial of an unknown dial: (index, id).
+    let mut redials: Vec<(usize, Uuid)> = Vec::new();
+    // Calls whose next_run_at moves (outside the window, daily cap): (id, until).
+    let mut moved: Vec<(Uuid, DateTime<Utc>)> = Vec::new();
     // The events of the changes this transaction makes, written together before the commit.
     let mut events: Vec<(Uuid, EventType)> = Vec::new();
     for (index, &call_id) in call_ids.iter().enumerate() {
@@ -147,7 +241,8 @@ pub async fn claim_calls(
         };
         let status = super::parse_status(row.try_get("status")?)?;
         if status == CallStatus::InProgress {
-            claims[index] = Some(redial_unknown(&tx, call_id, row, &mut events).await?);
+            // Decided once the phones are locked (a redial is a dial: the rules apply).
+            redials.push((index, call_id));
             continue;
         }
         if status != CallStatus::Pending {
@@ -195,10 +290,18 @@ pub async fn claim_calls(
         events.extend(expired.iter().map(|id| (*id, EventType::Expired)));
     }
 
-    if !candidates.is_empty() {
-        // Claims for one phone are serialised by its advisory lock, taken in number order.
-        let mut sorted_phones: Vec<&str> = candidates.iter().map(|(_, _, p)| p.as_str()).collect();
-        sorted_phones.sort_unstable();
+    // Claims for one phone are serialised by its advisory lock, taken in number order (the
+    // redials' phones too, so the order holds for the whole batch).
+    let mut sorted_phones: Vec<String> = candidates.iter().map(|(_, _, p)| p.clone()).collect();
+    for (_, call_id) in &redials {
+        if let Some(row) = found.get(call_id) {
+            sorted_phones.push(row.try_get("phone")?);
+        }
+    }
+    sorted_phones.sort_unstable();
+    sorted_phones.dedup();
+    let mut suppressed_phones: HashSet<String> = HashSet::new();
+    if !sorted_phones.is_empty() {
         execute(
             &tx,
             "SELECT pg_advisory_xact_lock(hashtextextended(phone, 0)) \
@@ -206,6 +309,110 @@ pub async fn claim_calls(
             &[&sorted_phones],
         )
         .await?;
+        // After the locks: a suppression committed before them is seen here, and one not
+        // committed yet waits for this transaction (it takes the same lock).
+        for row in query(
+            &tx,
+            "SELECT phone FROM suppressions WHERE phone = ANY($1)",
+            &[&sorted_phones],
+        )
+        .await?
+        {
+            suppressed_phones.insert(row.try_get(0)?);
+        }
+    }
+
+    for (index, call_id) in redials {
+        let row = found.get(&call_id).ok_or_else(|| {
+            super::StoreError::Corrupt(format!("call {call_id} to redial but not read"))
+        })?;
+        let phone: String = row.try_get("phone")?;
+        let rules = RedialRules {
+            suppressed: suppressed_phones.contains(&phone),
+            outside_until: outside_rules(row, now)?,
+        };
+        claims[index] =
+            Some(redial_unknown(&tx, call_id, row, rules, &mut events, &mut moved).await?);
+    }
+
+    // The calling rules, for the due PENDING calls.
+    let mut suppressed = Vec::new();
+    let mut allowed = Vec::with_capacity(candidates.len());
+    // Calls the rules held back that had been brought to a free slot: their nudges are
+    // passed on.
+    let mut held_back_marked: i64 = 0;
+    let was_marked = |row: &Row| -> StoreResult<bool> {
+        Ok(row.try_get::<_, bool>("outbox_marked")? || row.try_get::<_, bool>("nudged")?)
+    };
+    for (index, call_id, phone) in candidates {
+        let row = found.get(&call_id).ok_or_else(|| {
+            super::StoreError::Corrupt(format!("call {call_id} is a candidate but not read"))
+        })?;
+        if suppressed_phones.contains(&phone) {
+            suppressed.push(call_id);
+            claims[index] = Some(Claim::Suppressed);
+            held_back_marked += i64::from(was_marked(row)?);
+        } else if let Some(until) = outside_rules(row, now)? {
+            moved.push((call_id, until));
+            claims[index] = Some(Claim::OutsideWindow { until });
+            held_back_marked += i64::from(was_marked(row)?);
+        } else {
+            allowed.push((index, call_id, phone));
+        }
+    }
+    let mut candidates = allowed;
+    if let (Some(cap), false) = (limits.max_dials_per_number_per_day, candidates.is_empty()) {
+        let capped = daily_cap_reached(&tx, &candidates, cap, now).await?;
+        let mut kept = Vec::with_capacity(candidates.len());
+        for (index, call_id, phone) in candidates {
+            let Some(aged_out) = capped.get(&call_id) else {
+                kept.push((index, call_id, phone));
+                continue;
+            };
+            let row = found.get(&call_id).ok_or_else(|| {
+                super::StoreError::Corrupt(format!("call {call_id} is a candidate but not read"))
+            })?;
+            // Then the window must be open too (the claim checks it again at `until`).
+            let until = stored_rules(row)?
+                .and_then(|rules| rules.next_allowed(*aged_out))
+                .unwrap_or(*aged_out);
+            moved.push((call_id, until));
+            claims[index] = Some(Claim::DailyCapReached { until });
+            held_back_marked += i64::from(was_marked(row)?);
+        }
+        candidates = kept;
+    }
+    if !suppressed.is_empty() {
+        execute(
+            &tx,
+            "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), \
+                    outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
+                    last_error = 'suppressed', sequence = sequence + 1 \
+              WHERE id = ANY($1)",
+            &[&suppressed],
+        )
+        .await?;
+        events.extend(suppressed.iter().map(|id| (*id, EventType::Canceled)));
+        for call_id in &suppressed {
+            tracing::info!(%call_id, "call canceled: its number is on the do-not-call list");
+        }
+    }
+    if !moved.is_empty() {
+        // Parked until then like any call not due: no message, no slot (the reclaimer's
+        // refill or a freed slot's nudge brings it when due).
+        let ids: Vec<Uuid> = moved.iter().map(|(id, _)| *id).collect();
+        let untils: Vec<DateTime<Utc>> = moved.iter().map(|(_, until)| *until).collect();
+        execute(
+            &tx,
+            "UPDATE calls SET next_run_at = m.until, updated_at = now(), outbox_due_at = NULL, nudged_at = NULL \
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS m(id, until) WHERE calls.id = m.id",
+            &[&ids, &untils],
+        )
+        .await?;
+    }
+
+    // Campaigns last, so that calls the rules held back take none of a campaign's room.
+    if !candidates.is_empty() {
         admit_by_campaign(
             &tx,
             &found,
@@ -325,8 +532,14 @@ pub async fn claim_calls(
     }
     record_events(&tx, &events).await?;
     clear_delivery_marks(&tx, &settle_marks).await?;
+    // After the claim statement, so that no call of this batch is nudged.
+    let nudges = if pass_nudges_on && held_back_marked > 0 {
+        super::slots::nudge_waiting_calls(&tx, held_back_marked).await?
+    } else {
+        Vec::new()
+    };
     tx.commit().await?;
-    claims
+    let claims = claims
         .into_iter()
         .zip(call_ids)
         .map(|(claim, call_id)| {
@@ -334,7 +547,8 @@ pub async fn claim_calls(
                 super::StoreError::Corrupt(format!("call {call_id} was left unanswered"))
             })
         })
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((claims, nudges))
 }
 
 /// Arbitrary first key of the campaigns' advisory locks (the two-integer form, a space
@@ -450,11 +664,17 @@ async fn admit_by_campaign(
 /// A call whose last dial's fate is unknown (a timeout) keeps its slot and its phone; once
 /// its backoff ends, the next delivery redials it in place, with the same idempotency key,
 /// so a provider that did place the first dial answers with that call instead of a new one.
+///
+/// The calling rules hold for a redial as for any dial: outside the window it waits (the
+/// slot kept, as while backing off); to a suppressed number it is not made, and the call is
+/// CANCELED.
 async fn redial_unknown(
     tx: &Transaction<'_>,
     call_id: Uuid,
     call: &tokio_postgres::Row,
+    rules: RedialRules,
     events: &mut Vec<(Uuid, EventType)>,
+    moved: &mut Vec<(Uuid, DateTime<Utc>)>,
 ) -> StoreResult<Claim> {
     let attempts: i32 = call.try_get("attempts")?;
     let limited_dials: i32 = call.try_get("limited_dials")?;
@@ -477,6 +697,15 @@ async fn redial_unknown(
         return Ok(Claim::NotDue {
             until: call.try_get("next_run_at")?,
         });
+    }
+    if rules.suppressed {
+        cancel_suppressed_in_progress(tx, call_id).await?;
+        events.push((call_id, EventType::Canceled));
+        return Ok(Claim::Suppressed);
+    }
+    if let Some(until) = rules.outside_until {
+        moved.push((call_id, until));
+        return Ok(Claim::OutsideWindow { until });
     }
     let attempt_id = Uuid::now_v7();
     let attempt_no = attempts + 1;
@@ -558,5 +787,96 @@ async fn clear_delivery_marks(tx: &Transaction<'_>, call_ids: &[Uuid]) -> StoreR
         )
         .await?;
     }
+    Ok(())
+}
+
+/// What the calling rules say about a redial.
+struct RedialRules {
+    suppressed: bool,
+    /// Outside the window: when it next opens.
+    outside_until: Option<DateTime<Utc>>,
+}
+
+/// The rules stored on a call's row (`calling_window`, `time_zones`).
+fn stored_rules(row: &Row) -> StoreResult<Option<CallRules>> {
+    let window: Option<serde_json::Value> = row.try_get("calling_window")?;
+    if window.is_none() {
+        return Ok(None);
+    }
+    let zones: Vec<String> = row.try_get("time_zones")?;
+    CallRules::from_stored(window.as_ref(), &zones)
+        .map(Some)
+        .ok_or_else(|| {
+            super::StoreError::Corrupt(format!("calling rules {window:?} in zones {zones:?}"))
+        })
+}
+
+/// When a call outside its window may next be dialed; `None` when it may be now.
+fn outside_rules(row: &Row, now: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+    let Some(rules) = stored_rules(row)? else {
+        return Ok(None);
+    };
+    if rules.allows(now) {
+        return Ok(None);
+    }
+    Ok(Some(
+        rules.next_allowed(now).unwrap_or(now + RECHECK_UNOPENABLE),
+    ))
+}
+
+/// The candidates whose number had `cap` or more dials that may have rung it in the 24 h
+/// before `now`, each with when enough of them are 24 h old for one more.
+async fn daily_cap_reached(
+    tx: &Transaction<'_>,
+    candidates: &[(usize, Uuid, String)],
+    cap: u32,
+    now: DateTime<Utc>,
+) -> StoreResult<HashMap<Uuid, DateTime<Utc>>> {
+    let phones: Vec<&str> = candidates.iter().map(|(_, _, p)| p.as_str()).collect();
+    let rows = query(
+        tx,
+        "SELECT c.phone, array_agg(a.started_at ORDER BY a.started_at) AS dials \
+           FROM calls c JOIN call_attempts a ON a.call_id = c.id \
+          WHERE c.phone = ANY($1) AND a.started_at > $2::timestamptz - interval '24 hours' \
+            AND a.dial_state IN ('DIALING', 'ACCEPTED', 'UNKNOWN') \
+          GROUP BY c.phone",
+        &[&phones, &now],
+    )
+    .await?;
+    let mut reached_by_phone: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for row in &rows {
+        let dials: Vec<DateTime<Utc>> = row.try_get("dials")?;
+        let cap = cap as usize;
+        if dials.len() >= cap {
+            // One more is allowed once all but cap - 1 of them are 24 h old.
+            let oldest_to_age_out = dials[dials.len() - cap];
+            reached_by_phone.insert(
+                row.try_get("phone")?,
+                oldest_to_age_out + chrono::Duration::hours(24),
+            );
+        }
+    }
+    Ok(candidates
+        .iter()
+        .filter_map(|(_, call_id, phone)| {
+            reached_by_phone.get(phone).map(|until| (*call_id, *until))
+        })
+        .collect())
+}
+
+/// An IN_PROGRESS call whose last dial's fate is unknown, whose number is now suppressed:
+/// not redialed but CANCELED, its slot released (the reclaimer's refill fills it).
+async fn cancel_suppressed_in_progress(tx: &Transaction<'_>, call_id: Uuid) -> StoreResult<()> {
+    super::slots::release_slot(tx, call_id).await?;
+    execute(
+        tx,
+        "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), \
+                outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
+                last_error = 'suppressed', sequence = sequence + 1 \
+          WHERE id = $1",
+        &[&call_id],
+    )
+    .await?;
+    tracing::info!(%call_id, "call canceled instead of redialed: its number is on the do-not-call list");
     Ok(())
 }

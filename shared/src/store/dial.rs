@@ -234,6 +234,7 @@ async fn record_failure(
         if attempts < max_attempts {
             let delay =
                 backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
+            let delay = delay_into_window(tx, claimed.call_id, delay).await?;
             let next_run_at: DateTime<Utc> = super::query_one(
                 tx,
                 "UPDATE calls SET next_run_at = now() + make_interval(secs => $2), last_error = $3, \
@@ -266,6 +267,7 @@ async fn record_failure(
         Some((retry_after, _)) if attempts < max_attempts => {
             let delay =
                 backoff::retry_delay(policy.base_retry_seconds, attempts as u32, retry_after);
+            let delay = delay_into_window(tx, claimed.call_id, delay).await?;
             // The provider said no, but a provider that placed the call anyway recognises
             // the same key: reusing it costs nothing.
             let next_run_at: DateTime<Utc> = super::query_one(
@@ -356,6 +358,7 @@ pub(crate) async fn wait_for_provider_room(
         (limited_before + 1).clamp(1, 6) as u32,
         retry_after,
     );
+    let delay = delay_into_window(tx, call_id, delay).await?;
     let next_run_at: DateTime<Utc> = super::query_one(
         tx,
         "UPDATE calls SET status = 'PENDING', limited_dials = limited_dials + 1, \
@@ -368,6 +371,38 @@ pub(crate) async fn wait_for_provider_room(
     .try_get(0)?;
     record_event(tx, call_id, EventType::RetryScheduled).await?;
     Ok((next_run_at, delay))
+}
+
+/// A retry's delay, stretched so that the retry lands inside the call's calling window: a
+/// backoff that would end while the window is closed ends at its next opening instead (the
+/// claim checks the window again either way).
+pub(crate) async fn delay_into_window(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    delay: Duration,
+) -> StoreResult<Duration> {
+    let Some(row) = query_opt(
+        tx,
+        "SELECT calling_window, time_zones FROM calls WHERE id = $1 AND calling_window IS NOT NULL",
+        &[&call_id],
+    )
+    .await?
+    else {
+        return Ok(delay);
+    };
+    let window: Option<serde_json::Value> = row.try_get("calling_window")?;
+    let zones: Vec<String> = row.try_get("time_zones")?;
+    let Some(rules) = crate::rules::CallRules::from_stored(window.as_ref(), &zones) else {
+        return Err(super::StoreError::Corrupt(format!(
+            "call {call_id}'s calling rules {window:?} in {zones:?}"
+        )));
+    };
+    let now = Utc::now();
+    let due = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+    Ok(match rules.next_allowed(due) {
+        Some(opening) if opening > due => (opening - now).to_std().unwrap_or(delay),
+        _ => delay,
+    })
 }
 
 /// What a provider reported about the dial that failed a call.

@@ -28,6 +28,7 @@ pub(crate) fn snapshot_sql(c: &str) -> String {
             'expiresAt', {c}.expires_at, 'nextRunAt', {c}.next_run_at, 'createdAt', {c}.created_at, \
             'updatedAt', {c}.updated_at, 'startedAt', {c}.started_at, 'endedAt', {c}.ended_at, \
             'sequence', {c}.sequence, 'campaignId', {c}.campaign_id, \
+            'window', {c}.calling_window, 'timezone', {c}.timezone, 'timeZones', {c}.time_zones, \
             'dials', COALESCE((SELECT jsonb_agg(jsonb_build_object(\
                 'attempt', a.attempt_no, 'idempotencyKey', a.idempotency_key, \
                 'dialState', a.dial_state, 'providerCallId', a.provider_call_id, \

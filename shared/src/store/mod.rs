@@ -14,6 +14,7 @@
 //! - [`events`]: the outbox of outbound events, written in the transaction of each change.
 //! - [`endpoints`]: the webhook endpoints clients register.
 //! - [`deliveries`]: the notifier's fan-out, claims and records of event deliveries.
+//! - [`suppressions`]: the do-not-call list and its audit trail (issue 14).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::call_result::CallResult;
 use crate::domain::{CallOutcome, CallStatus, DialOutcome};
+use crate::rules::{CallingWindow, WindowSpec};
 
 pub mod calls;
 pub mod campaigns;
@@ -35,6 +37,7 @@ pub mod events;
 pub mod history;
 pub mod settle;
 pub mod slots;
+pub mod suppressions;
 pub mod sweep;
 pub mod webhooks;
 
@@ -139,6 +142,47 @@ pub struct Call {
     /// written before campaigns existed read back without it.)
     #[serde(default)]
     pub campaign_id: Option<Uuid>,
+    /// The calling window that applies, in the callee's local time (the call's own, else
+    /// the deployment's `CALL_WINDOW`); null: any time.
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
+    /// The IANA time zone the call was created with; null: the zones come from the number.
+    #[serde(default)]
+    #[schema(example = "America/New_York")]
+    pub timezone: Option<String>,
+    /// The callee's resolved time zones: `timezone`, else those of the number's area (the
+    /// window must hold in all of them).
+    #[serde(default)]
+    pub time_zones: Vec<String>,
+    /// While the call waits outside its window: when the window next opens (null when it is
+    /// open, or the call has none, or is not PENDING). Shown by `GET /calls/{id}`.
+    #[serde(default)]
+    pub window_opens_at: Option<DateTime<Utc>>,
+}
+
+impl Call {
+    /// Fills in [`Call::window_opens_at`] as of `now`.
+    pub fn with_window_opening(mut self, now: DateTime<Utc>) -> Self {
+        self.window_opens_at = None;
+        if self.status != CallStatus::Pending {
+            return self;
+        }
+        let Some(spec) = &self.window else {
+            return self;
+        };
+        let Ok(window) = CallingWindow::from_spec("window", spec) else {
+            return self;
+        };
+        let zones: Vec<chrono_tz::Tz> = self
+            .time_zones
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect();
+        if !window.is_open(&zones, now) {
+            self.window_opens_at = window.next_opening(&zones, now);
+        }
+        self
+    }
 }
 
 /// One dial of a call: the audit trail.
@@ -165,7 +209,8 @@ pub struct DialAttempt {
 
 pub(crate) const CALL_COLUMNS: &str = "id, phone, script_id, metadata, status, attempts, \
     max_attempts, last_error, outcome, duration_sec, scheduled_at, expires_at, next_run_at, \
-    created_at, updated_at, started_at, ended_at, sequence, result, callback_url, campaign_id";
+    created_at, updated_at, started_at, ended_at, sequence, result, callback_url, campaign_id, \
+    calling_window, timezone, time_zones";
 
 pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
     let status: String = row.try_get("status")?;
@@ -197,6 +242,16 @@ pub(crate) fn call_from_row(row: &Row) -> StoreResult<Call> {
         ended_at: row.try_get("ended_at")?,
         sequence: row.try_get("sequence")?,
         campaign_id: row.try_get("campaign_id")?,
+        window: row
+            .try_get::<_, Option<serde_json::Value>>("calling_window")?
+            .map(|value| {
+                serde_json::from_value(value.clone())
+                    .map_err(|_| StoreError::Corrupt(format!("calling window {value}")))
+            })
+            .transpose()?,
+        timezone: row.try_get("timezone")?,
+        time_zones: row.try_get("time_zones")?,
+        window_opens_at: None,
     })
 }
 

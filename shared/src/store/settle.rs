@@ -8,7 +8,9 @@
 
 use uuid::Uuid;
 
-use super::dial::{fail_call, wait_for_provider_room, FailureReport, RetryPolicy};
+use super::dial::{
+    delay_into_window, fail_call, wait_for_provider_room, FailureReport, RetryPolicy,
+};
 use super::events::record_event;
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
@@ -415,6 +417,7 @@ async fn settle_outcome(
                 context.counted_attempts as u32,
                 None,
             );
+            let delay = delay_into_window(tx, call_id, delay).await?;
             let message_delay = delay.min(MAX_DELAY);
             execute(
                 tx,

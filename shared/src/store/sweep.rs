@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::dial::{fail_call, RetryPolicy};
+use super::dial::{delay_into_window, fail_call, RetryPolicy};
 use super::events::{fanned_out_at_sql, record_events, snapshot_sql};
 use super::slots::{
     nudge_waiting_calls, release_slot, MESSAGE_ON_ITS_WAY_SECONDS, NUDGE_QUIET_SECONDS,
@@ -200,6 +200,7 @@ pub async fn reclaim_stale_calls(
                 _ => key,
             };
             let delay = backoff::retry_delay(policy.base_retry_seconds, attempts as u32, None);
+            let delay = delay_into_window(&tx, call_id, delay).await?;
             let message_delay = delay.min(MAX_DELAY);
             execute(
                 &tx,
