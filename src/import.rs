@@ -330,6 +330,7 @@ fn check_locally(
         max_concurrency: None,
         expires_at: None,
         callback_url: None,
+        window: None,
         status: ebra_shared::store::campaigns::CampaignStatus::Active,
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),

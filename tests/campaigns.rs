@@ -1079,3 +1079,84 @@ async fn bulk_rows_obey_the_calling_rules() {
     );
     assert_eq!(api.messages().await, 0);
 }
+
+#[tokio::test]
+async fn a_campaigns_window_applies_to_its_calls_without_one_of_their_own() {
+    use chrono::Timelike as _;
+    let hour = chrono::Utc::now()
+        .with_timezone(&chrono_tz::America::Los_Angeles)
+        .hour();
+    // Closed now in Los Angeles, opening in one to two hours; CALL_WINDOW is open all day.
+    let closed = json!({
+        "start": format!("{:02}:00", (hour + 2) % 24),
+        "end": format!("{:02}:00", (hour + 3) % 24),
+    });
+    let env = TestEnv::new().await;
+    let always = r#"{"start": "00:00", "end": "24:00"}"#;
+    let config = env.config(&[("GLOBAL_CONCURRENCY", "10"), ("CALL_WINDOW", always)]);
+    let api = Api {
+        router: ebra_api::router(AppState::new(
+            env.pool.clone(),
+            Some(env.queue.clone()),
+            Arc::new(config),
+        )),
+        env,
+        cap: 10,
+    };
+
+    // A bad window is a 422 naming it, and writes nothing.
+    let reply = api
+        .post_json(
+            "/campaigns",
+            &json!({"name": "bad", "window": {"start": "25:00", "end": "09:00"}}),
+        )
+        .await;
+    reply.problem(422);
+    assert_eq!(reply.fields(), ["window"]);
+    assert_eq!(api.count("SELECT count(*) FROM campaigns").await, 0);
+
+    let campaign = api
+        .campaign(json!({"name": "evenings", "scriptId": "s", "window": closed}))
+        .await;
+    let shown = api.get(&format!("/campaigns/{campaign}")).await.ok();
+    assert_eq!(shown["window"]["start"], closed["start"], "{shown}");
+
+    let waits = "SELECT count(*) FROM calls WHERE phone = $$PHONE$$ AND outbox_due_at IS NULL \
+                 AND next_run_at > now() + interval '55 minutes'";
+    // A bulk row takes the campaign's window over CALL_WINDOW.
+    api.add_csv(&campaign, "to\n+14155550111\n").await.ok();
+    assert_eq!(
+        api.count(&waits.replace("$$PHONE$$", "'+14155550111'"))
+            .await,
+        1
+    );
+    // So does a call posted with the campaign's id...
+    let reply = api
+        .post_json(
+            "/calls",
+            &json!({"to": "+14155550112", "scriptId": "s", "campaignId": campaign}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(
+        api.count(&waits.replace("$$PHONE$$", "'+14155550112'"))
+            .await,
+        1
+    );
+    // ...but a call's own window comes first.
+    let reply = api
+        .post_json(
+            "/calls",
+            &json!({"to": "+14155550113", "scriptId": "s", "campaignId": campaign,
+                    "window": {"start": "00:00", "end": "24:00"}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(
+        api.count(
+            "SELECT count(*) FROM calls WHERE phone = '+14155550113' AND next_run_at <= now()"
+        )
+        .await,
+        1
+    );
+}

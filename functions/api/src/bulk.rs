@@ -251,14 +251,20 @@ pub fn validate_row(
         None => Ok(campaign.expires_at),
     }
     .and_then(|expiry| check_expiry(expiry, scheduled_at.as_ref().ok().copied().flatten(), now));
-    // The calling rules: the deployment's CALL_WINDOW in the zones of the number.
+    // The calling rules, in the zones of the number.
     let from = scheduled_at
         .as_ref()
         .ok()
         .copied()
         .flatten()
         .map_or(now, |at| at.max(now));
-    let rules = crate::requests::call_rules(&phone, None, None, default_window, from);
+    // The campaign's window, else the deployment's (a row has none of its own).
+    let campaign_window = campaign
+        .window
+        .as_ref()
+        .and_then(|spec| CallingWindow::from_spec("window", spec).ok());
+    let window = campaign_window.as_ref().or(default_window);
+    let rules = crate::requests::call_rules(&phone, None, None, window, from);
     let key = row
         .idempotency_key
         .map(|key| {
@@ -366,6 +372,7 @@ mod tests {
             max_concurrency: None,
             expires_at: None,
             callback_url: None,
+            window: None,
             status: CampaignStatus::Active,
             created_at: Utc::now(),
             updated_at: Utc::now(),

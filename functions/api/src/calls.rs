@@ -9,6 +9,7 @@ use axum::Json;
 use ebra_shared::domain::{CallStatus, InvalidValue, PhoneNumber};
 use ebra_shared::problem::Problem;
 use ebra_shared::queue::Enqueue;
+use ebra_shared::rules::CallingWindow;
 use ebra_shared::store::calls::{
     self as store, CallFilter, Changed, Created, ListCursor, ListPosition,
 };
@@ -256,7 +257,19 @@ pub async fn create_call(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let now = state.clock.now();
-    let mut new = request.validate(now, state.config.calling_rules.default_window.as_ref())?;
+    // A call without a window of its own takes its campaign's, else CALL_WINDOW's.
+    let campaign_window = match request.campaign_id.as_deref().map(str::parse::<Uuid>) {
+        Some(Ok(id)) => ebra_shared::store::campaigns::get_campaign(&state.pool, id)
+            .await?
+            .and_then(|campaign| campaign.window)
+            .and_then(|spec| CallingWindow::from_spec("window", &spec).ok()),
+        _ => None,
+    };
+    let default_window =
+        campaign_window
+            .as_ref()
+            .or(state.config.calling_rules.default_window.as_ref());
+    let mut new = request.validate(now, default_window)?;
     if let Some(url) = &new.callback_url {
         if state.config.events.callback_secret.is_none() {
             return Err(ApiError::Invalid(vec![InvalidValue::new(

@@ -298,6 +298,10 @@ pub struct CreateCampaignRequest {
     /// The default `callbackUrl` of its calls (as a call's: public addresses only, and the
     /// deployment needs a CALLBACK_SECRET).
     pub callback_url: Option<String>,
+    /// Its calls' calling window, in each callee's local time, for calls without one of
+    /// their own (before the deployment's `CALL_WINDOW`).
+    #[schema(value_type = Option<WindowSpec>)]
+    pub window: Option<serde_json::Value>,
 }
 
 impl CreateCampaignRequest {
@@ -338,23 +342,43 @@ impl CreateCampaignRequest {
             .callback_url
             .map(|raw| parse_callback_url("callbackUrl", &raw))
             .transpose();
-        match (name, script_id, max_concurrency, expires_at, callback_url) {
-            (Ok(name), Ok(script_id), Ok(max_concurrency), Ok(expires_at), Ok(callback_url)) => {
-                Ok(NewCampaign {
-                    name,
-                    script_id,
-                    max_concurrency,
-                    expires_at,
-                    callback_url,
-                })
+        let window = self
+            .window
+            .map(|value| CallingWindow::parse("window", &value))
+            .transpose();
+        match (
+            name,
+            script_id,
+            max_concurrency,
+            expires_at,
+            callback_url,
+            window,
+        ) {
+            (
+                Ok(name),
+                Ok(script_id),
+                Ok(max_concurrency),
+                Ok(expires_at),
+                Ok(callback_url),
+                Ok(window),
+            ) => Ok(NewCampaign {
+                name,
+                script_id,
+                max_concurrency,
+                expires_at,
+                callback_url,
+                window,
+            }),
+            (name, script_id, max_concurrency, expires_at, callback_url, window) => {
+                Err(every_error([
+                    name.err(),
+                    script_id.err(),
+                    max_concurrency.err(),
+                    expires_at.err(),
+                    callback_url.err(),
+                    window.err(),
+                ]))
             }
-            (name, script_id, max_concurrency, expires_at, callback_url) => Err(every_error([
-                name.err(),
-                script_id.err(),
-                max_concurrency.err(),
-                expires_at.err(),
-                callback_url.err(),
-            ])),
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct Campaign {
     pub expires_at: Option<DateTime<Utc>>,
     /// The default `callbackUrl` of its calls.
     pub callback_url: Option<String>,
+    /// Its calls' calling window when a call has none of its own (before `CALL_WINDOW`).
+    #[serde(default)]
+    pub window: Option<crate::rules::WindowSpec>,
     pub status: CampaignStatus,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -76,7 +79,7 @@ pub struct Campaign {
 
 /// Columns read for a [`Campaign`]; `open` tells ACTIVE from COMPLETED (an index probe).
 const CAMPAIGN_COLUMNS: &str = "k.id, k.name, k.script_id, k.max_concurrency, k.expires_at, \
-    k.callback_url, k.status, k.created_at, k.updated_at, k.canceled_at, \
+    k.callback_url, k.calling_window, k.status, k.created_at, k.updated_at, k.canceled_at, \
     EXISTS (SELECT 1 FROM calls o WHERE o.campaign_id = k.id \
              AND o.status IN ('PENDING', 'IN_PROGRESS')) AS open";
 
@@ -89,6 +92,13 @@ fn campaign_from_row(row: &tokio_postgres::Row) -> StoreResult<Campaign> {
         max_concurrency: row.try_get("max_concurrency")?,
         expires_at: row.try_get("expires_at")?,
         callback_url: row.try_get("callback_url")?,
+        window: row
+            .try_get::<_, Option<serde_json::Value>>("calling_window")?
+            .map(|value| {
+                serde_json::from_value(value.clone())
+                    .map_err(|_| StoreError::Corrupt(format!("campaign calling window {value}")))
+            })
+            .transpose()?,
         status: CampaignStatus::from_stored(&status, row.try_get("open")?)?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -104,14 +114,15 @@ pub struct NewCampaign {
     pub max_concurrency: Option<u32>,
     pub expires_at: Option<DateTime<Utc>>,
     pub callback_url: Option<String>,
+    pub window: Option<crate::rules::CallingWindow>,
 }
 
 pub async fn create_campaign(pool: &Pool, new: &NewCampaign) -> StoreResult<Campaign> {
     let client = pool.get().await?;
     let sql = format!(
         "WITH k AS ( \
-             INSERT INTO campaigns (id, name, script_id, max_concurrency, expires_at, callback_url) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING *) \
+             INSERT INTO campaigns (id, name, script_id, max_concurrency, expires_at, callback_url, calling_window) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *) \
          SELECT {} FROM k",
         CAMPAIGN_COLUMNS.replace(
             "EXISTS (SELECT 1 FROM calls o WHERE o.campaign_id = k.id \
@@ -129,6 +140,9 @@ pub async fn create_campaign(pool: &Pool, new: &NewCampaign) -> StoreResult<Camp
             &new.max_concurrency.map(|n| n as i32),
             &new.expires_at,
             &new.callback_url,
+            &new.window
+                .as_ref()
+                .map(crate::rules::CallingWindow::to_json),
         ],
     )
     .await?;
