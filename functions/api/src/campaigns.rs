@@ -254,7 +254,7 @@ pub async fn pause_campaign(
     match store::set_campaign_paused(&state.pool, id, true).await? {
         CampaignChanged::Done(campaign) => {
             tracing::info!(campaign_id = %id, "campaign paused");
-            Ok(Json(campaign))
+            Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
         CampaignChanged::Canceled => Err(ApiError::CampaignCanceled(id)),
@@ -285,7 +285,7 @@ pub async fn resume_campaign(
             // Its parked calls: as many as there are free slots get a message now (fairly
             // across campaigns); the rest follow freed slots' nudges.
             refill(&state).await;
-            Ok(Json(campaign))
+            Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
         CampaignChanged::Canceled => Err(ApiError::CampaignCanceled(id)),
@@ -334,7 +334,7 @@ pub async fn cancel_campaign(
                 state.events.after_change(&state.pool).await;
             }
             Ok(Json(CampaignCanceled {
-                campaign,
+                campaign: *campaign,
                 canceled_calls,
             }))
         }

@@ -304,7 +304,7 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
 /// What a pause, resume or cancel did.
 #[derive(Debug)]
 pub enum CampaignChanged {
-    Done(Campaign),
+    Done(Box<Campaign>),
     NotFound,
     /// The campaign is canceled: nothing changes it any more.
     Canceled,
@@ -328,7 +328,7 @@ pub async fn set_campaign_paused(
          SELECT {CAMPAIGN_COLUMNS} FROM k"
     );
     match query_opt(&client, &sql, &[&id, &status]).await? {
-        Some(row) => Ok(CampaignChanged::Done(campaign_from_row(&row)?)),
+        Some(row) => Ok(CampaignChanged::Done(Box::new(campaign_from_row(&row)?))),
         None => not_changed(&client, id).await,
     }
 }
@@ -370,7 +370,7 @@ pub async fn cancel_campaign(pool: &Pool, id: Uuid) -> StoreResult<(CampaignChan
     let row = query_one(&tx, &sql, &[&id]).await?;
     let campaign = campaign_from_row(&row)?;
     tx.commit().await?;
-    Ok((CampaignChanged::Done(campaign), canceled))
+    Ok((CampaignChanged::Done(Box::new(campaign)), canceled))
 }
 
 /// Every PENDING call of a campaign CANCELED, with its event, in one statement.
