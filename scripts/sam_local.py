@@ -2,7 +2,8 @@
 
   template SRC DST              the built template, with AWS_ENDPOINT_URL_SQS declared so that
                                 the --env-vars file can set it (SAM passes only declared
-                                variables to a function)
+                                variables to a function), and every function's timeout
+                                SAM_LOCAL_TIMEOUT (120 s: qemu is slow)
   queues ENDPOINT NAME          create NAME-dlq and NAME as `ebra dev` does; print NAME's URL
   worker-event ENDPOINT QUEUE_URL TEMPLATE_EVENT OUT [CALL_ID]
                                 receive the queue's next message (the one of CALL_ID when
@@ -24,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import sys
 import time
 import uuid
@@ -55,6 +57,13 @@ def template(src, dst):
         .setdefault("Variables", {})
     )
     variables.setdefault("AWS_ENDPOINT_URL_SQS", "")
+    # Under qemu the arm64 code runs several times slower than on Graviton (a debug build
+    # far slower still): give every function SAM_LOCAL_TIMEOUT seconds (default 120).
+    timeout = int(os.environ.get("SAM_LOCAL_TIMEOUT") or 120)
+    doc["Globals"]["Function"]["Timeout"] = timeout
+    for resource in doc.get("Resources", {}).values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            resource.setdefault("Properties", {})["Timeout"] = timeout
     with open(dst, "w", encoding="utf-8") as f:
         f.write(yaml_dump(doc))
 
