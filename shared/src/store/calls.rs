@@ -270,6 +270,20 @@ impl ListCursor {
         ))
     }
 
+    /// The cursor of the page after a full page of `items` (newest first), whose last item
+    /// is at `position`; `None` when the page is not full (nothing follows it).
+    pub fn after_full_page<T>(
+        items: &[T],
+        page_size: u32,
+        position: impl Fn(&T) -> (DateTime<Utc>, Uuid),
+    ) -> Option<String> {
+        if items.len() as u32 != page_size {
+            return None;
+        }
+        let (created_at, id) = position(items.last()?);
+        Some(Self { created_at, id }.encode())
+    }
+
     pub fn decode(raw: &str) -> Option<Self> {
         let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
         let (micros, id) = text.split_once('.')?;
@@ -397,16 +411,8 @@ pub async fn list_calls(
         .iter()
         .map(call_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-    let next_cursor = (items.len() as u32 == page_size)
-        .then(|| items.last())
-        .flatten()
-        .map(|last| {
-            ListCursor {
-                created_at: last.created_at,
-                id: last.id,
-            }
-            .encode()
-        });
+    let next_cursor =
+        ListCursor::after_full_page(&items, page_size, |call| (call.created_at, call.id));
     Ok(CallsPage {
         items,
         total,

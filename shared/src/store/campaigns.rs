@@ -187,16 +187,9 @@ pub async fn list_campaigns(
         .iter()
         .map(campaign_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-    let next = (items.len() as u32 == page_size)
-        .then(|| items.last())
-        .flatten()
-        .map(|last| {
-            ListCursor {
-                created_at: last.created_at,
-                id: last.id,
-            }
-            .encode()
-        });
+    let next = ListCursor::after_full_page(&items, page_size, |campaign| {
+        (campaign.created_at, campaign.id)
+    });
     Ok((items, next))
 }
 
