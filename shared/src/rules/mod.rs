@@ -10,14 +10,15 @@
 //! anything again.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 
 use crate::domain::{InvalidValue, PhoneNumber};
 
 pub mod window;
+pub mod zone;
 pub mod zones;
 
 pub use window::{CallingWindow, WindowSpec};
+pub use zone::TimeZone;
 
 /// The window that applies to a call: its own, else its campaign's, else the deployment's
 /// `CALL_WINDOW`; `None` (any time) when none is set. Campaigns do not exist yet: callers pass
@@ -31,8 +32,8 @@ pub fn resolve_window(
 }
 
 /// An IANA time zone name, as a call's `timezone`.
-pub fn parse_time_zone(field: &'static str, raw: &str) -> Result<Tz, InvalidValue> {
-    raw.trim().parse::<Tz>().map_err(|_| {
+pub fn parse_time_zone(field: &'static str, raw: &str) -> Result<TimeZone, InvalidValue> {
+    TimeZone::get(raw).ok_or_else(|| {
         InvalidValue::new(
             field,
             format!("{raw:?} is not an IANA time zone name (e.g. America/New_York)"),
@@ -47,7 +48,7 @@ pub struct CallRules {
     pub window: Option<CallingWindow>,
     /// The callee's zones: the call's `timezone`, else its number's (empty when the number
     /// maps to none; with no window they are only shown).
-    pub zones: Vec<Tz>,
+    pub zones: Vec<TimeZone>,
 }
 
 impl CallRules {
@@ -57,7 +58,7 @@ impl CallRules {
     /// window never holds in all of its zones at once.
     pub fn resolve(
         phone: &PhoneNumber,
-        timezone: Option<Tz>,
+        timezone: Option<TimeZone>,
         window: Option<CallingWindow>,
         now: DateTime<Utc>,
     ) -> Result<Self, InvalidValue> {
@@ -96,13 +97,16 @@ impl CallRules {
         };
         let zones = zones
             .iter()
-            .map(|name| name.parse::<Tz>().ok())
+            .map(|name| TimeZone::get(name))
             .collect::<Option<Vec<_>>>()?;
         Some(Self { window, zones })
     }
 
     pub fn zone_names(&self) -> Vec<String> {
-        self.zones.iter().map(|z| z.name().to_owned()).collect()
+        self.zones
+            .iter()
+            .map(|zone| zone.name().to_owned())
+            .collect()
     }
 
     pub fn window_json(&self) -> Option<serde_json::Value> {
@@ -182,7 +186,7 @@ mod tests {
         let w = window(json!({"start": "22:00", "end": "06:00", "days": ["fri"]}));
         let rules = CallRules {
             window: Some(w),
-            zones: vec![chrono_tz::Asia::Kolkata],
+            zones: vec![TimeZone::get("Asia/Kolkata").unwrap()],
         };
         let back =
             CallRules::from_stored(rules.window_json().as_ref(), &rules.zone_names()).unwrap();

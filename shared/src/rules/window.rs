@@ -10,12 +10,10 @@
 
 use std::fmt;
 
-use chrono::{
-    DateTime, Datelike, Duration, LocalResult, NaiveDate, TimeZone, Timelike, Utc, Weekday,
-};
-use chrono_tz::Tz;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 
+use super::TimeZone;
 use crate::domain::InvalidValue;
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
@@ -183,8 +181,10 @@ impl CallingWindow {
     }
 
     /// Whether `at` is inside the window on the wall clock of `zone`.
-    pub fn is_open_in(&self, zone: Tz, at: DateTime<Utc>) -> bool {
-        let local = at.with_timezone(&zone);
+    pub fn is_open_in(&self, zone: &TimeZone, at: DateTime<Utc>) -> bool {
+        let Some(local) = zone.local(at) else {
+            return false;
+        };
         let second = local.num_seconds_from_midnight();
         let (start, end) = (self.start * 60, self.end * 60);
         let day = local.weekday();
@@ -197,15 +197,15 @@ impl CallingWindow {
 
     /// Whether `at` is inside the window in every one of `zones` (the strictest reading
     /// of a number that maps to several). No zones: never.
-    pub fn is_open(&self, zones: &[Tz], at: DateTime<Utc>) -> bool {
-        !zones.is_empty() && zones.iter().all(|zone| self.is_open_in(*zone, at))
+    pub fn is_open(&self, zones: &[TimeZone], at: DateTime<Utc>) -> bool {
+        !zones.is_empty() && zones.iter().all(|zone| self.is_open_in(zone, at))
     }
 
     /// The first instant at or after `from` at which the window holds in every one of
     /// `zones`: `from` itself when it is open, else the earliest of the windows' openings
     /// (in any of the zones) at which all of them are open. `None` when that does not
     /// happen within [`SEARCH_DAYS`] (zones too far apart for the window, or no zones).
-    pub fn next_opening(&self, zones: &[Tz], from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn next_opening(&self, zones: &[TimeZone], from: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if zones.is_empty() {
             return None;
         }
@@ -215,13 +215,16 @@ impl CallingWindow {
         let until = from + Duration::days(SEARCH_DAYS);
         let mut openings: Vec<DateTime<Utc>> = Vec::new();
         for zone in zones {
-            let first_day = from.with_timezone(zone).date_naive() - Duration::days(1);
+            let Some(today) = zone.local(from) else {
+                continue;
+            };
+            let first_day = today.date() - Duration::days(1);
             for offset in 0..=SEARCH_DAYS + 1 {
                 let date = first_day + Duration::days(offset);
                 if !self.opens_on(date.weekday()) {
                     continue;
                 }
-                if let Some(at) = first_instant_at(*zone, date, self.start) {
+                if let Some(at) = first_instant_at(zone, date, self.start) {
                     if at > from && at <= until {
                         openings.push(at);
                     }
@@ -237,18 +240,12 @@ impl CallingWindow {
 /// The first instant at which the wall clock of `zone` reads `minutes` after midnight on
 /// `date`, or later when that time does not exist (clocks jumped past it): then the instant
 /// of the jump.
-fn first_instant_at(zone: Tz, date: NaiveDate, minutes: u32) -> Option<DateTime<Utc>> {
+fn first_instant_at(zone: &TimeZone, date: NaiveDate, minutes: u32) -> Option<DateTime<Utc>> {
     let midnight = date.and_hms_opt(0, 0, 0)?;
     let wanted = midnight + Duration::minutes(i64::from(minutes));
     // A skipped stretch of wall time lasts at most a day (Samoa, 2011).
-    for step in 0..=MINUTES_PER_DAY {
-        match zone.from_local_datetime(&(wanted + Duration::minutes(i64::from(step)))) {
-            LocalResult::Single(at) => return Some(at.with_timezone(&Utc)),
-            LocalResult::Ambiguous(earliest, _) => return Some(earliest.with_timezone(&Utc)),
-            LocalResult::None => continue,
-        }
-    }
-    None
+    (0..=MINUTES_PER_DAY)
+        .find_map(|step| zone.instant_of(wanted + Duration::minutes(i64::from(step))))
 }
 
 impl fmt::Display for CallingWindow {
@@ -277,6 +274,10 @@ mod tests {
         DateTime::parse_from_rfc3339(rfc3339)
             .expect("instant")
             .with_timezone(&Utc)
+    }
+
+    fn zone(name: &str) -> TimeZone {
+        TimeZone::get(name).expect("a zone of the database")
     }
 
     fn refused(value: serde_json::Value) -> String {
@@ -321,18 +322,18 @@ mod tests {
     #[test]
     fn edges_are_start_inclusive_end_exclusive() {
         let w = window(json!({"start": "09:00", "end": "20:00"}));
-        let ny = chrono_tz::America::New_York;
+        let ny = zone("America/New_York");
         // 2030-07-01 is a Monday; New York is UTC-4 in July.
-        assert!(!w.is_open_in(ny, at("2030-07-01T12:59:59Z")));
-        assert!(w.is_open_in(ny, at("2030-07-01T13:00:00Z")));
-        assert!(w.is_open_in(ny, at("2030-07-01T23:59:59Z")));
-        assert!(!w.is_open_in(ny, at("2030-07-02T00:00:00Z")));
+        assert!(!w.is_open_in(&ny, at("2030-07-01T12:59:59Z")));
+        assert!(w.is_open_in(&ny, at("2030-07-01T13:00:00Z")));
+        assert!(w.is_open_in(&ny, at("2030-07-01T23:59:59Z")));
+        assert!(!w.is_open_in(&ny, at("2030-07-02T00:00:00Z")));
         assert_eq!(
-            w.next_opening(&[ny], at("2030-07-01T12:59:59Z")),
+            w.next_opening(&[ny.clone()], at("2030-07-01T12:59:59Z")),
             Some(at("2030-07-01T13:00:00Z"))
         );
         assert_eq!(
-            w.next_opening(&[ny], at("2030-07-02T00:00:00Z")),
+            w.next_opening(&[ny.clone()], at("2030-07-02T00:00:00Z")),
             Some(at("2030-07-02T13:00:00Z"))
         );
     }
@@ -340,64 +341,64 @@ mod tests {
     #[test]
     fn dst_in_new_york() {
         let w = window(json!({"start": "09:00", "end": "20:00"}));
-        let ny = chrono_tz::America::New_York;
+        let ny = zone("America/New_York");
         // Sunday 2030-03-10: clocks go forward; 09:00 is EDT (UTC-4), the day before EST.
         assert_eq!(
-            w.next_opening(&[ny], at("2030-03-10T01:00:00Z")),
+            w.next_opening(&[ny.clone()], at("2030-03-10T01:00:00Z")),
             Some(at("2030-03-10T13:00:00Z"))
         );
         assert_eq!(
-            w.next_opening(&[ny], at("2030-03-09T01:00:00Z")),
+            w.next_opening(&[ny.clone()], at("2030-03-09T01:00:00Z")),
             Some(at("2030-03-09T14:00:00Z"))
         );
         // Sunday 2030-11-03: clocks go back; 09:00 is EST (UTC-5).
         assert_eq!(
-            w.next_opening(&[ny], at("2030-11-03T01:00:00Z")),
+            w.next_opening(&[ny.clone()], at("2030-11-03T01:00:00Z")),
             Some(at("2030-11-03T14:00:00Z"))
         );
-        assert!(!w.is_open_in(ny, at("2030-11-03T13:59:59Z")));
+        assert!(!w.is_open_in(&ny, at("2030-11-03T13:59:59Z")));
         // A window that starts in the skipped hour opens when the clocks jump past it.
         let early = window(json!({"start": "02:30", "end": "05:00"}));
         assert_eq!(
-            early.next_opening(&[ny], at("2030-03-10T05:00:00Z")),
+            early.next_opening(&[ny.clone()], at("2030-03-10T05:00:00Z")),
             Some(at("2030-03-10T07:00:00Z"))
         );
         // The repeated hour: 01:30 happens twice on 2030-11-03, both inside 01:00–02:00.
         let repeated = window(json!({"start": "01:00", "end": "02:00"}));
-        assert!(repeated.is_open_in(ny, at("2030-11-03T05:30:00Z")));
-        assert!(repeated.is_open_in(ny, at("2030-11-03T06:30:00Z")));
-        assert!(!repeated.is_open_in(ny, at("2030-11-03T07:00:00Z")));
+        assert!(repeated.is_open_in(&ny, at("2030-11-03T05:30:00Z")));
+        assert!(repeated.is_open_in(&ny, at("2030-11-03T06:30:00Z")));
+        assert!(!repeated.is_open_in(&ny, at("2030-11-03T07:00:00Z")));
     }
 
     #[test]
     fn half_and_three_quarter_hour_zones() {
         let w = window(json!({"start": "09:00", "end": "20:00"}));
-        let kolkata = chrono_tz::Asia::Kolkata;
-        let kathmandu = chrono_tz::Asia::Kathmandu;
+        let kolkata = zone("Asia/Kolkata");
+        let kathmandu = zone("Asia/Kathmandu");
         assert_eq!(
-            w.next_opening(&[kolkata], at("2030-07-01T00:00:00Z")),
+            w.next_opening(&[kolkata.clone()], at("2030-07-01T00:00:00Z")),
             Some(at("2030-07-01T03:30:00Z"))
         );
         assert_eq!(
-            w.next_opening(&[kathmandu], at("2030-07-01T00:00:00Z")),
+            w.next_opening(&[kathmandu.clone()], at("2030-07-01T00:00:00Z")),
             Some(at("2030-07-01T03:15:00Z"))
         );
-        assert!(!w.is_open_in(kathmandu, at("2030-07-01T14:15:00Z")));
-        assert!(w.is_open_in(kathmandu, at("2030-07-01T14:14:59Z")));
+        assert!(!w.is_open_in(&kathmandu, at("2030-07-01T14:15:00Z")));
+        assert!(w.is_open_in(&kathmandu, at("2030-07-01T14:14:59Z")));
     }
 
     #[test]
     fn across_midnight_belongs_to_the_day_it_opens() {
         let w = window(json!({"start": "22:00", "end": "06:00", "days": ["fri"]}));
-        let utc = chrono_tz::UTC;
+        let utc = zone("UTC");
         // 2030-07-05 is a Friday.
-        assert!(w.is_open_in(utc, at("2030-07-05T22:00:00Z")));
-        assert!(w.is_open_in(utc, at("2030-07-06T05:59:59Z")));
-        assert!(!w.is_open_in(utc, at("2030-07-06T06:00:00Z")));
-        assert!(!w.is_open_in(utc, at("2030-07-06T22:00:00Z")));
-        assert!(!w.is_open_in(utc, at("2030-07-05T05:00:00Z")));
+        assert!(w.is_open_in(&utc, at("2030-07-05T22:00:00Z")));
+        assert!(w.is_open_in(&utc, at("2030-07-06T05:59:59Z")));
+        assert!(!w.is_open_in(&utc, at("2030-07-06T06:00:00Z")));
+        assert!(!w.is_open_in(&utc, at("2030-07-06T22:00:00Z")));
+        assert!(!w.is_open_in(&utc, at("2030-07-05T05:00:00Z")));
         assert_eq!(
-            w.next_opening(&[utc], at("2030-07-06T06:00:00Z")),
+            w.next_opening(&[utc.clone()], at("2030-07-06T06:00:00Z")),
             Some(at("2030-07-12T22:00:00Z"))
         );
     }
@@ -405,7 +406,7 @@ mod tests {
     #[test]
     fn several_zones_must_all_be_open() {
         let w = window(json!({"start": "09:00", "end": "20:00"}));
-        let zones = [chrono_tz::America::Boise, chrono_tz::America::Los_Angeles];
+        let zones = [zone("America/Boise"), zone("America/Los_Angeles")];
         // 09:00 in Los Angeles (UTC-7 in July) is 10:00 in Boise (UTC-6): both open then.
         assert_eq!(
             w.next_opening(&zones, at("2030-07-01T14:00:00Z")),
@@ -416,7 +417,7 @@ mod tests {
         assert!(!w.is_open(&zones, at("2030-07-02T02:00:00Z")));
         // Zones too far apart for a short window: it never holds in both.
         let short = window(json!({"start": "09:00", "end": "10:00"}));
-        let apart = [chrono_tz::Asia::Tokyo, chrono_tz::America::New_York];
+        let apart = [zone("Asia/Tokyo"), zone("America/New_York")];
         assert_eq!(short.next_opening(&apart, at("2030-07-01T00:00:00Z")), None);
         assert_eq!(w.next_opening(&[], at("2030-07-01T00:00:00Z")), None);
     }

@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use chrono_tz::Tz;
-
+use super::TimeZone;
 use crate::domain::PhoneNumber;
 
 const DATA: &str = include_str!("../../data/phone_timezones.tsv");
 
-/// Longest prefix in the data (digits after `+`).
-static MAP: LazyLock<(HashMap<&'static str, Vec<Tz>>, usize)> = LazyLock::new(|| {
+/// Prefix (digits after `+`) → its zones' names, and the longest prefix in the data. Names
+/// are resolved to zones only for the entry a number matches.
+static MAP: LazyLock<(HashMap<&'static str, &'static str>, usize)> = LazyLock::new(|| {
     let mut map = HashMap::new();
     let mut longest = 0;
     for line in DATA.lines() {
@@ -24,24 +24,22 @@ static MAP: LazyLock<(HashMap<&'static str, Vec<Tz>>, usize)> = LazyLock::new(||
         let Some((prefix, zones)) = line.split_once('\t') else {
             continue;
         };
-        // Names chrono-tz does not know are left out; a unit test checks there are none.
-        let zones: Vec<Tz> = zones.split('&').filter_map(|z| z.parse().ok()).collect();
-        if !zones.is_empty() {
-            longest = longest.max(prefix.len());
-            map.insert(prefix, zones);
-        }
+        longest = longest.max(prefix.len());
+        map.insert(prefix, zones);
     }
     (map, longest)
 });
 
 /// The zones of `phone`'s longest prefix with an entry; empty when none has one.
-pub fn zones_for_number(phone: &PhoneNumber) -> Vec<Tz> {
+pub fn zones_for_number(phone: &PhoneNumber) -> Vec<TimeZone> {
     let (map, longest) = &*MAP;
     let digits = phone.as_str().trim_start_matches('+');
     (1..=digits.len().min(*longest))
         .rev()
         .find_map(|len| map.get(&digits[..len]))
-        .cloned()
+        // Names the time zone database does not know are left out; a unit test checks
+        // there are none.
+        .map(|names| names.split('&').filter_map(TimeZone::get).collect())
         .unwrap_or_default()
 }
 
@@ -62,7 +60,10 @@ mod tests {
         for line in DATA.lines().filter(|l| !l.starts_with('#')) {
             let (prefix, names) = line.split_once('\t').expect("prefix TAB zones");
             for name in names.split('&') {
-                assert!(name.parse::<Tz>().is_ok(), "{prefix}: unknown zone {name}");
+                assert!(
+                    TimeZone::get(name).is_some(),
+                    "{prefix}: unknown zone {name}"
+                );
             }
         }
     }

@@ -173,10 +173,10 @@ impl Call {
         let Ok(window) = CallingWindow::from_spec("window", spec) else {
             return self;
         };
-        let zones: Vec<chrono_tz::Tz> = self
+        let zones: Vec<crate::rules::TimeZone> = self
             .time_zones
             .iter()
-            .filter_map(|name| name.parse().ok())
+            .filter_map(|name| crate::rules::TimeZone::get(name))
             .collect();
         if !window.is_open(&zones, now) {
             self.window_opens_at = window.next_opening(&zones, now);
