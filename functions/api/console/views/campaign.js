@@ -6,10 +6,7 @@
 
 import { api, query } from '../api.js';
 import { campaignBar } from '../charts.js';
-import {
-  h, STATUSES, statusLabel, statusBadge, time, duration, fields, problemBox, announce,
-  confirmDialog, clockWithSeconds, inProgressText,
-} from '../ui.js';
+import { h, STATUSES, statusLabel, statusBadge, time, duration, fields, problemBox, announce, confirmDialog, clockWithSeconds, inProgressText } from '../ui.js';
 
 const REFRESH_EVERY_MS = 5000;
 

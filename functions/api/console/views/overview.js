@@ -6,9 +6,7 @@
 
 import { api, query } from '../api.js';
 import { gauge, historyChart, campaignBar } from '../charts.js';
-import {
-  h, STATUSES, statusLabel, statusBadge, duration, problemBox, clockWithSeconds, shortId, inProgressText,
-} from '../ui.js';
+import { h, STATUSES, statusLabel, statusBadge, duration, problemBox, clockWithSeconds, shortId, inProgressText } from '../ui.js';
 
 const METRICS_EVERY_MS = 5000;
 const HISTORY_EVERY_MS = 30000;
