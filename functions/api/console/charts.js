@@ -1,7 +1,8 @@
-// The overview's two pictures, drawn as SVG by hand (no library): the gauge of calls in
-// progress against the cap, and the last hour's chart. Both carry a text equivalent.
+// The console's pictures, drawn by hand (no library): the gauge of calls in progress against
+// the cap, the last hour's chart, and a campaign's progress bar. Each carries a text
+// equivalent.
 
-import { h, svg, clock } from './ui.js';
+import { h, svg, clock, statusLabel, endedCalls } from './ui.js';
 
 /** Which band a load is in: the gauge's colour and its words. */
 export function loadLevel(inProgress, cap) {
@@ -94,4 +95,37 @@ export function historyChart(points, cap, width) {
       h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Minute'), h('th', { scope: 'col' }, 'Peak in progress'))),
       h('tbody', {}, points.map((p) => h('tr', {}, h('td', {}, clock(new Date(p.at))), h('td', {}, String(p.peakInProgress)))))));
   return h('div', { class: 'chart' }, chart, table);
+}
+
+/** The order of a campaign's bar: ended calls first, then what is left. */
+const BAR_ORDER = ['COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED', 'IN_PROGRESS', 'PENDING'];
+
+/**
+ * A campaign's progress (`progress` of `GET /campaigns/{id}`): one bar with a segment per
+ * status, and its words ("12 of 20 calls ended (60%)"), which the screen reader reads.
+ */
+export function campaignBar(progress) {
+  const { calls, total } = progress;
+  const ended = endedCalls(calls);
+  const percent = total > 0 ? Math.floor((100 * ended) / total) : 0;
+  const words = total > 0
+    ? `${ended} of ${total} call${total === 1 ? '' : 's'} ended (${percent}%)`
+    : 'No calls yet';
+  const parts = BAR_ORDER.filter((s) => (calls[s] ?? 0) > 0)
+    .map((s) => `${statusLabel(s).toLowerCase()} ${calls[s]}`);
+  // SVG (its rectangles' widths are attributes: the page's CSP allows no inline styles).
+  let x = 0;
+  const segments = total > 0 ? BAR_ORDER.filter((s) => (calls[s] ?? 0) > 0).map((s) => {
+    const width = (100 * calls[s]) / total;
+    const rect = svg('rect', { x: x.toFixed(3), y: 0, width: width.toFixed(3), height: 10, class: `segment-${s.toLowerCase().replace('_', '-')}` });
+    x += width;
+    return rect;
+  }) : [];
+  return h('div', { class: 'campaign-bar' },
+    svg('svg', { viewBox: '0 0 100 10', preserveAspectRatio: 'none', class: 'bar', 'aria-hidden': 'true', focusable: 'false' },
+      svg('rect', { x: 0, y: 0, width: 100, height: 10, class: 'bar-track' }),
+      ...segments),
+    h('p', { class: 'bar-words' },
+      h('span', { 'data-testid': 'campaign-ended' }, words),
+      parts.length ? h('span', { class: 'muted' }, `: ${parts.join(', ')}`) : null));
 }

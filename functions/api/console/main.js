@@ -1,18 +1,21 @@
 // The console's shell: a hash router over one module per view, the token prompt, and each
 // view's lifetime (its requests are aborted and its polling stops when it is left; polling
-// pauses while the tab is hidden). A campaigns view slots in as one more module and one more
-// entry in ROUTES.
+// pauses while the tab is hidden).
 
 import { token, setToken, forgetToken } from './api.js';
 import { h, problemBox } from './ui.js';
 import * as overview from './views/overview.js';
 import * as calls from './views/calls.js';
 import * as call from './views/call.js';
+import * as campaigns from './views/campaigns.js';
+import * as campaign from './views/campaign.js';
 
 const ROUTES = [
   { pattern: /^\/$/, view: overview, nav: 'overview' },
   { pattern: /^\/calls$/, view: calls, nav: 'calls' },
   { pattern: /^\/calls\/([^/]+)$/, view: call, nav: 'calls' },
+  { pattern: /^\/campaigns$/, view: campaigns, nav: 'campaigns' },
+  { pattern: /^\/campaigns\/([^/]+)$/, view: campaign, nav: 'campaigns' },
 ];
 
 let current = null;

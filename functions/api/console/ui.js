@@ -143,3 +143,54 @@ export function announce(text) {
 export function isUuid(text) {
   return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text);
 }
+
+/**
+ * A confirmation: a modal <dialog> (focus trapped, Escape or the "keep" button changes
+ * nothing). `open({title, text, keep, confirm, danger}, opener, then)` runs `then` only when
+ * confirmed, and gives the focus back to `opener`.
+ */
+export function confirmDialog() {
+  let onConfirm = null;
+  let opener = null;
+  const title = h('h2', { id: 'confirm-title' });
+  const text = h('p', { id: 'confirm-text' });
+  const keep = h('button', { type: 'button', class: 'button-quiet', autofocus: true, onclick: () => element.close('keep') });
+  const confirm = h('button', { type: 'button', onclick: () => element.close('confirm') });
+  const element = h('dialog', { class: 'confirm', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-text' },
+    title, text, h('div', { class: 'dialog-buttons' }, keep, confirm));
+  element.addEventListener('close', () => {
+    const confirmed = element.returnValue === 'confirm';
+    element.returnValue = '';
+    if (opener && opener.isConnected) opener.focus();
+    if (confirmed && onConfirm) onConfirm();
+  });
+  return {
+    element,
+    isOpen: () => element.open,
+    open(words, from, then) {
+      onConfirm = then;
+      opener = from;
+      title.textContent = words.title;
+      text.textContent = words.text;
+      keep.textContent = words.keep;
+      confirm.textContent = words.confirm;
+      confirm.className = words.danger ? 'button-danger' : '';
+      element.showModal();
+      keep.focus();
+    },
+  };
+}
+
+export const CAMPAIGN_STATUSES = ['ACTIVE', 'PAUSED', 'COMPLETED', 'CANCELED'];
+
+/** Calls that ended (any terminal status) out of a campaign's `progress.calls`. */
+export function endedCalls(calls) {
+  return ['COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED'].reduce((sum, s) => sum + (calls[s] ?? 0), 0);
+}
+
+/** A campaign's calls in progress: "2 of 5" against its own limit, "2 (no limit of its own)" under the global cap only. */
+export function inProgressText(inProgress, maxConcurrency) {
+  return maxConcurrency === null || maxConcurrency === undefined
+    ? `${inProgress} (no limit of its own)`
+    : `${inProgress} of ${maxConcurrency}`;
+}

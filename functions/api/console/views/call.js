@@ -1,10 +1,11 @@
-// A call's page: its fields and metadata, why it waits (when PENDING), and a timeline of its
-// dials (idempotency key, provider call id, dial state, error, outcome, timestamps) and of
-// the webhooks received for them. A PENDING call can be canceled, after a confirmation; a
-// refusal shows the API's problem plainly. Refreshes every 5 s until the call ends.
+// A call's page: its fields (its campaign, when it has one, a link to the campaign's page) and
+// metadata, why it waits (when PENDING), and a timeline of its dials (idempotency key,
+// provider call id, dial state, error, outcome, timestamps) and of the webhooks received for
+// them. A PENDING call can be canceled, after a confirmation; a refusal shows the API's
+// problem plainly. Refreshes every 5 s until the call ends.
 
 import { api } from '../api.js';
-import { h, statusBadge, time, duration, fields, problemBox, announce } from '../ui.js';
+import { h, statusBadge, time, duration, fields, problemBox, announce, confirmDialog } from '../ui.js';
 
 const REFRESH_EVERY_MS = 5000;
 const TERMINAL = ['COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED'];
@@ -20,6 +21,8 @@ async function load(id, signal) {
 export async function render(main, view) {
   const id = view.id;
   let data = await load(id, view.signal);
+  // The campaign's name, read once: a call never changes campaign.
+  const campaign = data.call.campaignId ? await campaignOf(data.call.campaignId, view.signal) : null;
 
   const heading = h('h1', { tabindex: '-1' });
   const actions = h('div', { class: 'actions' });
@@ -50,7 +53,7 @@ export async function render(main, view) {
     heading.replaceChildren('Call ', h('code', { class: 'call-id' }, call.id), ' ', statusBadge(call.status));
     // The buttons stay as they are while the confirmation is open.
     if (!dialog.isOpen()) actions.replaceChildren(...actionButtons(call));
-    details.replaceChildren(callFields(call));
+    details.replaceChildren(callFields(call, campaign));
     metadata.replaceChildren(h('pre', { class: 'metadata' }, JSON.stringify(call.metadata, null, 2)));
     timeline.replaceChildren(timelineOf(call, webhooks));
   };
@@ -87,7 +90,13 @@ export async function render(main, view) {
     if (call.status === 'PENDING') {
       buttons.push(h('button', {
         type: 'button', class: 'button-danger',
-        onclick: (event) => dialog.open(call, event.currentTarget, cancel),
+        onclick: (event) => dialog.open({
+          title: 'Cancel this call?',
+          text: `The call to ${call.to} will not be dialed. A canceled call cannot be resumed.`,
+          keep: 'Keep the call',
+          confirm: 'Cancel the call',
+          danger: true,
+        }, event.currentTarget, cancel),
       }, 'Cancel call…'));
     }
     buttons.push(h('button', { type: 'button', class: 'button-quiet', onclick: refresh }, 'Refresh'));
@@ -100,39 +109,21 @@ export async function render(main, view) {
   });
 }
 
-/** The cancel confirmation: a modal <dialog> (focus trapped, Escape keeps the call). */
-function confirmDialog() {
-  let onConfirm = null;
-  let opener = null;
-  const text = h('p', { id: 'confirm-text' });
-  const keep = h('button', { type: 'button', class: 'button-quiet', autofocus: true, onclick: () => element.close('keep') }, 'Keep the call');
-  const confirm = h('button', { type: 'button', class: 'button-danger', onclick: () => element.close('cancel') }, 'Cancel the call');
-  const element = h('dialog', { class: 'confirm', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-text' },
-    h('h2', { id: 'confirm-title' }, 'Cancel this call?'),
-    text,
-    h('div', { class: 'dialog-buttons' }, keep, confirm));
-  element.addEventListener('close', () => {
-    const confirmed = element.returnValue === 'cancel';
-    element.returnValue = '';
-    if (opener && opener.isConnected) opener.focus();
-    if (confirmed && onConfirm) onConfirm();
-  });
-  return {
-    element,
-    isOpen: () => element.open,
-    open(call, from, then) {
-      onConfirm = then;
-      opener = from;
-      text.textContent = `The call to ${call.to} will not be dialed. A canceled call cannot be resumed.`;
-      element.showModal();
-      keep.focus();
-    },
-  };
+/** The call's campaign, or `{id}` alone when it cannot be read (the link still works). */
+async function campaignOf(campaignId, signal) {
+  try {
+    return await api(`campaigns/${encodeURIComponent(campaignId)}`, { signal });
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    return { id: campaignId };
+  }
 }
 
-function callFields(call) {
+function callFields(call, campaign) {
   return fields([
     ['Status', statusBadge(call.status)],
+    campaign ? ['Campaign', h('a', { href: `#/campaigns/${campaign.id}`, 'data-testid': 'call-campaign' },
+      campaign.name ?? campaign.id)] : null,
     ['To', call.to],
     ['Script', h('code', {}, call.scriptId)],
     ['Attempts', `${call.attempts} of ${call.maxAttempts}`],
