@@ -12,8 +12,9 @@ use chrono::Utc;
 use ebra_shared::domain::InvalidValue;
 use ebra_shared::problem::{FieldError, Problem};
 use ebra_shared::store::calls::ListCursor;
+pub use ebra_shared::store::campaigns::CampaignWithProgress;
 use ebra_shared::store::campaigns::{
-    self as store, BulkAdded, BulkCall, BulkOutcome, Campaign, CampaignChanged, CampaignProgress,
+    self as store, BulkAdded, BulkCall, BulkOutcome, Campaign, CampaignChanged,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,14 +26,6 @@ use crate::error::ApiError;
 use crate::extract::{IdPath, JsonBody, QueryParams};
 use crate::requests::CreateCampaignRequest;
 use crate::AppState;
-
-/// A campaign and where it stands (`GET /campaigns/{id}`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CampaignWithProgress {
-    #[serde(flatten)]
-    pub campaign: Campaign,
-    pub progress: CampaignProgress,
-}
 
 /// One page of campaigns, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -142,6 +135,8 @@ pub async fn create_campaign(
     }
     let campaign = store::create_campaign(&state.pool, &new).await?;
     tracing::info!(campaign_id = %campaign.id, name = %campaign.name, "campaign created");
+    // Its campaign.created event.
+    state.events.after_change(&state.pool).await;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location(campaign.id)?)],
@@ -254,6 +249,11 @@ pub async fn pause_campaign(
     match store::set_campaign_paused(&state.pool, id, true).await? {
         CampaignChanged::Done(campaign) => {
             tracing::info!(campaign_id = %id, "campaign paused");
+            state.events.after_change(&state.pool).await;
+            Ok(Json(*campaign))
+        }
+        CampaignChanged::Unchanged(campaign) => {
+            tracing::info!(campaign_id = %id, "campaign already paused");
             Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
@@ -284,7 +284,11 @@ pub async fn resume_campaign(
             tracing::info!(campaign_id = %id, "campaign resumed");
             // Its parked calls: as many as there are free slots get a message now (fairly
             // across campaigns); the rest follow freed slots' nudges.
-            refill(&state).await;
+            tokio::join!(refill(&state), state.events.after_change(&state.pool));
+            Ok(Json(*campaign))
+        }
+        CampaignChanged::Unchanged(campaign) => {
+            tracing::info!(campaign_id = %id, "campaign already active");
             Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
@@ -330,6 +334,15 @@ pub async fn cancel_campaign(
     match store::cancel_campaign(&state.pool, id).await? {
         (CampaignChanged::Done(campaign), canceled_calls) => {
             tracing::info!(campaign_id = %id, canceled_calls, "campaign canceled");
+            // Its campaign.canceled event, and its calls' call.canceled.
+            state.events.after_change(&state.pool).await;
+            Ok(Json(CampaignCanceled {
+                campaign: *campaign,
+                canceled_calls,
+            }))
+        }
+        (CampaignChanged::Unchanged(campaign), canceled_calls) => {
+            tracing::info!(campaign_id = %id, canceled_calls, "campaign already canceled");
             if canceled_calls > 0 {
                 state.events.after_change(&state.pool).await;
             }

@@ -1,8 +1,10 @@
-//! Outbound events: what Ebra tells the client about its calls.
+//! Outbound events: what Ebra tells the client about its calls and campaigns.
 //!
-//! Every change of a call writes an event row (the outbox, [`crate::store::events`]) in the
-//! transaction of the change. The notifier fans each event out to the registered endpoints
-//! and the call's own `callbackUrl`, and posts it signed the Standard Webhooks way:
+//! Every change of a call, and every change of a campaign's state (created, paused,
+//! resumed, canceled, completed), writes an event row (the outbox, [`crate::store::events`])
+//! in the transaction of the change. The notifier fans each event out to the registered
+//! endpoints and to the call's (or the campaign's) own `callbackUrl`, and posts it signed the
+//! Standard Webhooks way:
 //!
 //! - [`EventType`]: the kinds of event, and [`EventBody`]: what a receiver gets;
 //! - [`destination`]: which URLs may receive events (no private, loopback or link-local
@@ -18,13 +20,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::store::campaigns::CampaignWithProgress;
 use crate::store::{Call, DialAttempt};
 
 pub mod delivery;
 pub mod destination;
 pub mod nudge;
 
-/// What happened to a call.
+/// What happened to a call (`call.*`) or to a campaign (`campaign.*`).
 #[derive(
     Debug,
     Clone,
@@ -61,10 +64,26 @@ pub enum EventType {
     /// after the end of the call).
     #[serde(rename = "call.result_updated")]
     ResultUpdated,
+    /// A campaign was created (`POST /campaigns`).
+    #[serde(rename = "campaign.created")]
+    CampaignCreated,
+    /// An ACTIVE campaign was paused (pausing a paused one reports nothing).
+    #[serde(rename = "campaign.paused")]
+    CampaignPaused,
+    /// A PAUSED campaign was resumed (resuming an active one reports nothing).
+    #[serde(rename = "campaign.resumed")]
+    CampaignResumed,
+    /// A campaign was canceled, with its PENDING calls (each with its own `call.canceled`).
+    #[serde(rename = "campaign.canceled")]
+    CampaignCanceled,
+    /// An ACTIVE campaign's calls have all ended (none PENDING or IN_PROGRESS): found by the
+    /// reclaimer's pass, once per campaign.
+    #[serde(rename = "campaign.completed")]
+    CampaignCompleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 13] = [
         EventType::Created,
         EventType::Dialing,
         EventType::RetryScheduled,
@@ -73,6 +92,11 @@ impl EventType {
         EventType::Expired,
         EventType::Canceled,
         EventType::ResultUpdated,
+        EventType::CampaignCreated,
+        EventType::CampaignPaused,
+        EventType::CampaignResumed,
+        EventType::CampaignCanceled,
+        EventType::CampaignCompleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,7 +109,24 @@ impl EventType {
             EventType::Expired => "call.expired",
             EventType::Canceled => "call.canceled",
             EventType::ResultUpdated => "call.result_updated",
+            EventType::CampaignCreated => "campaign.created",
+            EventType::CampaignPaused => "campaign.paused",
+            EventType::CampaignResumed => "campaign.resumed",
+            EventType::CampaignCanceled => "campaign.canceled",
+            EventType::CampaignCompleted => "campaign.completed",
         }
+    }
+
+    /// Whether the event reports a change of a campaign (its `data` is the campaign).
+    pub fn is_campaign(self) -> bool {
+        matches!(
+            self,
+            EventType::CampaignCreated
+                | EventType::CampaignPaused
+                | EventType::CampaignResumed
+                | EventType::CampaignCanceled
+                | EventType::CampaignCompleted
+        )
     }
 
     /// The event of a call that reached `status` (a terminal one).
@@ -134,8 +175,18 @@ pub struct CallSnapshot {
     pub dials: Vec<DialAttempt>,
 }
 
+/// An event's `data`: the call as `GET /calls/{id}` shows it (`call.*` events), or the
+/// campaign as `GET /campaigns/{id}` shows it, with its progress (`campaign.*` events).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EventData {
+    Call(CallSnapshot),
+    Campaign(Box<CampaignWithProgress>),
+}
+
 /// What a receiver gets: `{type, id, createdAt, data}`. `id` is also the `webhook-id`
-/// header, the same on every retry of the event; `data.sequence` orders a call's events.
+/// header, the same on every retry of the event; `data.sequence` orders a call's events
+/// (or a campaign's).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventBody {
@@ -143,7 +194,7 @@ pub struct EventBody {
     pub kind: EventType,
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
-    pub data: CallSnapshot,
+    pub data: EventData,
 }
 
 impl EventBody {
@@ -210,5 +261,18 @@ mod tests {
             );
         }
         assert!("call.ringing".parse::<EventType>().is_err());
+        assert!("campaign.*".parse::<EventType>().is_err());
+        let campaign: Vec<_> = EventType::ALL
+            .into_iter()
+            .filter(|kind| kind.is_campaign())
+            .collect();
+        assert_eq!(campaign.len(), 5);
+        assert!(campaign
+            .iter()
+            .all(|kind| kind.as_str().starts_with("campaign.")));
+        assert!(EventType::ALL
+            .into_iter()
+            .filter(|kind| !kind.is_campaign())
+            .all(|kind| kind.as_str().starts_with("call.")));
     }
 }
