@@ -108,7 +108,7 @@ fn location(id: Uuid) -> Result<HeaderValue, ApiError> {
     operation_id = "createCampaign",
     request_body(content = CreateCampaignRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "The campaign, ACTIVE... or COMPLETED until it has calls.", body = Campaign,
+        (status = 201, description = "The campaign, ACTIVE... or COMPLETED until it has calls; its campaign.created event is written with it.", body = Campaign,
             headers(("Location" = String, description = "/campaigns/{id}"))),
         (status = 400, description = "Malformed JSON, unknown field or wrong type.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
@@ -236,7 +236,7 @@ pub async fn get_campaign(
     operation_id = "pauseCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, PAUSED (pausing a paused one changes nothing).", body = Campaign),
+        (status = 200, description = "The campaign, PAUSED, with its campaign.paused event (pausing a paused one changes nothing and writes no event).", body = Campaign),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The campaign is canceled.", body = Problem, content_type = "application/problem+json"),
@@ -269,7 +269,7 @@ pub async fn pause_campaign(
     operation_id = "resumeCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, ACTIVE (or COMPLETED when nothing is left).", body = Campaign),
+        (status = 200, description = "The campaign, ACTIVE (or COMPLETED when nothing is left), with its campaign.resumed event (resuming an active one writes none).", body = Campaign),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The campaign is canceled.", body = Problem, content_type = "application/problem+json"),
@@ -322,7 +322,7 @@ async fn refill(state: &AppState) {
     operation_id = "cancelCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, CANCELED, and how many calls were canceled.", body = CampaignCanceled),
+        (status = 200, description = "The campaign, CANCELED, and how many calls were canceled; its campaign.canceled event is written with it (not again when it was canceled already).", body = CampaignCanceled),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
     )

@@ -180,15 +180,42 @@ pub struct CallSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum EventData {
-    Call(CallSnapshot),
+    Call(Box<CallSnapshot>),
     Campaign(Box<CampaignWithProgress>),
 }
 
 /// What a receiver gets: `{type, id, createdAt, data}`. `id` is also the `webhook-id`
 /// header, the same on every retry of the event; `data.sequence` orders a call's events
-/// (or a campaign's).
+/// (or a campaign's). `data` is the call for `call.*` events, the campaign with its
+/// progress for `campaign.*` events.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(examples(
+    json!({"type": "call.completed", "id": "01a22af0-a1c3-76df-8492-e8f27fe14045",
+           "createdAt": "2026-11-30T05:32:22.835488Z",
+           "data": {"id": "01a22af0-9468-77ca-9b1c-fd0b43372efc", "to": "+14155550100",
+                    "scriptId": "renewal-v2", "metadata": {"crmId": "lead-42"}, "callbackUrl": null,
+                    "status": "COMPLETED", "attempts": 1, "maxAttempts": 3, "lastError": null,
+                    "outcome": "COMPLETED", "durationSec": 42, "result": {"summary": "Booked a visit."},
+                    "scheduledAt": null, "expiresAt": null, "nextRunAt": "2026-11-30T05:31:40Z",
+                    "createdAt": "2026-11-30T05:31:40Z", "updatedAt": "2026-11-30T05:32:22Z",
+                    "startedAt": "2026-11-30T05:31:41Z", "endedAt": "2026-11-30T05:32:22Z",
+                    "sequence": 3, "campaignId": null, "dials": []}}),
+    json!({"type": "campaign.completed", "id": "019ad3a1-5c7e-7b31-9f0e-2a4d1c9b8e07",
+           "createdAt": "2026-11-30T11:02:00.512344Z",
+           "data": {"id": "019ad39e-0b7a-7d42-8c55-6e1f2a3b4c5d", "name": "Spring renewals",
+                    "scriptId": "renewal-v2", "maxConcurrency": 20, "expiresAt": null,
+                    "callbackUrl": "https://crm.example.com/hooks/campaigns", "window": null,
+                    "status": "COMPLETED", "createdAt": "2026-11-30T09:15:04.118Z",
+                    "updatedAt": "2026-11-30T09:40:11.902Z", "canceledAt": null,
+                    "completedAt": "2026-11-30T11:02:00.512344Z", "sequence": 4,
+                    "progress": {"calls": {"PENDING": 0, "IN_PROGRESS": 0, "COMPLETED": 912,
+                                           "FAILED": 61, "EXPIRED": 2, "CANCELED": 25},
+                                 "total": 1000, "inProgress": 0, "maxConcurrency": 20,
+                                 "dialsLastHour": 143, "etaSeconds": null,
+                                 "failures": [{"status": "FAILED", "outcome": "NO_ANSWER",
+                                               "lastError": null, "calls": 48}]}}})
+))]
 pub struct EventBody {
     #[serde(rename = "type")]
     pub kind: EventType,

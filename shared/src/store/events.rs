@@ -162,7 +162,7 @@ pub fn event_body(
             ))
         })?))
     } else {
-        EventData::Call(render_snapshot(data)?)
+        EventData::Call(Box::new(render_snapshot(data)?))
     };
     Ok(EventBody {
         kind,
