@@ -11,11 +11,21 @@
 -- How many events the campaign has had: each change that reports one increments it in the
 -- same transaction, and the event carries the new value (receivers order by it).
 ALTER TABLE campaigns ADD COLUMN sequence bigint NOT NULL DEFAULT 0 CHECK (sequence >= 0);
--- When its campaign.completed was written (the reclaimer's pass, once per campaign: an
--- ACTIVE campaign with calls, none of them PENDING or IN_PROGRESS). NULL until then.
+-- When its latest campaign.completed was written (the reclaimer's pass: an ACTIVE campaign
+-- with calls, none of them PENDING or IN_PROGRESS). NULL until then, and again once calls
+-- added after it are seen (campaign_reopened): a new campaign.completed follows their end.
 ALTER TABLE campaigns ADD COLUMN completed_at timestamptz;
 -- The reclaimer's pass looks only at the campaigns that may still complete.
 CREATE INDEX campaigns_to_complete ON campaigns (id) WHERE status = 'ACTIVE' AND completed_at IS NULL;
+
+-- Calls were added to a campaign after its campaign.completed. The adding transaction holds
+-- the campaign FOR SHARE (as every add does), so it cannot clear completed_at itself without
+-- risking a deadlock with another add; it leaves a row here, and the reclaimer's next pass,
+-- with the campaign locked, clears completed_at and the row.
+CREATE TABLE campaign_reopened (
+    campaign_id  uuid        PRIMARY KEY REFERENCES campaigns (id),
+    reopened_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- No foreign key to campaigns (nothing deletes a campaign): a key would queue a referential
 -- check trigger for every call event inserted, NULL or not.

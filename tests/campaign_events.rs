@@ -609,16 +609,139 @@ async fn completed_is_written_once_however_many_passes_run() {
         ]
     );
 
-    // Calls added to a completed campaign: it shows ACTIVE again, and when they have ended
-    // no second campaign.completed is written (once per campaign).
-    let later = stage.add_calls(id, &["+14155550123"]).await;
-    assert_eq!(stage.campaign(id).await["status"], "ACTIVE");
-    stage.cancel_call(later[0]).await;
+    // Calls added to a completed campaign are covered next.
+}
+
+#[tokio::test]
+async fn calls_added_after_completion_bring_one_more_completed_when_they_end() {
+    let stage = Stage::new(&[]).await;
+    let id = stage.create_campaign(json!({"name": "Waves"})).await;
+    let first = stage.add_calls(id, &["+14155550171"]).await;
+    stage.cancel_call(first[0]).await;
+    assert_eq!(stage.reclaim().await.campaigns_completed, 1);
+    let completed_at = stage.campaign(id).await["completedAt"].clone();
+    assert!(completed_at.is_string());
+
+    // A bulk add whose every row is a duplicate adds nothing: the campaign stays completed.
+    let reply = stage
+        .send(
+            Method::POST,
+            &format!("/campaigns/{id}/calls"),
+            Some(&json!({"calls": [{"to": "+14155550171", "scriptId": "renewal-v2"}]})),
+        )
+        .await
+        .ok();
+    assert_eq!(reply["duplicate"], 1, "{reply}");
     assert_eq!(stage.reclaim().await.campaigns_completed, 0);
+    assert_eq!(stage.campaign(id).await["completedAt"], completed_at);
+
+    // A second wave: ACTIVE while open (the pass clears completedAt), then completed again.
+    let second = stage.add_calls(id, &["+14155550172"]).await;
+    assert_eq!(stage.campaign(id).await["status"], "ACTIVE");
+    assert_eq!(stage.reclaim().await.campaigns_completed, 0, "open");
+    assert!(stage.campaign(id).await["completedAt"].is_null());
+    stage.dial_and_end(second[0], CallOutcome::Completed).await;
+    assert_eq!(stage.reclaim().await.campaigns_completed, 1);
+    assert_eq!(stage.reclaim().await.campaigns_completed, 0, "once");
+
+    // A third wave that ends before the next pass (POST /calls naming the campaign, then a
+    // cancel): that pass still reopens and completes it.
+    let reply = stage
+        .send(
+            Method::POST,
+            "/calls",
+            Some(&json!({"to": "+14155550173", "scriptId": "renewal-v2", "campaignId": id})),
+        )
+        .await
+        .status(201);
+    stage
+        .cancel_call(reply["id"].as_str().unwrap().parse().unwrap())
+        .await;
+    assert_eq!(stage.reclaim().await.campaigns_completed, 1);
+    assert_eq!(stage.reclaim().await.campaigns_completed, 0, "once");
+
+    let stored = stage.stored(id).await;
     assert_eq!(
-        stage.kinds(id).await,
-        ["campaign.created", "campaign.completed"]
+        stored.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        [
+            "campaign.created",
+            "campaign.completed",
+            "campaign.completed",
+            "campaign.completed"
+        ]
     );
+    assert_eq!(
+        stored.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let totals: Vec<&Value> = stored[1..]
+        .iter()
+        .map(|e| &e.data["progress"]["total"])
+        .collect();
+    assert_eq!(totals, [&json!(1), &json!(2), &json!(3)]);
+    assert_eq!(stored[3].data, stage.campaign(id).await);
+    assert_eq!(
+        stage
+            .env
+            .count("SELECT count(*) FROM campaign_reopened")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_add_that_waited_for_the_completion_reopens_the_campaign() {
+    let stage = Stage::new(&[]).await;
+    let id = stage.create_campaign(json!({"name": "Raced"})).await;
+    let calls = stage.add_calls(id, &["+14155550181"]).await;
+    stage.cancel_call(calls[0]).await;
+    // The reclaimer's transaction, paused after marking the campaign completed.
+    let mut reclaimer = stage.env.pool.get().await.expect("pool");
+    let tx = reclaimer.transaction().await.expect("tx");
+    tx.execute(
+        "SELECT 1 FROM campaigns WHERE id = $1 FOR NO KEY UPDATE",
+        &[&id],
+    )
+    .await
+    .expect("lock");
+    tx.execute(
+        "UPDATE campaigns SET completed_at = now(), sequence = sequence + 1 WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .expect("mark");
+    // A call added meanwhile waits for the campaign's lock...
+    let api = stage.api.clone();
+    let add = tokio::spawn(async move {
+        let body = json!({"to": "+14155550182", "scriptId": "renewal-v2", "campaignId": id});
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/calls")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        api.oneshot(request).await.expect("answer").status()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!add.is_finished(), "the add waits for the campaign's lock");
+    tx.commit().await.expect("commit");
+    assert_eq!(add.await.expect("the add"), StatusCode::CREATED);
+    // ...then reads the completion it waited for, and reopens the campaign.
+    assert_eq!(
+        stage
+            .env
+            .count(&format!(
+                "SELECT count(*) FROM campaign_reopened WHERE campaign_id = '{id}'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        stage.reclaim().await.campaigns_completed,
+        0,
+        "its new call is open"
+    );
+    assert!(stage.campaign(id).await["completedAt"].is_null());
 }
 
 #[tokio::test]

@@ -84,8 +84,8 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub canceled_at: Option<DateTime<Utc>>,
-    /// When its `campaign.completed` event was written (its calls had all ended); null
-    /// before. Written once: calls added later do not clear it.
+    /// When its latest `campaign.completed` event was written (its calls had all ended);
+    /// null before, and again from the reclaimer's first pass after calls are added to it.
     pub completed_at: Option<DateTime<Utc>>,
     /// How many events the campaign has had (`campaign.*`): its latest event carries this
     /// value; receivers order a campaign's events by it.
@@ -447,6 +447,20 @@ pub async fn cancel_campaign(pool: &Pool, id: Uuid) -> StoreResult<(CampaignChan
     Ok((changed, canceled))
 }
 
+/// Marks a campaign reported completed as having new calls, in the transaction that added
+/// them (which holds the campaign `FOR SHARE`, read after any completion that committed):
+/// the reclaimer's next pass clears its `completed_at`, so that a new `campaign.completed`
+/// follows once they have ended. Costs nothing to an add to a campaign not completed.
+pub(crate) async fn reopen<C: GenericClient>(client: &C, campaign_id: Uuid) -> StoreResult<()> {
+    execute(
+        client,
+        "INSERT INTO campaign_reopened (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&campaign_id],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Campaigns completed per pass (the rest wait for the next one).
 pub const COMPLETE_BATCH: i64 = 100;
 
@@ -460,17 +474,46 @@ const FINISHED: &str = "k.status = 'ACTIVE' AND k.completed_at IS NULL \
 /// The reclaimer's step: every ACTIVE campaign whose calls have all ended (at least one
 /// call, none PENDING or IN_PROGRESS) gets its `completed_at` and its `campaign.completed`
 /// event, in one transaction, at most `limit` per call. Marked once: a campaign with
-/// `completed_at` is never looked at again, so two passes (or two reclaimers) write one
-/// event. Calls added to it later do not clear the mark: their own `call.*` events report
-/// them, and no second `campaign.completed` follows.
+/// `completed_at` is not looked at again, so two passes (or two reclaimers) write one
+/// event. Calls added to it later reopen it ([`reopen`]): this step first clears the
+/// `completed_at` of the campaigns reopened, so each time the calls added have all ended,
+/// one more `campaign.completed` follows (with the campaign's next sequence).
 ///
 /// The campaigns are taken `FOR NO KEY UPDATE SKIP LOCKED`, so one that a call is being
 /// added to (its `FOR SHARE` held until that insert commits) is left for the next pass, and
-/// then checked again in a fresh snapshot: a call committed meanwhile keeps it open. This
-/// costs the hot path nothing: settling a call does not look at its campaign.
+/// then checked again in a fresh snapshot: a call committed meanwhile keeps it open. An add
+/// that waited for this lock reads the `completed_at` written here, and reopens the
+/// campaign. This costs the hot path nothing: settling a call does not look at its campaign.
 pub async fn complete_finished_campaigns(pool: &Pool, limit: i64) -> StoreResult<Vec<Campaign>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let reopened: Vec<Uuid> = query(
+        &tx,
+        "SELECT k.id FROM campaigns k JOIN campaign_reopened r ON r.campaign_id = k.id \
+          ORDER BY k.id LIMIT $1 FOR NO KEY UPDATE OF k SKIP LOCKED",
+        &[&limit],
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<_, _>>()?;
+    if !reopened.is_empty() {
+        execute(
+            &tx,
+            "UPDATE campaigns SET completed_at = NULL WHERE id = ANY($1)",
+            &[&reopened],
+        )
+        .await?;
+        execute(
+            &tx,
+            "DELETE FROM campaign_reopened WHERE campaign_id = ANY($1)",
+            &[&reopened],
+        )
+        .await?;
+        for id in &reopened {
+            tracing::info!(campaign_id = %id, "campaign reopened: calls were added after its campaign.completed");
+        }
+    }
     let candidates: Vec<Uuid> = query(
         &tx,
         &format!(
@@ -602,7 +645,7 @@ pub async fn add_campaign_calls(
     // cancels what it inserted; or it went first, and this sees CANCELED.
     let Some(campaign) = query_opt(
         &tx,
-        "SELECT status, max_concurrency, \
+        "SELECT status, max_concurrency, completed_at IS NOT NULL AS completed, \
                 (SELECT count(*) FROM calls WHERE campaign_id = $1 AND status = 'IN_PROGRESS') AS in_progress \
            FROM campaigns WHERE id = $1 FOR SHARE",
         &[&campaign_id],
@@ -750,6 +793,9 @@ pub async fn add_campaign_calls(
         if row.try_get::<_, bool>("messaged")? {
             enqueue.push(crate::queue::Enqueue::now(id));
         }
+    }
+    if !inserted.is_empty() && campaign.try_get::<_, bool>("completed")? {
+        reopen(&tx, campaign_id).await?;
     }
     // The rows whose key existed: ON CONFLICT waited for their transactions, so the rows
     // are visible now.
