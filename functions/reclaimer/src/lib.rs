@@ -17,8 +17,10 @@
 //! 4. free slots while due calls wait: as many nudged as there are free slots;
 //! 5. ACTIVE campaigns whose calls have all ended (at least one call, none PENDING or
 //!    IN_PROGRESS) are marked completed with their `campaign.completed` event, once each
+//!    (again after calls are added to one), first clearing the mark of those reopened
 //!    ([`ebra_shared::store::campaigns::complete_finished_campaigns`]): the event follows the
-//!    end of a campaign's last call by at most one schedule interval (a minute by default);
+//!    end of a campaign's last call by at most one schedule interval (a minute by default,
+//!    10 s in `ebra dev`);
 //! 6. outbound events waiting (not fanned out, or a delivery due): the notifier is nudged,
 //!    so an event whose nudge was lost is sent within a pass (none that committed is lost).
 //!

@@ -77,7 +77,7 @@ pub enum EventType {
     #[serde(rename = "campaign.canceled")]
     CampaignCanceled,
     /// An ACTIVE campaign's calls have all ended (none PENDING or IN_PROGRESS): found by the
-    /// reclaimer's pass, once per campaign.
+    /// reclaimer's pass, once, and once more each time calls added later have all ended.
     #[serde(rename = "campaign.completed")]
     CampaignCompleted,
 }
