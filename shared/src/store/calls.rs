@@ -95,7 +95,7 @@ pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
 /// A campaign's call is inserted in a transaction that first reads its campaign `FOR
 /// SHARE` (a cancel cannot slip between the check and the insert); a paused campaign's
 /// call, or a call of a campaign at its `maxConcurrency`, is parked. A new call of a
-/// campaign already reported completed reopens it ([`super::campaigns::reopen`]).
+/// campaign already reported completed reopens it (`campaigns::reopen`).
 pub async fn create_call(
     pool: &Pool,
     new: &NewCall,

@@ -2,7 +2,7 @@
 //! added in bulk.
 //!
 //! Each change of a campaign's state writes its `campaign.*` event in the same transaction
-//! ([`super::events::record_campaign_event`]): created, paused, resumed and canceled here,
+//! (`events::record_campaign_event`): created, paused, resumed and canceled here,
 //! completed by the reclaimer's pass ([`complete_finished_campaigns`]). An action that
 //! changes nothing (pausing a paused campaign) or is refused writes none.
 //!
@@ -475,7 +475,7 @@ const FINISHED: &str = "k.status = 'ACTIVE' AND k.completed_at IS NULL \
 /// call, none PENDING or IN_PROGRESS) gets its `completed_at` and its `campaign.completed`
 /// event, in one transaction, at most `limit` per call. Marked once: a campaign with
 /// `completed_at` is not looked at again, so two passes (or two reclaimers) write one
-/// event. Calls added to it later reopen it ([`reopen`]): this step first clears the
+/// event. Calls added to it later reopen it (`reopen`): this step first clears the
 /// `completed_at` of the campaigns reopened, so each time the calls added have all ended,
 /// one more `campaign.completed` follows (with the campaign's next sequence).
 ///

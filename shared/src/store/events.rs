@@ -1,5 +1,5 @@
 //! The outbox of outbound events: one `call_events` row per change of a call (or of a
-//! campaign's state, [`record_campaign_event`]), written in the transaction of the change (so
+//! campaign's state, `record_campaign_event`), written in the transaction of the change (so
 //! an event is never reported for a change that rolled back, and never lost for one that
 //! committed), and what the API reads back of them.
 //!
