@@ -335,6 +335,8 @@ fn check_locally(
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),
         canceled_at: None,
+        completed_at: None,
+        sequence: 0,
     };
     let now = chrono::Utc::now();
     Ok(parsed

@@ -1961,6 +1961,24 @@ async fn openapi_lists_exactly_the_routes_served() {
         doc["components"]["schemas"]["CreateCallRequest"]["additionalProperties"],
         false
     );
+    // Campaign events: their types, their data (the campaign with its progress), an example.
+    let types = doc["components"]["schemas"]["EventType"]["enum"].to_string();
+    for kind in [
+        "call.completed",
+        "campaign.created",
+        "campaign.paused",
+        "campaign.resumed",
+        "campaign.canceled",
+        "campaign.completed",
+    ] {
+        assert!(types.contains(&format!("\"{kind}\"")), "{kind} in {types}");
+    }
+    assert!(doc["components"]["schemas"]
+        .get("CampaignWithProgress")
+        .is_some());
+    let examples = doc["components"]["schemas"]["EventBody"]["examples"].to_string();
+    assert!(examples.contains("\"campaign.completed\""), "{examples}");
+    assert!(examples.contains("\"progress\""), "{examples}");
 }
 
 #[tokio::test]

@@ -624,8 +624,10 @@ async fn a_pass_logs_one_reclaimer_pass_line_and_returns_its_counts() {
         serde_json::to_value(&report).unwrap(),
         json!({"staleRetried": 0, "staleFailed": 1, "settledByLookup": 0, "stillLive": 0,
                "lookupUndecided": 0, "expired": 0, "outboxResent": 0, "nudged": line["nudged"],
-               "sendFailures": 0, "eventsWaiting": true, "inProgress": 1, "cap": 4})
+               "sendFailures": 0, "campaignsCompleted": 0, "eventsWaiting": true, "inProgress": 1,
+               "cap": 4})
     );
+    assert_eq!(line["campaigns_completed"], json!(0));
     // The calls' events wait in the outbox (no notifier ran): the pass said so.
     assert_eq!(line["events_waiting"], json!(true));
 }

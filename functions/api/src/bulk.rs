@@ -377,6 +377,8 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             canceled_at: None,
+            completed_at: None,
+            sequence: 0,
         }
     }
 

@@ -12,8 +12,9 @@ use chrono::Utc;
 use ebra_shared::domain::InvalidValue;
 use ebra_shared::problem::{FieldError, Problem};
 use ebra_shared::store::calls::ListCursor;
+pub use ebra_shared::store::campaigns::CampaignWithProgress;
 use ebra_shared::store::campaigns::{
-    self as store, BulkAdded, BulkCall, BulkOutcome, Campaign, CampaignChanged, CampaignProgress,
+    self as store, BulkAdded, BulkCall, BulkOutcome, Campaign, CampaignChanged,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -25,14 +26,6 @@ use crate::error::ApiError;
 use crate::extract::{IdPath, JsonBody, QueryParams};
 use crate::requests::CreateCampaignRequest;
 use crate::AppState;
-
-/// A campaign and where it stands (`GET /campaigns/{id}`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CampaignWithProgress {
-    #[serde(flatten)]
-    pub campaign: Campaign,
-    pub progress: CampaignProgress,
-}
 
 /// One page of campaigns, newest first.
 #[derive(Debug, Serialize, ToSchema)]
@@ -115,7 +108,7 @@ fn location(id: Uuid) -> Result<HeaderValue, ApiError> {
     operation_id = "createCampaign",
     request_body(content = CreateCampaignRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "The campaign, ACTIVE... or COMPLETED until it has calls.", body = Campaign,
+        (status = 201, description = "The campaign, ACTIVE... or COMPLETED until it has calls; its campaign.created event is written with it.", body = Campaign,
             headers(("Location" = String, description = "/campaigns/{id}"))),
         (status = 400, description = "Malformed JSON, unknown field or wrong type.", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
@@ -142,6 +135,8 @@ pub async fn create_campaign(
     }
     let campaign = store::create_campaign(&state.pool, &new).await?;
     tracing::info!(campaign_id = %campaign.id, name = %campaign.name, "campaign created");
+    // Its campaign.created event.
+    state.events.after_change(&state.pool).await;
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location(campaign.id)?)],
@@ -241,7 +236,7 @@ pub async fn get_campaign(
     operation_id = "pauseCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, PAUSED (pausing a paused one changes nothing).", body = Campaign),
+        (status = 200, description = "The campaign, PAUSED, with its campaign.paused event (pausing a paused one changes nothing and writes no event).", body = Campaign),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The campaign is canceled.", body = Problem, content_type = "application/problem+json"),
@@ -254,6 +249,11 @@ pub async fn pause_campaign(
     match store::set_campaign_paused(&state.pool, id, true).await? {
         CampaignChanged::Done(campaign) => {
             tracing::info!(campaign_id = %id, "campaign paused");
+            state.events.after_change(&state.pool).await;
+            Ok(Json(*campaign))
+        }
+        CampaignChanged::Unchanged(campaign) => {
+            tracing::info!(campaign_id = %id, "campaign already paused");
             Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
@@ -269,7 +269,7 @@ pub async fn pause_campaign(
     operation_id = "resumeCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, ACTIVE (or COMPLETED when nothing is left).", body = Campaign),
+        (status = 200, description = "The campaign, ACTIVE (or COMPLETED when nothing is left), with its campaign.resumed event (resuming an active one writes none).", body = Campaign),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The campaign is canceled.", body = Problem, content_type = "application/problem+json"),
@@ -284,7 +284,11 @@ pub async fn resume_campaign(
             tracing::info!(campaign_id = %id, "campaign resumed");
             // Its parked calls: as many as there are free slots get a message now (fairly
             // across campaigns); the rest follow freed slots' nudges.
-            refill(&state).await;
+            tokio::join!(refill(&state), state.events.after_change(&state.pool));
+            Ok(Json(*campaign))
+        }
+        CampaignChanged::Unchanged(campaign) => {
+            tracing::info!(campaign_id = %id, "campaign already active");
             Ok(Json(*campaign))
         }
         CampaignChanged::NotFound => Err(ApiError::CampaignNotFound(id)),
@@ -318,7 +322,7 @@ async fn refill(state: &AppState) {
     operation_id = "cancelCampaign",
     params(("id" = Uuid, Path, description = "The campaign's id.")),
     responses(
-        (status = 200, description = "The campaign, CANCELED, and how many calls were canceled.", body = CampaignCanceled),
+        (status = 200, description = "The campaign, CANCELED, and how many calls were canceled; its campaign.canceled event is written with it (not again when it was canceled already).", body = CampaignCanceled),
         (status = 400, description = "The id is not a UUID.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such campaign.", body = Problem, content_type = "application/problem+json"),
     )
@@ -330,6 +334,15 @@ pub async fn cancel_campaign(
     match store::cancel_campaign(&state.pool, id).await? {
         (CampaignChanged::Done(campaign), canceled_calls) => {
             tracing::info!(campaign_id = %id, canceled_calls, "campaign canceled");
+            // Its campaign.canceled event, and its calls' call.canceled.
+            state.events.after_change(&state.pool).await;
+            Ok(Json(CampaignCanceled {
+                campaign: *campaign,
+                canceled_calls,
+            }))
+        }
+        (CampaignChanged::Unchanged(campaign), canceled_calls) => {
+            tracing::info!(campaign_id = %id, canceled_calls, "campaign already canceled");
             if canceled_calls > 0 {
                 state.events.after_change(&state.pool).await;
             }

@@ -4,7 +4,8 @@
 //! reclaimer whenever events wait) runs one [`run_pass`]; `ebra dev` runs passes in a loop.
 //! A pass repeats, until nothing is due or its time budget is spent:
 //! 1. fan out the events not fanned out yet: one delivery per endpoint enabled and
-//!    subscribed to the event's type when it happened, plus the call's `callbackUrl`;
+//!    subscribed to the event's type when it happened, plus the call's (or the campaign's)
+//!    `callbackUrl`;
 //! 2. take due deliveries (a lease, so concurrent notifiers share the work; a call's events
 //!    reach one receiver in sequence order) and log their attempt;
 //! 3. post them concurrently, signed the Standard Webhooks way (`webhook-id` = the event's
@@ -194,7 +195,7 @@ pub async fn send_one(state: &NotifierState, delivery: &DueDelivery) -> AttemptR
         error: Some(error),
     };
     let Some(url) = delivery.url.as_deref() else {
-        return refused("no URL to send to (the call has no callbackUrl)".into());
+        return refused("no URL to send to (the call or campaign has no callbackUrl)".into());
     };
     let secret = if delivery.endpoint_id.is_some() {
         match WebhookSecret::parse(&delivery.secrets.join(" ")) {
@@ -236,7 +237,8 @@ pub async fn send_one(state: &NotifierState, delivery: &DueDelivery) -> AttemptR
         })
         .await;
     tracing::info!(
-        call_id = %delivery.call_id,
+        call_id = delivery.call_id.map(|id| id.to_string()),
+        campaign_id = delivery.campaign_id.map(|id| id.to_string()),
         event_id = %delivery.event_id,
         event_type = %delivery.event_type,
         sequence = delivery.sequence,

@@ -15,7 +15,13 @@
 //! 3. PENDING calls whose SQS message was never confirmed within `OUTBOX_GRACE_SECONDS`
 //!    (a send that failed after the commit, or a lost message): sent again;
 //! 4. free slots while due calls wait: as many nudged as there are free slots;
-//! 5. outbound events waiting (not fanned out, or a delivery due): the notifier is nudged,
+//! 5. ACTIVE campaigns whose calls have all ended (at least one call, none PENDING or
+//!    IN_PROGRESS) are marked completed with their `campaign.completed` event, once each
+//!    (again after calls are added to one), first clearing the mark of those reopened
+//!    ([`ebra_shared::store::campaigns::complete_finished_campaigns`]): the event follows the
+//!    end of a campaign's last call by at most one schedule interval (a minute by default,
+//!    10 s in `ebra dev`);
+//! 6. outbound events waiting (not fanned out, or a delivery due): the notifier is nudged,
 //!    so an event whose nudge was lost is sent within a pass (none that committed is lost).
 //!
 //! Every step is one statement-level sweep in [`ebra_shared::store::sweep`], taken with
@@ -33,7 +39,7 @@ use ebra_shared::queue::{CallsQueue, Enqueue};
 use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::{settle_from_webhook, Settlement};
 use ebra_shared::store::sweep::{ReclaimScope, StaleCall};
-use ebra_shared::store::{deliveries, sweep, Pool};
+use ebra_shared::store::{campaigns, deliveries, sweep, Pool};
 use ebra_shared::Config;
 use futures::StreamExt as _;
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -99,6 +105,8 @@ pub struct ReclaimReport {
     pub nudged: u64,
     /// Messages SQS did not take; each is still covered (outbox mark or refill) next pass.
     pub send_failures: u64,
+    /// Campaigns found ended this pass: each got its `campaign.completed` event.
+    pub campaigns_completed: u64,
     /// Outbound events were waiting (not fanned out, or a delivery due): the notifier was
     /// nudged.
     pub events_waiting: bool,
@@ -140,6 +148,15 @@ pub async fn run_pass(state: &ReclaimerState) -> anyhow::Result<ReclaimReport> {
     report.nudged += messages.len() as u64;
     report.send_failures += send(&state.queue, &messages).await;
 
+    let completed = campaigns::complete_finished_campaigns(&state.pool, campaigns::COMPLETE_BATCH)
+        .await
+        .context("completing the campaigns whose calls have all ended")?;
+    for campaign in &completed {
+        tracing::info!(campaign_id = %campaign.id, sequence = campaign.sequence, "campaign completed: all its calls have ended");
+    }
+    report.campaigns_completed = completed.len() as u64;
+
+    // After the campaigns' step: its campaign.completed events are nudged for here.
     report.events_waiting = deliveries::work_waiting(&state.pool)
         .await
         .context("looking for outbound events waiting")?;
@@ -159,6 +176,7 @@ pub async fn run_pass(state: &ReclaimerState) -> anyhow::Result<ReclaimReport> {
         outbox_resent = report.outbox_resent,
         nudged = report.nudged,
         send_failures = report.send_failures,
+        campaigns_completed = report.campaigns_completed,
         events_waiting = report.events_waiting,
         "reclaimer pass"
     );

@@ -1,8 +1,10 @@
-//! Outbound events: what Ebra tells the client about its calls.
+//! Outbound events: what Ebra tells the client about its calls and campaigns.
 //!
-//! Every change of a call writes an event row (the outbox, [`crate::store::events`]) in the
-//! transaction of the change. The notifier fans each event out to the registered endpoints
-//! and the call's own `callbackUrl`, and posts it signed the Standard Webhooks way:
+//! Every change of a call, and every change of a campaign's state (created, paused,
+//! resumed, canceled, completed), writes an event row (the outbox, [`crate::store::events`])
+//! in the transaction of the change. The notifier fans each event out to the registered
+//! endpoints and to the call's (or the campaign's) own `callbackUrl`, and posts it signed the
+//! Standard Webhooks way:
 //!
 //! - [`EventType`]: the kinds of event, and [`EventBody`]: what a receiver gets;
 //! - [`destination`]: which URLs may receive events (no private, loopback or link-local
@@ -18,13 +20,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::store::campaigns::CampaignWithProgress;
 use crate::store::{Call, DialAttempt};
 
 pub mod delivery;
 pub mod destination;
 pub mod nudge;
 
-/// What happened to a call.
+/// What happened to a call (`call.*`) or to a campaign (`campaign.*`).
 #[derive(
     Debug,
     Clone,
@@ -61,10 +64,26 @@ pub enum EventType {
     /// after the end of the call).
     #[serde(rename = "call.result_updated")]
     ResultUpdated,
+    /// A campaign was created (`POST /campaigns`).
+    #[serde(rename = "campaign.created")]
+    CampaignCreated,
+    /// An ACTIVE campaign was paused (pausing a paused one reports nothing).
+    #[serde(rename = "campaign.paused")]
+    CampaignPaused,
+    /// A PAUSED campaign was resumed (resuming an active one reports nothing).
+    #[serde(rename = "campaign.resumed")]
+    CampaignResumed,
+    /// A campaign was canceled, with its PENDING calls (each with its own `call.canceled`).
+    #[serde(rename = "campaign.canceled")]
+    CampaignCanceled,
+    /// An ACTIVE campaign's calls have all ended (none PENDING or IN_PROGRESS): found by the
+    /// reclaimer's pass, once, and once more each time calls added later have all ended.
+    #[serde(rename = "campaign.completed")]
+    CampaignCompleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 13] = [
         EventType::Created,
         EventType::Dialing,
         EventType::RetryScheduled,
@@ -73,6 +92,11 @@ impl EventType {
         EventType::Expired,
         EventType::Canceled,
         EventType::ResultUpdated,
+        EventType::CampaignCreated,
+        EventType::CampaignPaused,
+        EventType::CampaignResumed,
+        EventType::CampaignCanceled,
+        EventType::CampaignCompleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,7 +109,24 @@ impl EventType {
             EventType::Expired => "call.expired",
             EventType::Canceled => "call.canceled",
             EventType::ResultUpdated => "call.result_updated",
+            EventType::CampaignCreated => "campaign.created",
+            EventType::CampaignPaused => "campaign.paused",
+            EventType::CampaignResumed => "campaign.resumed",
+            EventType::CampaignCanceled => "campaign.canceled",
+            EventType::CampaignCompleted => "campaign.completed",
         }
+    }
+
+    /// Whether the event reports a change of a campaign (its `data` is the campaign).
+    pub fn is_campaign(self) -> bool {
+        matches!(
+            self,
+            EventType::CampaignCreated
+                | EventType::CampaignPaused
+                | EventType::CampaignResumed
+                | EventType::CampaignCanceled
+                | EventType::CampaignCompleted
+        )
     }
 
     /// The event of a call that reached `status` (a terminal one).
@@ -134,16 +175,53 @@ pub struct CallSnapshot {
     pub dials: Vec<DialAttempt>,
 }
 
+/// An event's `data`: the call as `GET /calls/{id}` shows it (`call.*` events), or the
+/// campaign as `GET /campaigns/{id}` shows it, with its progress (`campaign.*` events).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EventData {
+    Call(Box<CallSnapshot>),
+    Campaign(Box<CampaignWithProgress>),
+}
+
 /// What a receiver gets: `{type, id, createdAt, data}`. `id` is also the `webhook-id`
-/// header, the same on every retry of the event; `data.sequence` orders a call's events.
+/// header, the same on every retry of the event; `data.sequence` orders a call's events
+/// (or a campaign's). `data` is the call for `call.*` events, the campaign with its
+/// progress for `campaign.*` events.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(examples(
+    json!({"type": "call.completed", "id": "01a22af0-a1c3-76df-8492-e8f27fe14045",
+           "createdAt": "2026-11-30T05:32:22.835488Z",
+           "data": {"id": "01a22af0-9468-77ca-9b1c-fd0b43372efc", "to": "+14155550100",
+                    "scriptId": "renewal-v2", "metadata": {"crmId": "lead-42"}, "callbackUrl": null,
+                    "status": "COMPLETED", "attempts": 1, "maxAttempts": 3, "lastError": null,
+                    "outcome": "COMPLETED", "durationSec": 42, "result": {"summary": "Booked a visit."},
+                    "scheduledAt": null, "expiresAt": null, "nextRunAt": "2026-11-30T05:31:40Z",
+                    "createdAt": "2026-11-30T05:31:40Z", "updatedAt": "2026-11-30T05:32:22Z",
+                    "startedAt": "2026-11-30T05:31:41Z", "endedAt": "2026-11-30T05:32:22Z",
+                    "sequence": 3, "campaignId": null, "dials": []}}),
+    json!({"type": "campaign.completed", "id": "019ad3a1-5c7e-7b31-9f0e-2a4d1c9b8e07",
+           "createdAt": "2026-11-30T11:02:00.512344Z",
+           "data": {"id": "019ad39e-0b7a-7d42-8c55-6e1f2a3b4c5d", "name": "Spring renewals",
+                    "scriptId": "renewal-v2", "maxConcurrency": 20, "expiresAt": null,
+                    "callbackUrl": "https://crm.example.com/hooks/campaigns", "window": null,
+                    "status": "COMPLETED", "createdAt": "2026-11-30T09:15:04.118Z",
+                    "updatedAt": "2026-11-30T09:40:11.902Z", "canceledAt": null,
+                    "completedAt": "2026-11-30T11:02:00.512344Z", "sequence": 4,
+                    "progress": {"calls": {"PENDING": 0, "IN_PROGRESS": 0, "COMPLETED": 912,
+                                           "FAILED": 61, "EXPIRED": 2, "CANCELED": 25},
+                                 "total": 1000, "inProgress": 0, "maxConcurrency": 20,
+                                 "dialsLastHour": 143, "etaSeconds": null,
+                                 "failures": [{"status": "FAILED", "outcome": "NO_ANSWER",
+                                               "lastError": null, "calls": 48}]}}})
+))]
 pub struct EventBody {
     #[serde(rename = "type")]
     pub kind: EventType,
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
-    pub data: CallSnapshot,
+    pub data: EventData,
 }
 
 impl EventBody {
@@ -210,5 +288,18 @@ mod tests {
             );
         }
         assert!("call.ringing".parse::<EventType>().is_err());
+        assert!("campaign.*".parse::<EventType>().is_err());
+        let campaign: Vec<_> = EventType::ALL
+            .into_iter()
+            .filter(|kind| kind.is_campaign())
+            .collect();
+        assert_eq!(campaign.len(), 5);
+        assert!(campaign
+            .iter()
+            .all(|kind| kind.as_str().starts_with("campaign.")));
+        assert!(EventType::ALL
+            .into_iter()
+            .filter(|kind| !kind.is_campaign())
+            .all(|kind| kind.as_str().starts_with("call.")));
     }
 }

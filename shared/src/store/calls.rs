@@ -94,7 +94,8 @@ pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {
 ///
 /// A campaign's call is inserted in a transaction that first reads its campaign `FOR
 /// SHARE` (a cancel cannot slip between the check and the insert); a paused campaign's
-/// call, or a call of a campaign at its `maxConcurrency`, is parked.
+/// call, or a call of a campaign at its `maxConcurrency`, is parked. A new call of a
+/// campaign already reported completed reopens it (`campaigns::reopen`).
 pub async fn create_call(
     pool: &Pool,
     new: &NewCall,
@@ -110,7 +111,7 @@ pub async fn create_call(
         &tx,
         "SELECT status = 'ACTIVE' AND (max_concurrency IS NULL OR max_concurrency > \
                 (SELECT count(*) FROM calls WHERE campaign_id = $1 AND status = 'IN_PROGRESS')) AS room, \
-                status = 'CANCELED' AS canceled \
+                status = 'CANCELED' AS canceled, completed_at IS NOT NULL AS completed \
            FROM campaigns WHERE id = $1 FOR SHARE",
         &[&campaign_id],
     )
@@ -122,6 +123,9 @@ pub async fn create_call(
         return Ok(Created::CampaignCanceled);
     }
     let created = insert_call(&tx, new, max_attempts, cap, row.try_get("room")?).await?;
+    if matches!(created, Created::New { .. }) && row.try_get::<_, bool>("completed")? {
+        super::campaigns::reopen(&tx, campaign_id).await?;
+    }
     tx.commit().await?;
     Ok(created)
 }

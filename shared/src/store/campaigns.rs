@@ -1,6 +1,11 @@
 //! Campaigns: create, read (with progress), list, pause, resume, cancel, and their calls
 //! added in bulk.
 //!
+//! Each change of a campaign's state writes its `campaign.*` event in the same transaction
+//! (`events::record_campaign_event`): created, paused, resumed and canceled here,
+//! completed by the reclaimer's pass ([`complete_finished_campaigns`]). An action that
+//! changes nothing (pausing a paused campaign) or is refused writes none.
+//!
 //! A bulk add is one transaction: the campaign's row is read `FOR SHARE` (so a cancel
 //! cannot slip between the check and the insert), and every valid row is inserted by one
 //! `INSERT ... SELECT FROM unnest(...)`, with its `call.created` event. Only as many of the
@@ -13,9 +18,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use deadpool_postgres::GenericClient;
+
 use super::calls::ListCursor;
+use super::events::record_campaign_event;
 use super::{execute, query, query_one, query_opt, Pool, StoreError, StoreResult};
 use crate::domain::{CallStatus, Metadata, PhoneNumber, ScriptId};
+use crate::events::EventType;
 
 /// What the operator chose for a campaign, and what the API shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,11 +84,18 @@ pub struct Campaign {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub canceled_at: Option<DateTime<Utc>>,
+    /// When its latest `campaign.completed` event was written (its calls had all ended);
+    /// null before, and again from the reclaimer's first pass after calls are added to it.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// How many events the campaign has had (`campaign.*`): its latest event carries this
+    /// value; receivers order a campaign's events by it.
+    pub sequence: i64,
 }
 
 /// Columns read for a [`Campaign`]; `open` tells ACTIVE from COMPLETED (an index probe).
 const CAMPAIGN_COLUMNS: &str = "k.id, k.name, k.script_id, k.max_concurrency, k.expires_at, \
     k.callback_url, k.calling_window, k.status, k.created_at, k.updated_at, k.canceled_at, \
+    k.completed_at, k.sequence, \
     EXISTS (SELECT 1 FROM calls o WHERE o.campaign_id = k.id \
              AND o.status IN ('PENDING', 'IN_PROGRESS')) AS open";
 
@@ -103,7 +119,39 @@ fn campaign_from_row(row: &tokio_postgres::Row) -> StoreResult<Campaign> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         canceled_at: row.try_get("canceled_at")?,
+        completed_at: row.try_get("completed_at")?,
+        sequence: row.try_get("sequence")?,
     })
+}
+
+/// A campaign and where it stands: what `GET /campaigns/{id}` shows, and the `data` of a
+/// campaign's events.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CampaignWithProgress {
+    #[serde(flatten)]
+    pub campaign: Campaign,
+    pub progress: CampaignProgress,
+}
+
+/// The campaign with its progress, read through `client` (a transaction sees its own
+/// changes); `None` when there is no such campaign.
+pub(crate) async fn snapshot_of<C: GenericClient>(
+    client: &C,
+    id: Uuid,
+) -> StoreResult<Option<CampaignWithProgress>> {
+    let Some(campaign) = read_campaign(client, id).await? else {
+        return Ok(None);
+    };
+    let progress = progress_of(client, id).await?;
+    Ok(Some(CampaignWithProgress { campaign, progress }))
+}
+
+async fn read_campaign<C: GenericClient>(client: &C, id: Uuid) -> StoreResult<Option<Campaign>> {
+    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = $1");
+    query_opt(client, &sql, &[&id])
+        .await?
+        .map(|row| campaign_from_row(&row))
+        .transpose()
 }
 
 /// A validated `POST /campaigns`.
@@ -117,24 +165,18 @@ pub struct NewCampaign {
     pub window: Option<crate::rules::CallingWindow>,
 }
 
+/// Creates a campaign with its `campaign.created` event (sequence 1), in one transaction.
 pub async fn create_campaign(pool: &Pool, new: &NewCampaign) -> StoreResult<Campaign> {
-    let client = pool.get().await?;
-    let sql = format!(
-        "WITH k AS ( \
-             INSERT INTO campaigns (id, name, script_id, max_concurrency, expires_at, callback_url, calling_window) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *) \
-         SELECT {} FROM k",
-        CAMPAIGN_COLUMNS.replace(
-            "EXISTS (SELECT 1 FROM calls o WHERE o.campaign_id = k.id \
-             AND o.status IN ('PENDING', 'IN_PROGRESS'))",
-            "false"
-        )
-    );
-    let row = query_one(
-        &client,
-        &sql,
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let id = Uuid::now_v7();
+    execute(
+        &tx,
+        "INSERT INTO campaigns (id, name, script_id, max_concurrency, expires_at, callback_url, \
+                                calling_window, sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
         &[
-            &Uuid::now_v7(),
+            &id,
             &new.name,
             &new.script_id.as_ref().map(ScriptId::as_str),
             &new.max_concurrency.map(|n| n as i32),
@@ -146,16 +188,14 @@ pub async fn create_campaign(pool: &Pool, new: &NewCampaign) -> StoreResult<Camp
         ],
     )
     .await?;
-    campaign_from_row(&row)
+    let snapshot = record_campaign_event(&tx, id, EventType::CampaignCreated).await?;
+    tx.commit().await?;
+    Ok(snapshot.campaign)
 }
 
 pub async fn get_campaign(pool: &Pool, id: Uuid) -> StoreResult<Option<Campaign>> {
     let client = pool.get().await?;
-    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = $1");
-    query_opt(&client, &sql, &[&id])
-        .await?
-        .map(|row| campaign_from_row(&row))
-        .transpose()
+    read_campaign(&client, id).await
 }
 
 /// Campaigns newest first, `page_size` at a time after `after` (keyset paging).
@@ -194,7 +234,7 @@ pub async fn list_campaigns(
 }
 
 /// Failures of a campaign that share a status, an outcome and an error.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureGroup {
     /// FAILED or EXPIRED.
@@ -206,7 +246,7 @@ pub struct FailureGroup {
 }
 
 /// What `GET /campaigns/{id}` shows beyond the campaign itself.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignProgress {
     /// Calls per status, every status present.
@@ -229,8 +269,12 @@ pub struct CampaignProgress {
 
 pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignProgress> {
     let client = pool.get().await?;
+    progress_of(&client, id).await
+}
+
+async fn progress_of<C: GenericClient>(client: &C, id: Uuid) -> StoreResult<CampaignProgress> {
     let rows = query(
-        &client,
+        client,
         "SELECT status, count(*) FROM calls WHERE campaign_id = $1 GROUP BY status",
         &[&id],
     )
@@ -245,7 +289,7 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     }
     let total = calls.values().sum();
     let row = query_one(
-        &client,
+        client,
         "SELECT (SELECT max_concurrency FROM campaigns WHERE id = $1), \
                 (SELECT LEAST(3600, EXTRACT(EPOCH FROM now() - created_at))::float8 \
                    FROM campaigns WHERE id = $1) AS window_seconds, \
@@ -260,7 +304,7 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     let window_seconds: Option<f64> = row.try_get(1)?;
     let dials_last_hour: i64 = row.try_get(2)?;
     let failures = query(
-        &client,
+        client,
         "SELECT status, outcome, last_error, count(*) AS calls FROM calls \
           WHERE campaign_id = $1 AND status IN ('FAILED', 'EXPIRED') \
           GROUP BY status, outcome, last_error ORDER BY count(*) DESC, last_error LIMIT 20",
@@ -297,49 +341,71 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
 /// What a pause, resume or cancel did.
 #[derive(Debug)]
 pub enum CampaignChanged {
+    /// Its status changed, and its event was written.
     Done(Box<Campaign>),
+    /// It already had that status (pausing a paused campaign): nothing written.
+    Unchanged(Box<Campaign>),
     NotFound,
     /// The campaign is canceled: nothing changes it any more.
     Canceled,
 }
 
-/// Pauses (`paused = true`) or resumes a campaign. Pausing stops new claims of its calls
-/// (the claim reads the status); resuming lets them be claimed again (the caller then
-/// refills free slots, [`super::sweep::refill_free_slots`], to bring its parked calls).
+/// Pauses (`paused = true`) or resumes a campaign, with its `campaign.paused` or
+/// `campaign.resumed` event, in one transaction. Pausing stops new claims of its calls (the
+/// claim reads the status); resuming lets them be claimed again (the caller then refills
+/// free slots, [`super::sweep::refill_free_slots`], to bring its parked calls). A campaign
+/// that already has that status is left as it is, with no event.
 pub async fn set_campaign_paused(
     pool: &Pool,
     id: Uuid,
     paused: bool,
 ) -> StoreResult<CampaignChanged> {
-    let client = pool.get().await?;
-    let status = if paused { "PAUSED" } else { "ACTIVE" };
-    let sql = format!(
-        "WITH k AS ( \
-             UPDATE campaigns SET status = $2, \
-                    updated_at = CASE WHEN status = $2 THEN updated_at ELSE now() END \
-              WHERE id = $1 AND status <> 'CANCELED' RETURNING *) \
-         SELECT {CAMPAIGN_COLUMNS} FROM k"
-    );
-    match query_opt(&client, &sql, &[&id, &status]).await? {
-        Some(row) => Ok(CampaignChanged::Done(Box::new(campaign_from_row(&row)?))),
-        None => not_changed(&client, id).await,
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // The lock the UPDATE takes, taken first: the status read is the one changed.
+    let Some(row) = query_opt(
+        &tx,
+        "SELECT status FROM campaigns WHERE id = $1 FOR NO KEY UPDATE",
+        &[&id],
+    )
+    .await?
+    else {
+        return Ok(CampaignChanged::NotFound);
+    };
+    let current: String = row.try_get("status")?;
+    let (target, kind) = if paused {
+        ("PAUSED", EventType::CampaignPaused)
+    } else {
+        ("ACTIVE", EventType::CampaignResumed)
+    };
+    if current == "CANCELED" {
+        return Ok(CampaignChanged::Canceled);
     }
-}
-
-async fn not_changed<C: deadpool_postgres::GenericClient>(
-    client: &C,
-    id: Uuid,
-) -> StoreResult<CampaignChanged> {
-    match query_opt(client, "SELECT status FROM campaigns WHERE id = $1", &[&id]).await? {
-        None => Ok(CampaignChanged::NotFound),
-        Some(_) => Ok(CampaignChanged::Canceled),
+    if current == target {
+        let campaign = read_campaign(&tx, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("campaign {id} vanished while locked")))?;
+        tx.commit().await?;
+        return Ok(CampaignChanged::Unchanged(Box::new(campaign)));
     }
+    execute(
+        &tx,
+        "UPDATE campaigns SET status = $2, updated_at = now(), sequence = sequence + 1 \
+          WHERE id = $1",
+        &[&id, &target],
+    )
+    .await?;
+    let snapshot = record_campaign_event(&tx, id, kind).await?;
+    tx.commit().await?;
+    Ok(CampaignChanged::Done(Box::new(snapshot.campaign)))
 }
 
 /// Cancels a campaign: its status and all its PENDING calls, each CANCELED with its
-/// `call.canceled` event and its `sequence` incremented, in one transaction (the calls in
-/// one statement). Calls in progress finish. Returns the campaign and how many calls were
-/// canceled; canceling a canceled campaign again cancels nothing more (0).
+/// `call.canceled` event and its `sequence` incremented, then the campaign's own
+/// `campaign.canceled` event (its progress counting those calls CANCELED), in one
+/// transaction (the calls in one statement). Calls in progress finish. Returns the campaign
+/// and how many calls were canceled; canceling a canceled campaign again cancels nothing
+/// more (0) and writes no campaign event.
 ///
 /// A claim running at the same time either claimed a call first (it is IN_PROGRESS and
 /// finishes) or leaves it PENDING, and then this statement, which waits for the claim's row
@@ -347,23 +413,143 @@ async fn not_changed<C: deadpool_postgres::GenericClient>(
 pub async fn cancel_campaign(pool: &Pool, id: Uuid) -> StoreResult<(CampaignChanged, u64)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let updated = query_opt(
+    let Some(row) = query_opt(
         &tx,
-        "UPDATE campaigns SET status = 'CANCELED', canceled_at = COALESCE(canceled_at, now()), \
-                updated_at = CASE WHEN status = 'CANCELED' THEN updated_at ELSE now() END \
-          WHERE id = $1 RETURNING id",
+        "SELECT status = 'CANCELED' AS canceled FROM campaigns WHERE id = $1 FOR NO KEY UPDATE",
         &[&id],
     )
-    .await?;
-    if updated.is_none() {
+    .await?
+    else {
         return Ok((CampaignChanged::NotFound, 0));
+    };
+    let already: bool = row.try_get("canceled")?;
+    if !already {
+        execute(
+            &tx,
+            "UPDATE campaigns SET status = 'CANCELED', canceled_at = now(), updated_at = now(), \
+                    sequence = sequence + 1 \
+              WHERE id = $1",
+            &[&id],
+        )
+        .await?;
     }
     let canceled = cancel_pending_calls_of(&tx, id).await?;
-    let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = $1");
-    let row = query_one(&tx, &sql, &[&id]).await?;
-    let campaign = campaign_from_row(&row)?;
+    let changed = if already {
+        let campaign = read_campaign(&tx, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("campaign {id} vanished while locked")))?;
+        CampaignChanged::Unchanged(Box::new(campaign))
+    } else {
+        let snapshot = record_campaign_event(&tx, id, EventType::CampaignCanceled).await?;
+        CampaignChanged::Done(Box::new(snapshot.campaign))
+    };
     tx.commit().await?;
-    Ok((CampaignChanged::Done(Box::new(campaign)), canceled))
+    Ok((changed, canceled))
+}
+
+/// Marks a campaign reported completed as having new calls, in the transaction that added
+/// them (which holds the campaign `FOR SHARE`, read after any completion that committed):
+/// the reclaimer's next pass clears its `completed_at`, so that a new `campaign.completed`
+/// follows once they have ended. Costs nothing to an add to a campaign not completed.
+pub(crate) async fn reopen<C: GenericClient>(client: &C, campaign_id: Uuid) -> StoreResult<()> {
+    execute(
+        client,
+        "INSERT INTO campaign_reopened (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&campaign_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Campaigns completed per pass (the rest wait for the next one).
+pub const COMPLETE_BATCH: i64 = 100;
+
+/// SQL: the campaign of alias `k` has ended — ACTIVE, not reported completed yet, with at
+/// least one call and none PENDING or IN_PROGRESS (two probes of `calls_campaign_status`).
+const FINISHED: &str = "k.status = 'ACTIVE' AND k.completed_at IS NULL \
+     AND EXISTS (SELECT 1 FROM calls c WHERE c.campaign_id = k.id) \
+     AND NOT EXISTS (SELECT 1 FROM calls o WHERE o.campaign_id = k.id \
+                      AND o.status IN ('PENDING', 'IN_PROGRESS'))";
+
+/// The reclaimer's step: every ACTIVE campaign whose calls have all ended (at least one
+/// call, none PENDING or IN_PROGRESS) gets its `completed_at` and its `campaign.completed`
+/// event, in one transaction, at most `limit` per call. Marked once: a campaign with
+/// `completed_at` is not looked at again, so two passes (or two reclaimers) write one
+/// event. Calls added to it later reopen it (`reopen`): this step first clears the
+/// `completed_at` of the campaigns reopened, so each time the calls added have all ended,
+/// one more `campaign.completed` follows (with the campaign's next sequence).
+///
+/// The campaigns are taken `FOR NO KEY UPDATE SKIP LOCKED`, so one that a call is being
+/// added to (its `FOR SHARE` held until that insert commits) is left for the next pass, and
+/// then checked again in a fresh snapshot: a call committed meanwhile keeps it open. An add
+/// that waited for this lock reads the `completed_at` written here, and reopens the
+/// campaign. This costs the hot path nothing: settling a call does not look at its campaign.
+pub async fn complete_finished_campaigns(pool: &Pool, limit: i64) -> StoreResult<Vec<Campaign>> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let reopened: Vec<Uuid> = query(
+        &tx,
+        "SELECT k.id FROM campaigns k JOIN campaign_reopened r ON r.campaign_id = k.id \
+          ORDER BY k.id LIMIT $1 FOR NO KEY UPDATE OF k SKIP LOCKED",
+        &[&limit],
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<_, _>>()?;
+    if !reopened.is_empty() {
+        execute(
+            &tx,
+            "UPDATE campaigns SET completed_at = NULL WHERE id = ANY($1)",
+            &[&reopened],
+        )
+        .await?;
+        execute(
+            &tx,
+            "DELETE FROM campaign_reopened WHERE campaign_id = ANY($1)",
+            &[&reopened],
+        )
+        .await?;
+        for id in &reopened {
+            tracing::info!(campaign_id = %id, "campaign reopened: calls were added after its campaign.completed");
+        }
+    }
+    let candidates: Vec<Uuid> = query(
+        &tx,
+        &format!(
+            "SELECT k.id FROM campaigns k WHERE {FINISHED} \
+              ORDER BY k.id LIMIT $1 FOR NO KEY UPDATE OF k SKIP LOCKED"
+        ),
+        &[&limit],
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<_, _>>()?;
+    if candidates.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    // A new statement, a new snapshot: checked again with what committed since.
+    let finished: Vec<Uuid> = query(
+        &tx,
+        &format!(
+            "UPDATE campaigns k SET completed_at = now(), sequence = k.sequence + 1 \
+              WHERE k.id = ANY($1) AND {FINISHED} RETURNING k.id"
+        ),
+        &[&candidates],
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get(0))
+    .collect::<Result<_, _>>()?;
+    let mut completed = Vec::with_capacity(finished.len());
+    for id in finished {
+        let snapshot = record_campaign_event(&tx, id, EventType::CampaignCompleted).await?;
+        completed.push(snapshot.campaign);
+    }
+    tx.commit().await?;
+    Ok(completed)
 }
 
 /// Every PENDING call of a campaign CANCELED, with its event, in one statement.
@@ -459,7 +645,7 @@ pub async fn add_campaign_calls(
     // cancels what it inserted; or it went first, and this sees CANCELED.
     let Some(campaign) = query_opt(
         &tx,
-        "SELECT status, max_concurrency, \
+        "SELECT status, max_concurrency, completed_at IS NOT NULL AS completed, \
                 (SELECT count(*) FROM calls WHERE campaign_id = $1 AND status = 'IN_PROGRESS') AS in_progress \
            FROM campaigns WHERE id = $1 FOR SHARE",
         &[&campaign_id],
@@ -607,6 +793,9 @@ pub async fn add_campaign_calls(
         if row.try_get::<_, bool>("messaged")? {
             enqueue.push(crate::queue::Enqueue::now(id));
         }
+    }
+    if !inserted.is_empty() && campaign.try_get::<_, bool>("completed")? {
+        reopen(&tx, campaign_id).await?;
     }
     // The rows whose key existed: ON CONFLICT waited for their transactions, so the rows
     // are visible now.

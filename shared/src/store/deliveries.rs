@@ -3,10 +3,10 @@
 //!
 //! - [`fan_out`]: each event not fanned out yet gets one delivery per endpoint that was
 //!   enabled and subscribed to its type when the event happened, plus one to its call's
-//!   `callbackUrl`.
+//!   (or its campaign's) `callbackUrl`.
 //! - [`claim_due`]: due deliveries are leased (`FOR UPDATE SKIP LOCKED`, so notifiers share
-//!   the work) and their attempt logged before anything is sent. A call's events reach one
-//!   receiver in sequence order: a delivery waits while an earlier event of its call is
+//!   the work) and their attempt logged before anything is sent. A call's events (and a
+//!   campaign's) reach one receiver in sequence order: a delivery waits while an earlier event of its call is
 //!   still pending for the same receiver (or not fanned out yet). A notifier that dies
 //!   between sending and recording leaves the lease to expire: the delivery is sent again
 //!   (at least once, never lost), its attempt shown as "no result recorded".
@@ -32,15 +32,15 @@ pub async fn fan_out(pool: &Pool, limit: i64, retry_window: Duration) -> StoreRe
     let row = query_one(
         &client,
         "WITH events AS ( \
-             SELECT id, call_id, sequence, type, created_at FROM call_events \
+             SELECT id, call_id, campaign_id, sequence, type, created_at FROM call_events \
               WHERE fanned_out_at IS NULL ORDER BY created_at, call_id, sequence \
               LIMIT $1 FOR UPDATE SKIP LOCKED), \
          marked AS ( \
              UPDATE call_events e SET fanned_out_at = now() FROM events WHERE e.id = events.id \
              RETURNING e.id), \
          to_endpoints AS ( \
-             INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, sequence, retry_until) \
-             SELECT gen_random_uuid(), e.id, w.id, e.call_id, e.sequence, now() + make_interval(secs => $2) \
+             INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, campaign_id, sequence, retry_until) \
+             SELECT gen_random_uuid(), e.id, w.id, e.call_id, e.campaign_id, e.sequence, now() + make_interval(secs => $2) \
                FROM events e JOIN webhook_endpoints w \
                  ON w.enabled AND w.created_at <= e.created_at \
                 AND (w.event_types IS NULL OR e.type = ANY (w.event_types)) \
@@ -49,9 +49,15 @@ pub async fn fan_out(pool: &Pool, limit: i64, retry_window: Duration) -> StoreRe
              INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, sequence, retry_until) \
              SELECT gen_random_uuid(), e.id, NULL, e.call_id, e.sequence, now() + make_interval(secs => $2) \
                FROM events e JOIN calls c ON c.id = e.call_id WHERE c.callback_url IS NOT NULL \
+             ON CONFLICT DO NOTHING RETURNING 1), \
+         to_campaign_callbacks AS ( \
+             INSERT INTO webhook_deliveries (id, event_id, endpoint_id, campaign_id, sequence, retry_until) \
+             SELECT gen_random_uuid(), e.id, NULL, e.campaign_id, e.sequence, now() + make_interval(secs => $2) \
+               FROM events e JOIN campaigns k ON k.id = e.campaign_id WHERE k.callback_url IS NOT NULL \
              ON CONFLICT DO NOTHING RETURNING 1) \
          SELECT (SELECT count(*) FROM marked) AS events, \
-                (SELECT count(*) FROM to_endpoints) + (SELECT count(*) FROM to_callbacks) AS deliveries",
+                (SELECT count(*) FROM to_endpoints) + (SELECT count(*) FROM to_callbacks) \
+                  + (SELECT count(*) FROM to_campaign_callbacks) AS deliveries",
         &[&limit, &seconds(retry_window)],
     )
     .await?;
@@ -76,7 +82,10 @@ pub struct DueDelivery {
     pub event_type: String,
     pub event_created_at: DateTime<Utc>,
     pub data: serde_json::Value,
-    pub call_id: Uuid,
+    /// The call the event reports on; none for a campaign's event.
+    pub call_id: Option<Uuid>,
+    /// The campaign a `campaign.*` event reports on.
+    pub campaign_id: Option<Uuid>,
     pub sequence: i64,
 }
 
@@ -99,6 +108,13 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> StoreResult<
                 AND NOT EXISTS ( \
                      SELECT 1 FROM call_events pe \
                       WHERE pe.call_id = d.call_id AND pe.sequence < d.sequence AND pe.fanned_out_at IS NULL) \
+                AND (d.campaign_id IS NULL OR NOT EXISTS ( \
+                     SELECT 1 FROM webhook_deliveries p \
+                      WHERE p.campaign_id = d.campaign_id AND p.sequence < d.sequence AND p.status = 'PENDING' \
+                        AND (p.endpoint_id = d.endpoint_id OR (p.endpoint_id IS NULL AND d.endpoint_id IS NULL)))) \
+                AND (d.campaign_id IS NULL OR NOT EXISTS ( \
+                     SELECT 1 FROM call_events pe \
+                      WHERE pe.campaign_id = d.campaign_id AND pe.sequence < d.sequence AND pe.fanned_out_at IS NULL)) \
               ORDER BY d.next_attempt_at \
               LIMIT $1 \
               FOR UPDATE OF d SKIP LOCKED), \
@@ -110,15 +126,16 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> StoreResult<
          logged AS ( \
              INSERT INTO webhook_delivery_attempts (delivery_id, attempt_no) \
              SELECT id, attempts FROM taken RETURNING 1) \
-         SELECT t.id, t.attempts, t.endpoint_id, COALESCE(w.url, c.callback_url) AS url, w.secret, \
+         SELECT t.id, t.attempts, t.endpoint_id, COALESCE(w.url, c.callback_url, k.callback_url) AS url, w.secret, \
                 CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret, \
-                e.id AS event_id, e.type, e.created_at, e.data, e.call_id, e.sequence, \
+                e.id AS event_id, e.type, e.created_at, e.data, e.call_id, e.campaign_id, e.sequence, \
                 (SELECT count(*) FROM logged) AS logged \
            FROM taken t \
            JOIN call_events e ON e.id = t.event_id \
-           JOIN calls c ON c.id = e.call_id \
+           LEFT JOIN calls c ON c.id = e.call_id \
+           LEFT JOIN campaigns k ON k.id = e.campaign_id \
            LEFT JOIN webhook_endpoints w ON w.id = t.endpoint_id \
-          ORDER BY e.call_id, e.sequence",
+          ORDER BY e.call_id, e.campaign_id, e.sequence",
         &[&limit, &seconds(lease)],
     )
     .await?;
@@ -146,6 +163,7 @@ pub async fn claim_due(pool: &Pool, limit: i64, lease: Duration) -> StoreResult<
                 event_created_at: row.try_get("created_at")?,
                 data: row.try_get("data")?,
                 call_id: row.try_get("call_id")?,
+                campaign_id: row.try_get("campaign_id")?,
                 sequence: row.try_get("sequence")?,
             })
         })

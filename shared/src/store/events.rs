@@ -1,6 +1,7 @@
-//! The outbox of outbound events: one `call_events` row per change of a call, written in the
-//! transaction of the change (so an event is never reported for a change that rolled back,
-//! and never lost for one that committed), and what the API reads back of them.
+//! The outbox of outbound events: one `call_events` row per change of a call (or of a
+//! campaign's state, `record_campaign_event`), written in the transaction of the change (so
+//! an event is never reported for a change that rolled back, and never lost for one that
+//! committed), and what the API reads back of them.
 //!
 //! Every statement that changes a call in a way an event reports also increments the call's
 //! `sequence`; the event written right after it carries that value and a snapshot of the
@@ -13,7 +14,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{execute, query, query_opt, Pool, StoreError, StoreResult};
-use crate::events::{CallSnapshot, EventBody, EventType};
+use crate::events::{CallSnapshot, EventBody, EventData, EventType};
+use crate::store::campaigns::CampaignWithProgress;
 
 /// SQL: the call of alias `c` as a `jsonb` object with the keys of [`crate::store::Call`]
 /// and its dials (read from `call_attempts`), as `GET /calls/{id}` shows it. Timestamps are
@@ -111,6 +113,48 @@ fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
     Ok(())
 }
 
+/// Writes the `campaign.*` event of a campaign changed just before in this transaction (its
+/// `sequence` incremented by that change): its `data` is the campaign with its progress as
+/// `GET /campaigns/{id}` shows it, read in this transaction, and returned. As for a call's
+/// events, one nobody would receive (no `callbackUrl` on the campaign, no enabled endpoint
+/// subscribed to the type) is written already fanned out.
+pub(crate) async fn record_campaign_event<C: GenericClient>(
+    client: &C,
+    campaign_id: Uuid,
+    kind: EventType,
+) -> StoreResult<CampaignWithProgress> {
+    if !kind.is_campaign() {
+        return Err(StoreError::Corrupt(format!(
+            "{kind} is not a campaign event (campaign {campaign_id})"
+        )));
+    }
+    let snapshot = super::campaigns::snapshot_of(client, campaign_id)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("campaign {campaign_id} changed but not found"))
+        })?;
+    let data = serde_json::to_value(&snapshot)
+        .map_err(|e| StoreError::Corrupt(format!("campaign {campaign_id}'s snapshot: {e}")))?;
+    let sql = format!(
+        "INSERT INTO call_events (id, campaign_id, sequence, type, data, fanned_out_at) \
+         SELECT $1, k.id, k.sequence, $3::text, $4, {} FROM campaigns k WHERE k.id = $2",
+        fanned_out_at_sql("k", "$3::text")
+    );
+    let written = execute(
+        client,
+        &sql,
+        &[&Uuid::now_v7(), &campaign_id, &kind.as_str(), &data],
+    )
+    .await?;
+    if written != 1 {
+        return Err(StoreError::Corrupt(format!(
+            "the {kind} event of campaign {campaign_id}: {written} rows written"
+        )));
+    }
+    tracing::debug!(campaign_id = %campaign_id, event_type = %kind, sequence = snapshot.campaign.sequence, "campaign event written");
+    Ok(snapshot)
+}
+
 /// A stored snapshot as the API shows a call (the API's timestamp format, the result's
 /// bounds applied).
 pub fn render_snapshot(data: serde_json::Value) -> StoreResult<CallSnapshot> {
@@ -125,13 +169,24 @@ pub fn event_body(
     created_at: DateTime<Utc>,
     data: serde_json::Value,
 ) -> StoreResult<EventBody> {
+    let kind: EventType = kind
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("event type {kind:?}")))?;
+    let data = if kind.is_campaign() {
+        // Written from the API's own type: it reads back as it was written.
+        EventData::Campaign(Box::new(serde_json::from_value(data).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "a campaign event's snapshot does not read back: {e}"
+            ))
+        })?))
+    } else {
+        EventData::Call(Box::new(render_snapshot(data)?))
+    };
     Ok(EventBody {
-        kind: kind
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("event type {kind:?}")))?,
+        kind,
         id,
         created_at,
-        data: render_snapshot(data)?,
+        data,
     })
 }
 
@@ -300,7 +355,7 @@ pub enum Redelivered {
 }
 
 /// Sends an event again: to every enabled endpoint subscribed to its type, and to the call's
-/// `callbackUrl`, each delivery due now and retried for `retry_window` from now (an earlier
+/// (or the campaign's) `callbackUrl`, each delivery due now and retried for `retry_window` from now (an earlier
 /// delivery of it, delivered or failed, is reopened with its attempt log kept).
 pub async fn redeliver_event(
     pool: &Pool,
@@ -320,14 +375,16 @@ pub async fn redeliver_event(
     }
     let rows = query(
         &client,
-        "WITH e AS (SELECT id, call_id, sequence, type FROM call_events WHERE id = $1), \
+        "WITH e AS (SELECT id, call_id, campaign_id, sequence, type FROM call_events WHERE id = $1), \
          targets AS ( \
              SELECT w.id AS endpoint_id FROM webhook_endpoints w, e \
               WHERE w.enabled AND (w.event_types IS NULL OR e.type = ANY (w.event_types)) \
              UNION ALL \
-             SELECT NULL FROM e JOIN calls c ON c.id = e.call_id WHERE c.callback_url IS NOT NULL) \
-         INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, sequence, retry_until) \
-         SELECT gen_random_uuid(), e.id, t.endpoint_id, e.call_id, e.sequence, \
+             SELECT NULL FROM e JOIN calls c ON c.id = e.call_id WHERE c.callback_url IS NOT NULL \
+             UNION ALL \
+             SELECT NULL FROM e JOIN campaigns k ON k.id = e.campaign_id WHERE k.callback_url IS NOT NULL) \
+         INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, campaign_id, sequence, retry_until) \
+         SELECT gen_random_uuid(), e.id, t.endpoint_id, e.call_id, e.campaign_id, e.sequence, \
                 now() + make_interval(secs => $2) \
            FROM e, targets t \
          ON CONFLICT (event_id, endpoint_id) DO UPDATE \
