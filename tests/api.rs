@@ -8,17 +8,16 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, SubsecRound as _, TimeDelta, Utc};
+use common::http::{send, Reply};
 use common::TestEnv;
 use ebra_api::AppState;
 use ebra_shared::queue::CallsQueue;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 const PHONE: &str = "+14155550100";
@@ -31,89 +30,6 @@ struct Api {
     router: Router,
     /// Sent as the bearer token when set.
     token: Option<String>,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts an RFC 9457 problem with this status, and returns its body.
-    #[track_caller]
-    fn problem(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "status; body: {}",
-            self.text()
-        );
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "body: {}",
-            self.text()
-        );
-        let body = self.json();
-        assert!(
-            body["type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("urn:ebra:problem:")),
-            "problem type: {body}"
-        );
-        assert!(
-            body["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "problem title: {body}"
-        );
-        assert_eq!(body["status"], status, "problem status: {body}");
-        assert!(body["detail"].is_string(), "problem detail: {body}");
-        body
-    }
-
-    /// The `field`s of a validation problem.
-    fn fields(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["field"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-async fn send(router: Router, request: Request<Body>) -> Reply {
-    let response = router
-        .oneshot(request)
-        .await
-        .expect("the router is infallible");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("reading the body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
 }
 
 fn state(env: &TestEnv, overrides: &[(&str, &str)], queue: Option<CallsQueue>) -> AppState {
@@ -157,7 +73,7 @@ impl Api {
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
-        send(self.router.clone(), request).await
+        send(&self.router, request).await
     }
 
     fn builder(&self, method: Method, path: &str) -> axum::http::request::Builder {
@@ -855,7 +771,7 @@ async fn concurrent_creates_with_one_key_make_one_call() {
                 .unwrap();
             tokio::spawn(async move {
                 start.wait().await;
-                send(router, request).await
+                send(&router, request).await
             })
         })
         .collect();

@@ -13,61 +13,22 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use common::http::{send, Reply};
 use common::TestEnv;
 use ebra_api::AppState;
 use ebra_shared::clock::Clock;
 use ebra_shared::store::claim::{claim_calls_at, Claim, ClaimLimits};
 use ebra_shared::Config;
-use http_body_util::BodyExt as _;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
 const TOKEN: &str = "rules-token-1";
-
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-    content_type: Option<String>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    #[track_caller]
-    fn expect(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        if self.body.is_empty() {
-            Value::Null
-        } else {
-            self.json()
-        }
-    }
-
-    /// Asserts a problem+json answer with this status; returns its body.
-    #[track_caller]
-    fn problem(&self, status: u16) -> Value {
-        let body = self.expect(status);
-        assert_eq!(
-            self.content_type.as_deref(),
-            Some("application/problem+json")
-        );
-        body
-    }
-}
 
 /// The API and the claim over a fresh environment, on a clock the test sets.
 struct Rules {
@@ -113,29 +74,7 @@ impl Rules {
             .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body.to_owned()))
             .expect("request");
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("infallible");
-        let content_type = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Reply {
-            status,
-            body,
-            content_type,
-        }
+        send(&self.router, request).await
     }
 
     async fn post_call(&self, body: Value) -> Reply {
@@ -565,28 +504,14 @@ async fn a_call_outside_its_window_is_parked_and_the_refill_brings_it() {
         json!({"start": start, "end": end}),
         Some("UTC"),
     );
-    let response = router
-        .oneshot(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/calls")
-                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string()))
-                .expect("request"),
-        )
-        .await
-        .expect("infallible");
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let call: Value = serde_json::from_slice(
-        &response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes(),
-    )
-    .expect("json");
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/calls")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let call = send(&router, request).await.expect(201);
     assert_eq!(instant(&call["nextRunAt"]), opens);
     let id = id_of(&call);
     // Due within SQS's delay: the create sent its message, delayed to the opening.

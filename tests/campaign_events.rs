@@ -15,6 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
+use common::http::{send, Reply};
 use common::{generic_report, TestEnv};
 use ebra_api::AppState;
 use ebra_notifier::{run_pass, NotifierState, PassReport};
@@ -26,7 +27,6 @@ use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::settle_from_webhook;
 use ebra_shared::webhook_signature::WebhookSecret;
 use ebra_shared::Config;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 use uuid::Uuid;
@@ -156,39 +156,6 @@ struct Stage {
     reclaimer: ReclaimerState,
 }
 
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    #[track_caller]
-    fn ok(&self) -> Value {
-        assert!(
-            self.status.is_success(),
-            "{}: {}",
-            self.status,
-            String::from_utf8_lossy(&self.body)
-        );
-        self.json()
-    }
-
-    #[track_caller]
-    fn status(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        self.json()
-    }
-}
-
 /// A stored campaign event.
 #[derive(Debug)]
 struct Stored {
@@ -249,29 +216,19 @@ impl Stage {
             }
             None => Body::empty(),
         };
-        let response = self
-            .api
-            .clone()
-            .oneshot(builder.body(body).unwrap())
-            .await
-            .expect("the router answers");
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            body: body.collect().await.expect("body").to_bytes(),
-        }
+        send(&self.api, builder.body(body).unwrap()).await
     }
 
     async fn register(&self, body: Value) -> Value {
         let reply = self
             .send(Method::POST, "/webhook-endpoints", Some(&body))
             .await;
-        reply.status(201)
+        reply.expect(201)
     }
 
     async fn create_campaign(&self, body: Value) -> Uuid {
         let reply = self.send(Method::POST, "/campaigns", Some(&body)).await;
-        reply.status(201)["id"].as_str().unwrap().parse().unwrap()
+        reply.expect(201)["id"].as_str().unwrap().parse().unwrap()
     }
 
     /// `GET /campaigns/{id}`.
@@ -653,7 +610,7 @@ async fn calls_added_after_completion_bring_one_more_completed_when_they_end() {
             Some(&json!({"to": "+14155550173", "scriptId": "renewal-v2", "campaignId": id})),
         )
         .await
-        .status(201);
+        .expect(201);
     stage
         .cancel_call(reply["id"].as_str().unwrap().parse().unwrap())
         .await;
@@ -893,7 +850,7 @@ async fn a_campaign_event_is_redelivered_to_its_callback_url() {
             None,
         )
         .await;
-    assert_eq!(reply.status(202)["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(reply.expect(202)["deliveries"].as_array().unwrap().len(), 1);
     stage.drain().await;
     let got = callback.campaign_events(CALLBACK_SECRET);
     assert_eq!(kinds(&got), ["campaign.created", "campaign.created"]);
@@ -911,8 +868,8 @@ async fn a_refused_action_writes_no_event() {
     stage.act(id, "cancel").await.ok();
     let before = stage.kinds(id).await;
     assert_eq!(before, ["campaign.created", "campaign.canceled"]);
-    stage.act(id, "resume").await.status(409);
-    stage.act(id, "pause").await.status(409);
+    stage.act(id, "resume").await.expect(409);
+    stage.act(id, "pause").await.expect(409);
     stage
         .send(
             Method::POST,
@@ -920,13 +877,13 @@ async fn a_refused_action_writes_no_event() {
             Some(&json!({"calls": [{"to": "+14155550151", "scriptId": "s"}]})),
         )
         .await
-        .status(409);
+        .expect(409);
     assert_eq!(stage.kinds(id).await, before);
     assert_eq!(stage.campaign(id).await["sequence"], 2);
     // Unknown campaign: 404, nothing written.
     let nowhere = Uuid::now_v7();
-    stage.act(nowhere, "pause").await.status(404);
-    stage.act(nowhere, "cancel").await.status(404);
+    stage.act(nowhere, "pause").await.expect(404);
+    stage.act(nowhere, "cancel").await.expect(404);
     assert_eq!(
         stage
             .env
@@ -938,7 +895,7 @@ async fn a_refused_action_writes_no_event() {
     stage
         .send(Method::POST, "/campaigns", Some(&json!({"name": ""})))
         .await
-        .status(422);
+        .expect(422);
     assert_eq!(
         stage
             .env
@@ -965,7 +922,7 @@ async fn endpoints_subscribe_to_campaign_types() {
             Some(&json!({"url": "https://hooks.example.test/b", "events": ["campaign.finished"]})),
         )
         .await;
-    reply.status(422);
+    reply.expect(422);
 }
 
 #[tokio::test]

@@ -7,84 +7,21 @@ mod common;
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
+use common::http::{send, Reply};
 use common::TestEnv;
 use ebra_api::AppState;
 use ebra_shared::store::claim::{claim_calls, Claim};
 use ebra_shared::store::sweep::refill_free_slots;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 struct Api {
     env: TestEnv,
     router: Router,
     cap: u32,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    #[track_caller]
-    fn ok(&self) -> Value {
-        assert!(
-            self.status.is_success(),
-            "status {}: {}",
-            self.status,
-            self.text()
-        );
-        self.json()
-    }
-
-    /// Asserts an RFC 9457 problem with this status, and returns its body.
-    #[track_caller]
-    fn problem(&self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        assert_eq!(
-            self.headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("application/problem+json"),
-            "body: {}",
-            self.text()
-        );
-        let body = self.json();
-        assert_eq!(body["status"], status, "{body}");
-        assert!(body["detail"].is_string(), "{body}");
-        body
-    }
-
-    fn fields(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["field"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 impl Api {
@@ -106,18 +43,7 @@ impl Api {
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("the router is infallible");
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("body").to_bytes(),
-        }
+        send(&self.router, request).await
     }
 
     async fn call(

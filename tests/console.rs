@@ -15,13 +15,12 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use common::http::send;
 use ebra::console::sigv4::Signer;
 use ebra::console::{router, Proxy};
 use hmac::{Hmac, Mac};
-use http_body_util::BodyExt as _;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
-use tower::ServiceExt as _;
 
 const PORT: u16 = 3100;
 const HOST: &str = "127.0.0.1:3100";
@@ -323,29 +322,6 @@ async fn setup(session_token: Option<&str>) -> Setup {
         router: router(Arc::new(proxy)),
         log,
         _server: server,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-async fn send(router: &Router, request: Request<Body>) -> Reply {
-    let response = router.clone().oneshot(request).await.expect("infallible");
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.expect("body").to_bytes(),
     }
 }
 

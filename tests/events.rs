@@ -18,6 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use common::http::{send, Reply};
 use common::{generic_report, TestEnv};
 use ebra_api::AppState;
 use ebra_notifier::{run_pass, NotifierState, PassReport};
@@ -30,9 +31,7 @@ use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::settle_from_webhook;
 use ebra_shared::webhook_signature::WebhookSecret;
 use ebra_shared::Config;
-use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
-use tower::ServiceExt as _;
 use tracing::instrument::WithSubscriber as _;
 use uuid::Uuid;
 
@@ -207,49 +206,6 @@ struct Stage {
     resolver: StaticResolver,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    #[track_caller]
-    fn problem(&self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(
-            self.headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok()),
-            Some("application/problem+json")
-        );
-        let body = self.json();
-        assert_eq!(body["status"], status);
-        body
-    }
-
-    fn fields(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .filter_map(|e| e["field"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
 impl Stage {
     /// Private addresses allowed (the receivers are on loopback) unless `overrides` say not.
     async fn new(overrides: &[(&str, &str)]) -> Self {
@@ -295,18 +251,7 @@ impl Stage {
             }
             None => Body::empty(),
         };
-        let response = self
-            .api
-            .clone()
-            .oneshot(builder.body(body).unwrap())
-            .await
-            .expect("the router answers");
-        let (parts, body) = response.into_parts();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.expect("body").to_bytes(),
-        }
+        send(&self.api, builder.body(body).unwrap()).await
     }
 
     /// Registers an endpoint (asserting the 201): its JSON, with its secret.

@@ -11,6 +11,7 @@
 
 pub mod contract;
 pub mod fakes;
+pub mod http;
 
 use std::collections::HashMap;
 use std::time::Duration;
