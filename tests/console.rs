@@ -348,7 +348,7 @@ async fn the_console_is_served_here_and_the_api_calls_are_signed() {
     )
     .await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(String::from_utf8_lossy(&page.body).contains("console/main.js"));
+    assert!(page.text().contains("console/main.js"));
     assert!(
         setup.log.lock().unwrap().is_empty(),
         "served here, not upstream"
@@ -367,12 +367,7 @@ async fn the_console_is_served_here_and_the_api_calls_are_signed() {
         .unwrap(),
     )
     .await;
-    assert_eq!(
-        list.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&list.body)
-    );
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text());
     assert_eq!(
         list.json(),
         json!({"path": "/prod/calls", "query": "status=FAILED&to=%2B14155550100&pageSize=25", "body": ""})

@@ -259,24 +259,12 @@ impl Stage {
         let reply = self
             .send(Method::POST, "/webhook-endpoints", Some(&body))
             .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()
+        reply.expect(201)
     }
 
     async fn create_call(&self, body: Value) -> Uuid {
         let reply = self.send(Method::POST, "/calls", Some(&body)).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::CREATED,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        reply.json()["id"].as_str().unwrap().parse().unwrap()
+        reply.expect(201)["id"].as_str().unwrap().parse().unwrap()
     }
 
     async fn call(&self, id: Uuid) -> Value {
@@ -448,7 +436,7 @@ async fn endpoints_are_registered_listed_changed_rotated_and_removed() {
         .await;
     assert_eq!(one.status, StatusCode::OK);
     assert!(one.json().get("secret").is_none());
-    assert!(!String::from_utf8_lossy(&one.body).contains(&secret));
+    assert!(!one.text().contains(&secret));
 
     let patched = stage
         .send(
@@ -1056,12 +1044,7 @@ async fn events_nobody_receives_are_written_fanned_out_and_wake_nobody() {
     let reply = stage
         .send(Method::POST, &format!("/calls/{canceled}/cancel"), None)
         .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect(200);
     assert_eq!(env.count(waiting).await, 1);
     nudge.after_change(&env.pool).await;
     assert_eq!(
