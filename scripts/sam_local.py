@@ -1,9 +1,11 @@
 """Helpers of scripts/sam-local, run with the SAM CLI's own Python (its venv has boto3).
 
-  template SRC DST              the built template, with AWS_ENDPOINT_URL_SQS declared so that
-                                the --env-vars file can set it (SAM passes only declared
-                                variables to a function), and every function's timeout
-                                SAM_LOCAL_TIMEOUT (120 s: qemu is slow)
+  template SRC DST [PREBUILT]   a copy of the template (SAM's built one, or template.yaml with
+                                PREBUILT: each function's CodeUri set to PREBUILT/<Binary>,
+                                its BuildMethod removed), with AWS_ENDPOINT_URL_SQS declared
+                                so that the --env-vars file can set it (SAM passes only
+                                declared variables to a function), and every function's
+                                timeout SAM_LOCAL_TIMEOUT (120 s: qemu is slow)
   queues ENDPOINT NAME          create NAME-dlq and NAME as `ebra dev` does; print NAME's URL
   worker-event ENDPOINT QUEUE_URL TEMPLATE_EVENT OUT [CALL_ID]
                                 receive the queue's next message (the one of CALL_ID when
@@ -45,11 +47,26 @@ def sqs(endpoint):
     )
 
 
-def template(src, dst):
+def template(src, dst, prebuilt=None):
     from samcli.yamlhelper import yaml_dump, yaml_parse
 
     with open(src, encoding="utf-8") as f:
         doc = yaml_parse(f.read())
+    if prebuilt:
+        # The bootstraps built already (one `cargo lambda build` for all): each function's
+        # CodeUri is its directory PREBUILT/<Binary>, without the BuildMethod, so `sam local`
+        # mounts it at /var/task as it would the output of `sam build`.
+        for name, resource in doc.get("Resources", {}).items():
+            if resource.get("Type") != "AWS::Serverless::Function":
+                continue
+            metadata = resource.pop("Metadata", {}) or {}
+            if metadata.get("BuildMethod") != "rust-cargolambda":
+                sys.exit(f"sam-local: {name} is not built by rust-cargolambda")
+            binary = metadata["BuildProperties"]["Binary"]
+            code = os.path.join(os.path.abspath(prebuilt), binary)
+            if not os.path.isfile(os.path.join(code, "bootstrap")):
+                sys.exit(f"sam-local: no {code}/bootstrap for {name}")
+            resource["Properties"]["CodeUri"] = code
     variables = (
         doc.setdefault("Globals", {})
         .setdefault("Function", {})
