@@ -8,14 +8,14 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use common::http::{send, Reply};
+use common::receiver::{Answer, Received, Receiver};
 use common::{generic_report, TestEnv};
 use ebra_api::AppState;
 use ebra_notifier::{run_pass, NotifierState, PassReport};
@@ -25,7 +25,6 @@ use ebra_shared::events::destination::{DestinationPolicy, StaticResolver};
 use ebra_shared::events::nudge::EventsNudge;
 use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::settle_from_webhook;
-use ebra_shared::webhook_signature::WebhookSecret;
 use ebra_shared::Config;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -34,114 +33,19 @@ use uuid::Uuid;
 /// The deployment's callback secret in these tests.
 const CALLBACK_SECRET: &str = "whsec_Y2FsbGJhY2stc2VjcmV0LWZvci10ZXN0cw==";
 
-// ---------------------------------------------------------------------------------------
-// A receiver on loopback: records every request; answers 204, or the statuses queued
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("an event body is JSON")
-    }
-
-    /// Verifies the Standard Webhooks signature with `secret` and returns the body.
-    #[track_caller]
-    fn verified(&self, secret: &str) -> Value {
-        let secret = WebhookSecret::parse(secret).expect("a whsec secret");
-        let verdict = secret.verify(
-            Some(self.header("webhook-id")),
-            Some(self.header("webhook-timestamp")),
-            Some(self.header("webhook-signature")),
-            &self.body,
-            chrono::Utc::now().timestamp(),
-        );
-        assert_eq!(
-            verdict,
-            Ok(()),
-            "signature of {}",
-            self.header("webhook-id")
-        );
-        let body = self.json();
-        assert_eq!(body["id"].as_str(), Some(self.header("webhook-id")));
-        body
-    }
-}
-
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    statuses: Arc<Mutex<std::collections::VecDeque<u16>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let statuses: Arc<Mutex<std::collections::VecDeque<u16>>> = Arc::default();
-        let (rec, sta) = (received.clone(), statuses.clone());
-        let router = Router::new().fallback(move |request: Request<Body>| {
-            let (rec, sta) = (rec.clone(), sta.clone());
-            async move {
-                let (parts, body) = request.into_parts();
-                let body = axum::body::to_bytes(body, 1 << 20)
-                    .await
-                    .unwrap_or_default();
-                rec.lock().unwrap().push(Received {
-                    headers: parts.headers,
-                    body,
-                });
-                let status = sta.lock().unwrap().pop_front().unwrap_or(204);
-                StatusCode::from_u16(status).unwrap().into_response()
-            }
-        });
-        let (base, server) = common::serve_on_loopback(router).await;
-        Self {
-            url: format!("{base}/hooks/ebra"),
-            received,
-            statuses,
-            server,
-        }
-    }
-
-    fn answer(&self, statuses: impl IntoIterator<Item = u16>) {
-        self.statuses.lock().unwrap().extend(statuses);
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// The bodies of the campaign events received (a campaign's `callbackUrl` is also its
-    /// calls' default, so it gets their events too), signatures verified with `secret`.
-    fn campaign_events(&self, secret: &str) -> Vec<Value> {
-        self.received()
-            .iter()
-            .map(|r| r.verified(secret))
-            .filter(|body| {
-                body["type"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with("campaign."))
-            })
-            .collect()
-    }
+/// The bodies of the campaign events `receiver` got (a campaign's `callbackUrl` is also its
+/// calls' default, so it gets their events too), signatures verified with `secret`.
+fn campaign_events(receiver: &Receiver, secret: &str) -> Vec<Value> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.verified(secret))
+        .filter(|body| {
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("campaign."))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -769,7 +673,7 @@ async fn delivered_signed_to_subscribed_endpoints_and_the_campaign_callback_url(
     ];
 
     // The endpoint subscribed to two types gets those two, signed with its secret.
-    let got = subscribed.campaign_events(subscribed_endpoint["secret"].as_str().unwrap());
+    let got = campaign_events(&subscribed, subscribed_endpoint["secret"].as_str().unwrap());
     assert_eq!(kinds(&got), ["campaign.created", "campaign.completed"]);
     assert_eq!(
         got.iter()
@@ -786,10 +690,10 @@ async fn delivered_signed_to_subscribed_endpoints_and_the_campaign_callback_url(
         .all(|body| body["type"].as_str().unwrap().starts_with("call.")));
     assert!(!calls_only.received().is_empty());
     // An endpoint without a filter gets every one, in sequence order.
-    let got = every.campaign_events(every_endpoint["secret"].as_str().unwrap());
+    let got = campaign_events(&every, every_endpoint["secret"].as_str().unwrap());
     assert_eq!(kinds(&got), all);
     // The campaign's callbackUrl: every one, signed with CALLBACK_SECRET, in order.
-    let got = callback.campaign_events(CALLBACK_SECRET);
+    let got = campaign_events(&callback, CALLBACK_SECRET);
     assert_eq!(kinds(&got), all);
     for (body, event) in got.iter().zip(&stored) {
         assert_eq!(body["data"], event.data);
@@ -816,7 +720,7 @@ async fn delivered_signed_to_subscribed_endpoints_and_the_campaign_callback_url(
 async fn a_campaigns_events_wait_for_an_earlier_one_still_retrying() {
     let stage = Stage::new(&[]).await;
     let callback = Receiver::start().await;
-    callback.answer([500]);
+    callback.answer([Answer::Status(500)]);
     let id = stage
         .create_campaign(json!({"name": "In order", "callbackUrl": callback.url}))
         .await;
@@ -826,7 +730,7 @@ async fn a_campaigns_events_wait_for_an_earlier_one_still_retrying() {
     let report = stage.notify().await;
     assert_eq!(report.sent, 0, "{report:?}");
     stage.drain().await;
-    let got = callback.campaign_events(CALLBACK_SECRET);
+    let got = campaign_events(&callback, CALLBACK_SECRET);
     assert_eq!(
         kinds(&got),
         ["campaign.created", "campaign.created", "campaign.paused"]
@@ -852,7 +756,7 @@ async fn a_campaign_event_is_redelivered_to_its_callback_url() {
         .await;
     assert_eq!(reply.expect(202)["deliveries"].as_array().unwrap().len(), 1);
     stage.drain().await;
-    let got = callback.campaign_events(CALLBACK_SECRET);
+    let got = campaign_events(&callback, CALLBACK_SECRET);
     assert_eq!(kinds(&got), ["campaign.created", "campaign.created"]);
     assert_eq!(got[1]["id"], event.id.to_string());
 }

@@ -12,6 +12,7 @@
 pub mod contract;
 pub mod fakes;
 pub mod http;
+pub mod receiver;
 
 use std::collections::HashMap;
 use std::time::Duration;
