@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
-use common::http::{send, Reply};
+use common::http::{send_json, Reply};
 use common::receiver::{Answer, Received, Receiver};
 use common::{generic_report, TestEnv};
 use ebra_api::AppState;
@@ -112,15 +112,7 @@ impl Stage {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
-        let mut builder = Request::builder().method(method).uri(path);
-        let body = match body {
-            Some(json) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Body::from(json.to_string())
-            }
-            None => Body::empty(),
-        };
-        send(&self.api, builder.body(body).unwrap()).await
+        send_json(&self.api, method, path, body).await
     }
 
     async fn register(&self, body: Value) -> Value {

@@ -14,10 +14,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use common::http::{send, Reply};
+use common::http::{send_json, Reply};
 use common::receiver::{Answer, Received, Receiver};
 use common::{generic_report, TestEnv};
 use ebra_api::AppState;
@@ -104,15 +103,7 @@ impl Stage {
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
-        let mut builder = Request::builder().method(method).uri(path);
-        let body = match body {
-            Some(json) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Body::from(json.to_string())
-            }
-            None => Body::empty(),
-        };
-        send(&self.api, builder.body(body).unwrap()).await
+        send_json(&self.api, method, path, body).await
     }
 
     /// Registers an endpoint (asserting the 201): its JSON, with its secret.

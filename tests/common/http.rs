@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt as _;
 use serde_json::Value;
@@ -30,6 +30,19 @@ pub async fn send(router: &Router, request: Request<Body>) -> Reply {
         headers: parts.headers,
         body: body.collect().await.expect("reading the body").to_bytes(),
     }
+}
+
+/// Sends `method path` to `router`, with `body` as `application/json` when there is one.
+pub async fn send_json(router: &Router, method: Method, path: &str, body: Option<&Value>) -> Reply {
+    let mut builder = Request::builder().method(method).uri(path);
+    let body = match body {
+        Some(json) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    send(router, builder.body(body).expect("a request")).await
 }
 
 impl Reply {
