@@ -423,13 +423,7 @@ enum BodyFormat {
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let essence = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(|value| value.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    match essence.as_str() {
+    match crate::extract::media_type(headers).as_str() {
         "text/csv" => Ok(BodyFormat::Csv),
         "application/json" => Ok(BodyFormat::Json),
         _ => Err(ApiError::UnsupportedMediaType(

@@ -43,20 +43,20 @@ where
     }
 }
 
-/// `application/json`, or a JSON-based type such as `application/merge-patch+json`.
-pub(crate) fn has_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers
+/// The request's media type: its `Content-Type` without parameters, lower-cased
+/// (`text/csv; charset=utf-8` → `text/csv`); empty when there is none.
+pub(crate) fn media_type(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = content_type
-        .split(';')
-        .next()
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
         .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+}
+
+/// `application/json`, or a JSON-based type such as `application/merge-patch+json`.
+pub(crate) fn has_json_content_type(headers: &HeaderMap) -> bool {
+    let essence = media_type(headers);
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

@@ -6,7 +6,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, Extensions, HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -315,12 +315,7 @@ pub async fn add_suppressions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BulkAdded>, ApiError> {
-    let is_csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/csv"));
-    if !is_csv {
+    if crate::extract::media_type(&headers) != "text/csv" {
         return Err(ApiError::UnsupportedMediaType(
             "Send the numbers as CSV with `Content-Type: text/csv`.".to_owned(),
         ));
