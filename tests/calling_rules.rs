@@ -92,6 +92,11 @@ impl Rules {
         self.post_call(body).await.expect(201)
     }
 
+    /// Creates a call to `to` with `window` (and `timezone`), asserting the 201.
+    async fn create_windowed(&self, to: &str, window: Value, timezone: Option<&str>) -> Value {
+        self.create(call_body(to, window, timezone)).await
+    }
+
     async fn get(&self, id: &str) -> Value {
         self.send(Method::GET, &format!("/calls/{id}"), "application/json", "")
             .await
@@ -141,11 +146,7 @@ async fn window_edges_one_second_before_opening_and_the_closing_second() {
     // 2030-07-01 is a Monday; New York is UTC-4 in July: 09:00 is 13:00Z, 20:00 is 00:00Z.
     rules.clock.set(at("2030-07-01T12:59:59Z"));
     let early = rules
-        .create(call_body(
-            "+12125550101",
-            window.clone(),
-            Some("America/New_York"),
-        ))
+        .create_windowed("+12125550101", window.clone(), Some("America/New_York"))
         .await;
     assert_eq!(early["timezone"], "America/New_York");
     assert_eq!(early["timeZones"], json!(["America/New_York"]));
@@ -171,11 +172,7 @@ async fn window_edges_one_second_before_opening_and_the_closing_second() {
     rules.clock.set(at("2030-07-01T23:59:59Z"));
     let last_second = id_of(
         &rules
-            .create(call_body(
-                "+12125550102",
-                window.clone(),
-                Some("America/New_York"),
-            ))
+            .create_windowed("+12125550102", window.clone(), Some("America/New_York"))
             .await,
     );
     assert!(matches!(
@@ -187,7 +184,7 @@ async fn window_edges_one_second_before_opening_and_the_closing_second() {
     // opening, and GET shows when that is.
     let closing = id_of(
         &rules
-            .create(call_body("+12125550103", window, Some("America/New_York")))
+            .create_windowed("+12125550103", window, Some("America/New_York"))
             .await,
     );
     rules.clock.set(at("2030-07-02T00:00:00Z"));
@@ -226,11 +223,7 @@ async fn dst_changes_in_new_york_march_and_november() {
     // Sunday 2030-03-10, clocks go forward at 02:00: 09:00 that day is EDT (13:00Z).
     rules.clock.set(at("2030-03-10T05:00:00Z"));
     let march = rules
-        .create(call_body(
-            "+12125550111",
-            window.clone(),
-            Some("America/New_York"),
-        ))
+        .create_windowed("+12125550111", window.clone(), Some("America/New_York"))
         .await;
     assert_eq!(instant(&march["nextRunAt"]), at("2030-03-10T13:00:00Z"));
     let march = id_of(&march);
@@ -243,11 +236,7 @@ async fn dst_changes_in_new_york_march_and_november() {
     // is 08:30 there, though it would be 09:30 on the summer offset.
     rules.clock.set(at("2030-11-03T05:00:00Z"));
     let november = rules
-        .create(call_body(
-            "+12125550112",
-            window.clone(),
-            Some("America/New_York"),
-        ))
+        .create_windowed("+12125550112", window.clone(), Some("America/New_York"))
         .await;
     assert_eq!(instant(&november["nextRunAt"]), at("2030-11-03T14:00:00Z"));
     let november = id_of(&november);
@@ -261,7 +250,7 @@ async fn dst_changes_in_new_york_march_and_november() {
 
     // The zone from the number (212 is New York): the same answer.
     rules.clock.set(at("2030-11-03T05:00:00Z"));
-    let by_number = rules.create(call_body("+12125550113", window, None)).await;
+    let by_number = rules.create_windowed("+12125550113", window, None).await;
     assert!(by_number["timezone"].is_null());
     assert_eq!(by_number["timeZones"], json!(["America/New_York"]));
     assert_eq!(instant(&by_number["nextRunAt"]), at("2030-11-03T14:00:00Z"));
@@ -274,18 +263,18 @@ async fn half_hour_and_three_quarter_hour_zones_from_the_number() {
     rules.clock.set(at("2030-07-01T00:00:00Z"));
     // India (+91, UTC+05:30) and Nepal (+977, UTC+05:45), from the numbers alone.
     let india = rules
-        .create(call_body("+919876543210", window.clone(), None))
+        .create_windowed("+919876543210", window.clone(), None)
         .await;
     assert_eq!(india["timeZones"], json!(["Asia/Calcutta"]));
     assert_eq!(instant(&india["nextRunAt"]), at("2030-07-01T03:30:00Z"));
     let nepal = rules
-        .create(call_body("+9779841234567", window.clone(), None))
+        .create_windowed("+9779841234567", window.clone(), None)
         .await;
     assert_eq!(nepal["timeZones"], json!(["Asia/Katmandu"]));
     assert_eq!(instant(&nepal["nextRunAt"]), at("2030-07-01T03:15:00Z"));
     // And given by name.
     let kolkata = rules
-        .create(call_body("+14155550121", window, Some("Asia/Kolkata")))
+        .create_windowed("+14155550121", window, Some("Asia/Kolkata"))
         .await;
     assert_eq!(instant(&kolkata["nextRunAt"]), at("2030-07-01T03:30:00Z"));
 
@@ -300,11 +289,11 @@ async fn half_hour_and_three_quarter_hour_zones_from_the_number() {
     rules.clock.set(at("2030-07-01T14:14:59Z"));
     let open = id_of(
         &rules
-            .create(call_body(
+            .create_windowed(
                 "+9779841234568",
                 json!({"start": "09:00", "end": "20:00"}),
                 None,
-            ))
+            )
             .await,
     );
     rules.clock.set(at("2030-07-01T14:15:00Z"));
@@ -322,11 +311,11 @@ async fn an_area_code_spanning_two_zones_waits_for_both() {
     // Los Angeles) until 02:00Z (20:00 in Boise).
     rules.clock.set(at("2030-07-01T15:30:00Z"));
     let call = rules
-        .create(call_body(
+        .create_windowed(
             "+12085550100",
             json!({"start": "09:00", "end": "20:00"}),
             None,
-        ))
+        )
         .await;
     assert_eq!(
         call["timeZones"],
@@ -340,11 +329,11 @@ async fn an_area_code_spanning_two_zones_waits_for_both() {
     rules.clock.set(at("2030-07-02T01:59:59Z"));
     let late = id_of(
         &rules
-            .create(call_body(
+            .create_windowed(
                 "+12085550101",
                 json!({"start": "09:00", "end": "20:00"}),
                 None,
-            ))
+            )
             .await,
     );
     rules.clock.set(at("2030-07-02T02:00:00Z"));
@@ -361,13 +350,13 @@ async fn a_window_across_midnight_belongs_to_the_day_it_opens() {
     // 2030-07-05 is a Friday.
     rules.clock.set(at("2030-07-05T21:59:59Z"));
     let friday = rules
-        .create(call_body("+14155550131", window.clone(), Some("UTC")))
+        .create_windowed("+14155550131", window.clone(), Some("UTC"))
         .await;
     assert_eq!(instant(&friday["nextRunAt"]), at("2030-07-05T22:00:00Z"));
     // Saturday 05:59:59 is still Friday's window; 06:00 is not.
     rules.clock.set(at("2030-07-06T05:59:59Z"));
     let saturday_morning = rules
-        .create(call_body("+14155550132", window.clone(), Some("UTC")))
+        .create_windowed("+14155550132", window.clone(), Some("UTC"))
         .await;
     assert!(saturday_morning["windowOpensAt"].is_null());
     let saturday_morning = id_of(&saturday_morning);
@@ -377,7 +366,7 @@ async fn a_window_across_midnight_belongs_to_the_day_it_opens() {
     ));
     rules.clock.set(at("2030-07-06T06:00:00Z"));
     let after = rules
-        .create(call_body("+14155550133", window, Some("UTC")))
+        .create_windowed("+14155550133", window, Some("UTC"))
         .await;
     assert_eq!(instant(&after["nextRunAt"]), at("2030-07-12T22:00:00Z"));
 }
@@ -465,11 +454,11 @@ async fn call_window_setting_is_the_default_and_a_call_s_own_wins() {
     assert_eq!(defaulted["window"]["start"], "08:00");
     assert_eq!(instant(&defaulted["nextRunAt"]), at("2030-07-08T12:00:00Z"));
     let own = rules
-        .create(call_body(
+        .create_windowed(
             "+12125550152",
             json!({"start": "10:00", "end": "18:00"}),
             None,
-        ))
+        )
         .await;
     assert_eq!(own["window"]["start"], "10:00");
     assert!(own["windowOpensAt"].is_null());
@@ -1279,7 +1268,7 @@ async fn a_redial_obeys_the_rules_too() {
     });
     let id = id_of(
         &rules
-            .create(call_body("+14155550402", window, Some("UTC")))
+            .create_windowed("+14155550402", window, Some("UTC"))
             .await,
     );
     dial_of_unknown_fate(&rules, id).await;
@@ -1303,11 +1292,11 @@ async fn a_patch_to_a_suppressed_number_is_refused_and_a_new_number_brings_its_z
     rules.clock.set(at("2030-07-01T14:00:00Z"));
     // 10:00 in New York: open; the call is due at once.
     let call = rules
-        .create(call_body(
+        .create_windowed(
             "+12125550501",
             json!({"start": "09:00", "end": "20:00"}),
             None,
-        ))
+        )
         .await;
     assert!(call["windowOpensAt"].is_null());
     let id = call["id"].as_str().expect("id").to_owned();
@@ -1352,7 +1341,7 @@ async fn a_nudge_the_rules_stop_is_passed_on_to_another_waiting_call() {
     });
     let held = id_of(
         &rules
-            .create(call_body("+14155550601", window, Some("UTC")))
+            .create_windowed("+14155550601", window, Some("UTC"))
             .await,
     );
     // B: waiting for a slot, no message.
