@@ -22,6 +22,11 @@ const VISIBILITY_SECONDS: u32 = 180;
 const NOTIFIER_TICK: Duration = Duration::from_secs(1);
 /// How long one local notifier pass may run.
 const NOTIFIER_BUDGET: Duration = Duration::from_secs(20);
+/// The least time between the starts of two local notifier passes: commits that come
+/// within it are answered by one pass (under load, a pass per commit cost three queries
+/// per change for nothing when no endpoint is registered), at the price of delivering an
+/// event up to this much later.
+const NOTIFIER_COALESCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -290,12 +295,20 @@ pub fn start_stack(
     });
     let mut notify_stop = stopped;
     let notifier_loop = tokio::spawn(async move {
+        let mut last_pass: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = wake_notifier.notified() => {}
                 _ = tokio::time::sleep(NOTIFIER_TICK) => {}
                 _ = notify_stop.wait_for(|s| *s) => break,
             }
+            if let Some(last) = last_pass {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + NOTIFIER_COALESCE) => {}
+                    _ = notify_stop.wait_for(|s| *s) => break,
+                }
+            }
+            last_pass = Some(tokio::time::Instant::now());
             // A pass cut short by Ctrl-C is safe: what it took but did not record is sent
             // again once its lease runs out.
             tokio::select! {
