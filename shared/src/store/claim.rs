@@ -198,17 +198,17 @@ async fn claim_batch(
     let max_pending_age_seconds = limits.max_pending_age_seconds;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let rows = query(
-        &tx,
-        "SELECT id, phone, campaign_id, status, next_run_at, attempts, limited_dials, max_attempts, script_id, metadata, retry_dial_key, \
-                outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
-                (COALESCE(expires_at <= now(), false) \
-                 OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
-                next_run_at <= $3 AS due, calling_window, time_zones \
-           FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&call_ids, &max_pending_age_seconds.map(|s| s as f64), &now],
-    )
-    .await?;
+    let max_pending_age = max_pending_age_seconds.map(|s| s as f64);
+    let rows = match call_ids {
+        [call_id] => {
+            let sql = format!("{CLAIM_READ} WHERE id = $1 FOR UPDATE");
+            query(&tx, &sql, &[call_id, &max_pending_age, &now]).await?
+        }
+        _ => {
+            let sql = format!("{CLAIM_READ} WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+            query(&tx, &sql, &[&call_ids, &max_pending_age, &now]).await?
+        }
+    };
     let mut found: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
     for row in &rows {
         found.insert(row.try_get("id")?, row);
@@ -311,13 +311,25 @@ async fn claim_batch(
         .await?;
         // After the locks: a suppression committed before them is seen here, and one not
         // committed yet waits for this transaction (it takes the same lock).
-        for row in query(
-            &tx,
-            "SELECT phone FROM suppressions WHERE phone = ANY($1)",
-            &[&sorted_phones],
-        )
-        .await?
-        {
+        let suppressions = match sorted_phones.as_slice() {
+            [phone] => {
+                query(
+                    &tx,
+                    "SELECT phone FROM suppressions WHERE phone = $1",
+                    &[phone],
+                )
+                .await?
+            }
+            phones => {
+                query(
+                    &tx,
+                    "SELECT phone FROM suppressions WHERE phone = ANY($1)",
+                    &[&phones],
+                )
+                .await?
+            }
+        };
+        for row in suppressions {
             suppressed_phones.insert(row.try_get(0)?);
         }
     }
@@ -550,6 +562,22 @@ async fn claim_batch(
         .collect::<StoreResult<Vec<_>>>()?;
     Ok((claims, nudges))
 }
+
+/// The claim's read of its calls, without the `WHERE` clause: `$1` the ids (one, or an
+/// array), `$2` the maximum pending age in seconds, `$3` now.
+///
+/// A batch of one (messages arrive one at a time unless the queue is busy) is read with a
+/// scalar `$1`: Postgres keeps one generic plan for that statement, where an array
+/// parameter, whose length it cannot know, has it plan again on every claim (each plan
+/// also reads the size of `calls` and of each of its indexes). The same holds for the
+/// other statements that take a batch of one apart here and in [`super::dial`].
+const CLAIM_READ: &str = "SELECT id, phone, campaign_id, status, next_run_at, attempts, limited_dials, \
+        max_attempts, script_id, metadata, retry_dial_key, \
+        outbox_due_at IS NOT NULL AS outbox_marked, nudged_at IS NOT NULL AS nudged, \
+        (COALESCE(expires_at <= now(), false) \
+         OR ($2::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $2))) AS expired, \
+        next_run_at <= $3 AS due, calling_window, time_zones \
+   FROM calls";
 
 /// Arbitrary first key of the campaigns' advisory locks (the two-integer form, a space
 /// apart from the phones' one-bigint locks).

@@ -142,30 +142,54 @@ async fn record_accepted_in(
     provider_ids.sort_unstable();
     provider_ids.dedup();
     lock_provider_calls(tx, &provider_ids).await?;
-    let mut call_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.call_id).collect();
-    call_ids.sort_unstable();
-    execute(
-        tx,
-        "SELECT 1 FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        &[&call_ids],
-    )
-    .await?;
-    let attempt_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.attempt_id).collect();
-    let dial_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
     // Held webhooks are looked for after the locks, so either a webhook's transaction saw
-    // these ids, or this one sees its report.
-    let held = query(
-        tx,
-        "WITH accepted AS ( \
-             UPDATE call_attempts a SET dial_state = 'ACCEPTED', provider_call_id = d.provider_call_id, \
-                    dialed_at = now(), error = NULL \
-               FROM unnest($1::uuid[], $2::text[]) AS d(attempt_id, provider_call_id) \
-              WHERE a.id = d.attempt_id RETURNING a.id) \
-         SELECT DISTINCT provider_call_id FROM provider_webhooks \
-          WHERE provider_call_id = ANY($2) AND applied_at IS NULL",
-        &[&attempt_ids, &dial_ids],
-    )
-    .await?;
+    // these ids, or this one sees its report. A dial of one is recorded with scalar
+    // parameters (one generic plan per connection, see `claim::CLAIM_READ`).
+    let held = match accepted {
+        [(claimed, provider_call_id)] => {
+            execute(
+                tx,
+                "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE",
+                &[&claimed.call_id],
+            )
+            .await?;
+            query(
+                tx,
+                "WITH accepted AS ( \
+                     UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, \
+                            dialed_at = now(), error = NULL \
+                      WHERE id = $1 RETURNING id) \
+                 SELECT DISTINCT provider_call_id FROM provider_webhooks \
+                  WHERE provider_call_id = $2 AND applied_at IS NULL",
+                &[&claimed.attempt_id, provider_call_id],
+            )
+            .await?
+        }
+        _ => {
+            let mut call_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.call_id).collect();
+            call_ids.sort_unstable();
+            execute(
+                tx,
+                "SELECT 1 FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&call_ids],
+            )
+            .await?;
+            let attempt_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.attempt_id).collect();
+            let dial_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
+            query(
+                tx,
+                "WITH accepted AS ( \
+                     UPDATE call_attempts a SET dial_state = 'ACCEPTED', provider_call_id = d.provider_call_id, \
+                            dialed_at = now(), error = NULL \
+                       FROM unnest($1::uuid[], $2::text[]) AS d(attempt_id, provider_call_id) \
+                      WHERE a.id = d.attempt_id RETURNING a.id) \
+                 SELECT DISTINCT provider_call_id FROM provider_webhooks \
+                  WHERE provider_call_id = ANY($2) AND applied_at IS NULL",
+                &[&attempt_ids, &dial_ids],
+            )
+            .await?
+        }
+    };
     let held: HashSet<String> = held
         .iter()
         .map(|row| row.try_get(0))

@@ -104,7 +104,7 @@ pub(crate) async fn record_event<C: GenericClient>(
     expect_written(1, written)
 }
 
-fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
+pub(crate) fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
     if written != asked as u64 {
         return Err(StoreError::Corrupt(format!(
             "{asked} events asked for, {written} written"

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::dial::{
     delay_into_window, fail_call, wait_for_provider_room, FailureReport, RetryPolicy,
 };
-use super::events::record_event;
+use super::events::{expect_written, fanned_out_at_sql, record_event, snapshot_sql};
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
@@ -51,28 +51,24 @@ impl Settlement {
     }
 }
 
+/// SQL: takes the advisory lock of the provider call id `id` (an SQL expression), which
+/// serialises everything done about one provider call (its webhooks, recording its dial).
+fn provider_call_lock_sql(id: &str) -> String {
+    format!("pg_advisory_xact_lock(hashtextextended('provider-call:' || {id}, 0))")
+}
+
 /// Takes the advisory locks of several provider call ids, in the order given (sorted, by
 /// the caller, so that two batches cannot deadlock).
 pub(crate) async fn lock_provider_calls(
     tx: &Transaction<'_>,
     provider_call_ids: &[&str],
 ) -> StoreResult<()> {
-    execute(
-        tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended('provider-call:' || id, 0)) \
-           FROM unnest($1::text[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
-        &[&provider_call_ids],
-    )
-    .await?;
+    let sql = format!(
+        "SELECT {} FROM unnest($1::text[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
+        provider_call_lock_sql("id")
+    );
+    execute(tx, &sql, &[&provider_call_ids]).await?;
     Ok(())
-}
-
-/// Serialises everything done about one provider call (its webhooks, recording its dial).
-pub(crate) async fn lock_provider_call(
-    tx: &Transaction<'_>,
-    provider_call_id: &str,
-) -> StoreResult<()> {
-    lock_provider_calls(tx, &[provider_call_id]).await
 }
 
 /// Stores and applies one webhook. Returns what it did and messages to send after commit
@@ -84,11 +80,20 @@ pub async fn settle_from_webhook(
 ) -> StoreResult<(Settlement, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Stored, then (in the same statement, only when stored) the provider call's lock: the
+    // attempt is looked for by the next statement, whose snapshot is taken after the lock.
+    let sql = format!(
+        "WITH stored AS ( \
+             INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at, \
+                    provider, attempt_key, end_reason, result) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING \
+             RETURNING provider_call_id) \
+         SELECT {} FROM stored",
+        provider_call_lock_sql("provider_call_id")
+    );
     let stored = query_opt(
         &tx,
-        "INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at, \
-                provider, attempt_key, end_reason, result) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+        &sql,
         &[
             &report.webhook_id,
             &report.provider_call_id,
@@ -106,17 +111,18 @@ pub async fn settle_from_webhook(
         tx.commit().await?;
         return Ok((Settlement::DuplicateDelivery, Vec::new()));
     }
-    lock_provider_call(&tx, &report.provider_call_id).await?;
-    let attempt = match find_attempt(&tx, &report.provider_call_id).await? {
-        Some(attempt) => Some(attempt),
-        None => match report.attempt_key {
-            Some(key) => find_attempt_by_key(&tx, key, &report.provider_call_id).await?,
-            None => None,
-        },
-    };
-    let result = match attempt {
-        None => (Settlement::Held, Vec::new()),
-        Some(attempt) => apply_report(&tx, &attempt, report, policy).await?,
+    let result = match find_attempt_locking_call(&tx, &report.provider_call_id).await? {
+        Some((attempt, call)) => apply_report(&tx, &attempt, Some(call), report, policy).await?,
+        None => {
+            let by_key = match report.attempt_key {
+                Some(key) => find_attempt_by_key(&tx, key, &report.provider_call_id).await?,
+                None => None,
+            };
+            match by_key {
+                None => (Settlement::Held, Vec::new()),
+                Some(attempt) => apply_report(&tx, &attempt, None, report, policy).await?,
+            }
+        }
     };
     tx.commit().await?;
     Ok(result)
@@ -169,7 +175,7 @@ pub(crate) async fn apply_held_reports(
                 .as_ref()
                 .and_then(CallResult::from_stored),
         };
-        let (settlement, mut more) = apply_report(tx, &attempt, &report, policy).await?;
+        let (settlement, mut more) = apply_report(tx, &attempt, None, &report, policy).await?;
         settlements.push(settlement);
         messages.append(&mut more);
     }
@@ -206,6 +212,68 @@ async fn find_attempt(
     .transpose()
 }
 
+/// [`find_attempt`] and its call, locked (`FOR UPDATE`), in one statement.
+async fn find_attempt_locking_call(
+    tx: &Transaction<'_>,
+    provider_call_id: &str,
+) -> StoreResult<Option<(AttemptRef, CallState)>> {
+    let row = query_opt(
+        tx,
+        "SELECT a.id, a.call_id, a.attempt_no, c.status, c.attempts, c.limited_dials, c.max_attempts \
+           FROM call_attempts a JOIN calls c ON c.id = a.call_id \
+          WHERE a.provider_call_id = $1 \
+          ORDER BY a.attempt_no DESC LIMIT 1 \
+          FOR UPDATE OF c",
+        &[&provider_call_id],
+    )
+    .await?;
+    row.map(|row| {
+        Ok((
+            AttemptRef {
+                id: row.try_get("id")?,
+                call_id: row.try_get("call_id")?,
+                attempt_no: row.try_get("attempt_no")?,
+                learns_provider_call_id: None,
+            },
+            CallState::from_row(&row)?,
+        ))
+    })
+    .transpose()
+}
+
+/// What settling reads of the call, locked.
+struct CallState {
+    status: CallStatus,
+    attempts: i32,
+    limited_dials: i32,
+    max_attempts: i32,
+}
+
+impl CallState {
+    fn from_row(row: &tokio_postgres::Row) -> StoreResult<Self> {
+        Ok(Self {
+            status: super::parse_status(row.try_get("status")?)?,
+            attempts: row.try_get("attempts")?,
+            limited_dials: row.try_get("limited_dials")?,
+            max_attempts: row.try_get("max_attempts")?,
+        })
+    }
+
+    /// The call of `attempt`, locked (`FOR UPDATE`).
+    async fn lock(tx: &Transaction<'_>, attempt: &AttemptRef) -> StoreResult<Self> {
+        let row = query_opt(
+            tx,
+            "SELECT status, attempts, limited_dials, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
+            &[&attempt.call_id],
+        )
+        .await?
+        .ok_or_else(|| {
+            super::StoreError::Corrupt(format!("attempt {} without its call", attempt.id))
+        })?;
+        Self::from_row(&row)
+    }
+}
+
 /// The latest attempt that carried `key` (a report whose dial's answer was lost, found by
 /// the key the provider echoed back). An attempt that has not recorded a provider call id
 /// learns this one when the report is applied: the call was placed.
@@ -234,25 +302,25 @@ async fn find_attempt_by_key(
     .transpose()
 }
 
+/// Applies `report` to `attempt`'s call: `call` is that call as read and locked in this
+/// transaction just before, or None to read and lock it here.
 async fn apply_report(
     tx: &Transaction<'_>,
     attempt: &AttemptRef,
+    call: Option<CallState>,
     report: &ProviderReport,
     policy: &RetryPolicy,
 ) -> StoreResult<(Settlement, Vec<Enqueue>)> {
-    let call = query_opt(
-        tx,
-        "SELECT status, attempts, limited_dials, max_attempts FROM calls WHERE id = $1 FOR UPDATE",
-        &[&attempt.call_id],
-    )
-    .await?
-    .ok_or_else(|| {
-        super::StoreError::Corrupt(format!("attempt {} without its call", attempt.id))
-    })?;
-    let status = super::parse_status(call.try_get("status")?)?;
-    let attempts: i32 = call.try_get("attempts")?;
-    let limited_dials: i32 = call.try_get("limited_dials")?;
-    let max_attempts: i32 = call.try_get("max_attempts")?;
+    let call = match call {
+        Some(call) => call,
+        None => CallState::lock(tx, attempt).await?,
+    };
+    let CallState {
+        status,
+        attempts,
+        limited_dials,
+        max_attempts,
+    } = call;
     let call_id = attempt.call_id;
 
     if let Some(provider_call_id) = &attempt.learns_provider_call_id {
@@ -481,12 +549,25 @@ async fn end_call_as(
     outcome: CallOutcome,
     report: &ProviderReport,
 ) -> StoreResult<()> {
-    execute(
+    let kind = EventType::of_terminal(status).ok_or_else(|| {
+        super::StoreError::Corrupt(format!("a call ended as {status}, which is not an end"))
+    })?;
+    // The change and its event in one statement: the event's snapshot is the updated row
+    // (the dial's outcome, recorded by an earlier statement, is seen too).
+    let sql = format!(
+        "WITH ended AS ( \
+             UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
+                    ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
+                    retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
+              WHERE id = $1 RETURNING calls.*) \
+         INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+         SELECT $7, c.id, c.sequence, $8::text, {}, {} FROM ended c",
+        snapshot_sql("c"),
+        fanned_out_at_sql("c", "$8::text")
+    );
+    let written = execute(
         tx,
-        "UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
-                ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
-                retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
-          WHERE id = $1",
+        &sql,
         &[
             &call_id,
             &outcome.as_str(),
@@ -494,13 +575,12 @@ async fn end_call_as(
             &report.completed_at,
             &status.as_str(),
             &stored_result(report),
+            &Uuid::now_v7(),
+            &kind.as_str(),
         ],
     )
     .await?;
-    let kind = EventType::of_terminal(status).ok_or_else(|| {
-        super::StoreError::Corrupt(format!("a call ended as {status}, which is not an end"))
-    })?;
-    record_event(tx, call_id, kind).await
+    expect_written(1, written)
 }
 
 /// A report that the provider did not run the call for its account's concurrency limit:
