@@ -199,10 +199,23 @@ async fn claim_batch(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let max_pending_age = max_pending_age_seconds.map(|s| s as f64);
+    // A batch of one takes its phone's lock in the same statement, once the call's row is
+    // locked (the subquery's `FOR UPDATE` runs first): the order of step 2, one round trip
+    // less. The lock is taken whatever the call's state; for a call that will not be
+    // dialed it only makes the claim wait for another on that phone, as the claim of a
+    // larger batch does.
+    let mut phone_locked: Option<String> = None;
     let rows = match call_ids {
         [call_id] => {
-            let sql = format!("{CLAIM_READ} WHERE id = $1 FOR UPDATE");
-            query(&tx, &sql, &[call_id, &max_pending_age, &now]).await?
+            let sql = format!(
+                "SELECT r.*, pg_advisory_xact_lock(hashtextextended(r.phone, 0)) AS phone_lock \
+                   FROM ({CLAIM_READ} WHERE id = $1 FOR UPDATE) AS r"
+            );
+            let rows = query(&tx, &sql, &[call_id, &max_pending_age, &now]).await?;
+            if let Some(row) = rows.first() {
+                phone_locked = Some(row.try_get("phone")?);
+            }
+            rows
         }
         _ => {
             let sql = format!("{CLAIM_READ} WHERE id = ANY($1) ORDER BY id FOR UPDATE");
@@ -302,13 +315,15 @@ async fn claim_batch(
     sorted_phones.dedup();
     let mut suppressed_phones: HashSet<String> = HashSet::new();
     if !sorted_phones.is_empty() {
-        execute(
-            &tx,
-            "SELECT pg_advisory_xact_lock(hashtextextended(phone, 0)) \
-               FROM unnest($1::text[]) WITH ORDINALITY AS locks(phone, n) ORDER BY n",
-            &[&sorted_phones],
-        )
-        .await?;
+        if sorted_phones != phone_locked.as_slice() {
+            execute(
+                &tx,
+                "SELECT pg_advisory_xact_lock(hashtextextended(phone, 0)) \
+                   FROM unnest($1::text[]) WITH ORDINALITY AS locks(phone, n) ORDER BY n",
+                &[&sorted_phones],
+            )
+            .await?;
+        }
         // After the locks: a suppression committed before them is seen here, and one not
         // committed yet waits for this transaction (it takes the same lock).
         let suppressions = match sorted_phones.as_slice() {

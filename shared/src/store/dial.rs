@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::claim::ClaimedCall;
 use super::events::record_event;
-use super::settle::{apply_held_reports, lock_provider_calls, Settlement};
+use super::settle::{apply_held_reports, lock_provider_calls, provider_call_lock_sql, Settlement};
 use super::slots::{nudge_waiting_calls, release_slot};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
@@ -138,21 +138,20 @@ async fn record_accepted_in(
     accepted: &[(&ClaimedCall, &str)],
     policy: &RetryPolicy,
 ) -> StoreResult<Vec<(DialRecorded, Vec<Enqueue>)>> {
-    let mut provider_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
-    provider_ids.sort_unstable();
-    provider_ids.dedup();
-    lock_provider_calls(tx, &provider_ids).await?;
-    // Held webhooks are looked for after the locks, so either a webhook's transaction saw
-    // these ids, or this one sees its report. A dial of one is recorded with scalar
-    // parameters (one generic plan per connection, see `claim::CLAIM_READ`).
+    // The provider calls' locks, then the calls' rows. Held webhooks are looked for after
+    // the locks, so either a webhook's transaction saw these ids, or this one sees its
+    // report. A dial of one is recorded with scalar parameters (one generic plan per
+    // connection, see `claim::CLAIM_READ`), both locks in one statement: the row lock is
+    // taken last (`FOR UPDATE` locks the rows the join returns, after the CTE took the
+    // advisory lock).
     let held = match accepted {
         [(claimed, provider_call_id)] => {
-            execute(
-                tx,
-                "SELECT 1 FROM calls WHERE id = $1 FOR UPDATE",
-                &[&claimed.call_id],
-            )
-            .await?;
+            let sql = format!(
+                "WITH provider_call AS MATERIALIZED (SELECT {} AS locked) \
+                 SELECT 1 FROM provider_call, calls WHERE calls.id = $1 FOR UPDATE OF calls",
+                provider_call_lock_sql("$2::text")
+            );
+            execute(tx, &sql, &[&claimed.call_id, provider_call_id]).await?;
             query(
                 tx,
                 "WITH accepted AS ( \
@@ -166,6 +165,10 @@ async fn record_accepted_in(
             .await?
         }
         _ => {
+            let mut provider_ids: Vec<&str> = accepted.iter().map(|(_, id)| *id).collect();
+            provider_ids.sort_unstable();
+            provider_ids.dedup();
+            lock_provider_calls(tx, &provider_ids).await?;
             let mut call_ids: Vec<Uuid> = accepted.iter().map(|(c, _)| c.call_id).collect();
             call_ids.sort_unstable();
             execute(

@@ -53,7 +53,7 @@ impl Settlement {
 
 /// SQL: takes the advisory lock of the provider call id `id` (an SQL expression), which
 /// serialises everything done about one provider call (its webhooks, recording its dial).
-fn provider_call_lock_sql(id: &str) -> String {
+pub(crate) fn provider_call_lock_sql(id: &str) -> String {
     format!("pg_advisory_xact_lock(hashtextextended('provider-call:' || {id}, 0))")
 }
 
