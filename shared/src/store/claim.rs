@@ -631,11 +631,15 @@ async fn admit_by_campaign(
         &[&campaigns, &CAMPAIGN_LOCK_SPACE],
     )
     .await?;
-    // Read after the locks: every committed claim of these campaigns is counted.
+    // Read after the locks: every committed claim of these campaigns is counted. Only a
+    // campaign with a `maxConcurrency` has its calls in progress counted (a campaign
+    // draining at the cap has as many as the cap: the count is what costs here).
     let rows = query(
         tx,
         "SELECT k.id, k.status, k.max_concurrency, \
-                (SELECT count(*) FROM calls c WHERE c.campaign_id = k.id AND c.status = 'IN_PROGRESS') AS in_progress \
+                CASE WHEN k.max_concurrency IS NOT NULL THEN \
+                    (SELECT count(*) FROM calls c WHERE c.campaign_id = k.id AND c.status = 'IN_PROGRESS') \
+                END AS in_progress \
            FROM campaigns k WHERE k.id = ANY($1)",
         &[&campaigns],
     )
@@ -644,12 +648,13 @@ async fn admit_by_campaign(
     let mut state: HashMap<Uuid, (String, Option<i64>)> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let max: Option<i32> = row.try_get("max_concurrency")?;
-        let in_progress: i64 = row.try_get("in_progress")?;
+        let in_progress: Option<i64> = row.try_get("in_progress")?;
         state.insert(
             row.try_get("id")?,
             (
                 row.try_get("status")?,
-                max.map(|max| i64::from(max) - in_progress),
+                max.zip(in_progress)
+                    .map(|(max, in_progress)| i64::from(max) - in_progress),
             ),
         );
     }

@@ -84,36 +84,56 @@ macro_rules! nudge_eligible {
 
 /// `$1` calls to nudge, `$2` the quiet window, `$3` the message-on-its-way window, `$4`
 /// the share of a group without a limit.
+///
+/// A group's calls in progress are counted only where they matter (counting them reads an
+/// index entry and a row per call in progress, as many as the cap while a campaign drains):
+/// for a campaign with a `maxConcurrency`, whose room they bound, and for every group when
+/// more than one group has waiting calls to give, which the ranking interleaves. With one
+/// group, the ranking is its own order.
 const FAIR_NUDGE: &str = concat!(
-    "UPDATE calls SET nudged_at = now() WHERE id IN ( \
-     SELECT pick.id FROM ( \
-         SELECT g.in_progress, g.share, w.id, w.r \
-           FROM (SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
-                        (SELECT count(*) FROM calls p WHERE p.campaign_id = k.id AND p.status = 'IN_PROGRESS') AS in_progress \
-                   FROM campaigns k \
-                  WHERE k.status = 'ACTIVE' \
-                    AND EXISTS (SELECT 1 FROM calls d WHERE d.campaign_id = k.id AND d.status = 'PENDING' \
-                                  AND d.next_run_at <= now())) g \
-          CROSS JOIN LATERAL ( \
+    "WITH g AS MATERIALIZED ( \
+         SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
+                CASE WHEN k.max_concurrency IS NOT NULL THEN \
+                    (SELECT count(*) FROM calls p WHERE p.campaign_id = k.id AND p.status = 'IN_PROGRESS') \
+                END AS limited_in_progress \
+           FROM campaigns k \
+          WHERE k.status = 'ACTIVE' \
+            AND EXISTS (SELECT 1 FROM calls d WHERE d.campaign_id = k.id AND d.status = 'PENDING' \
+                          AND d.next_run_at <= now())), \
+     w AS MATERIALIZED ( \
+         SELECT g.id AS campaign_id, g.share, g.limited_in_progress, e.id, e.r \
+           FROM g CROSS JOIN LATERAL ( \
               SELECT e.id, row_number() OVER (ORDER BY e.next_run_at) AS r FROM ( \
                   SELECT c.id, c.next_run_at FROM calls c \
                    WHERE c.campaign_id = g.id AND ",
     nudge_eligible!(),
     " \
                    ORDER BY c.next_run_at \
-                   LIMIT GREATEST(0, LEAST($1, COALESCE(g.max_concurrency - g.in_progress, $1))) \
-                   FOR UPDATE OF c SKIP LOCKED) e) w \
+                   LIMIT GREATEST(0, LEAST($1, COALESCE(g.max_concurrency - g.limited_in_progress, $1))) \
+                   FOR UPDATE OF c SKIP LOCKED) e) e \
          UNION ALL \
-         SELECT (SELECT count(*) FROM calls p WHERE p.campaign_id IS NULL AND p.status = 'IN_PROGRESS'), \
-                $4, e.id, row_number() OVER (ORDER BY e.next_run_at) \
+         SELECT NULL::uuid, $4, NULL::bigint, e.id, row_number() OVER (ORDER BY e.next_run_at) \
            FROM (SELECT c.id, c.next_run_at FROM calls c \
                   WHERE c.campaign_id IS NULL AND ",
     nudge_eligible!(),
     " \
                   ORDER BY c.next_run_at LIMIT $1 \
-                  FOR UPDATE OF c SKIP LOCKED) e) pick \
-      ORDER BY (pick.in_progress + pick.r) / pick.share, pick.r \
-      LIMIT $1) \
+                  FOR UPDATE OF c SKIP LOCKED) e), \
+     contested AS MATERIALIZED ( \
+         SELECT count(*) > 1 AS yes FROM (SELECT DISTINCT campaign_id FROM w) AS groups), \
+     counted AS MATERIALIZED ( \
+         SELECT gs.campaign_id, \
+                CASE WHEN NOT (SELECT yes FROM contested) THEN 0 \
+                     WHEN gs.limited_in_progress IS NOT NULL THEN gs.limited_in_progress \
+                     WHEN gs.campaign_id IS NULL THEN \
+                         (SELECT count(*) FROM calls p WHERE p.campaign_id IS NULL AND p.status = 'IN_PROGRESS') \
+                     ELSE (SELECT count(*) FROM calls p WHERE p.campaign_id = gs.campaign_id AND p.status = 'IN_PROGRESS') \
+                END AS in_progress \
+           FROM (SELECT DISTINCT campaign_id, limited_in_progress FROM w) AS gs) \
+     UPDATE calls SET nudged_at = now() WHERE id IN ( \
+         SELECT w.id FROM w JOIN counted ON counted.campaign_id IS NOT DISTINCT FROM w.campaign_id \
+          ORDER BY (counted.in_progress + w.r) / w.share, w.r \
+          LIMIT $1) \
      RETURNING id"
 );
 
