@@ -13,7 +13,15 @@ use super::{execute, query, query_one, Pool, StoreResult, Transaction};
 use crate::queue::Enqueue;
 
 /// A call nudged within this window is not nudged again (its message is on its way).
-pub(crate) const NUDGE_QUIET_SECONDS: f64 = 30.0;
+pub(crate) const NUDGE_QUIET_SECONDS: f64 = nudge_quiet_seconds!() as f64;
+
+/// [`NUDGE_QUIET_SECONDS`] as a literal, for SQL built with `concat!`.
+macro_rules! nudge_quiet_seconds {
+    () => {
+        30
+    };
+}
+pub(crate) use nudge_quiet_seconds;
 
 /// A call whose outbox message was due less than this long ago is not nudged: that message
 /// is on its way, and a second one would only cost a send, a receive and a delete. Longer
