@@ -71,16 +71,18 @@ pub enum Created {
 /// any table size. Concurrent creates may each see the same free slot: a few extra
 /// messages, each of which the claim parks again, never a missed call. Without the nudges
 /// counted, a create raced every settle's nudge for the slot it had just freed, and the
-/// loser's message was one more send, receive and delete.
+/// loser's message was one more send, receive and delete. The recent nudges are read in
+/// `nudged_at` order so that Postgres walks `calls_nudged` (it has no statistics to tell
+/// how few there are, and otherwise chose to scan the table: every create read every call).
 const ROOM_FOR_A_MESSAGE: &str = concat!(
     "(SELECT count(*) FROM (SELECT 1 FROM call_slots \
          WHERE call_id IS NULL AND slot_no <= $12 LIMIT $12) AS free) \
      > (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
          LIMIT $12) AS promised) \
      + (SELECT count(*) FROM (SELECT 1 FROM calls \
-         WHERE nudged_at >= now() - make_interval(secs => ",
+         WHERE nudged_at IS NOT NULL AND nudged_at >= now() - make_interval(secs => ",
     nudge_quiet_seconds!(),
-    ") LIMIT $12) AS nudged)"
+    ") ORDER BY nudged_at DESC LIMIT $12) AS nudged)"
 );
 
 /// SQL, with the cap as `$1`: how many free slots among the first `cap` no message is on
@@ -91,9 +93,9 @@ pub(crate) const ROOM_COUNT: &str = concat!(
      - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
          LIMIT $1) AS promised) \
      - (SELECT count(*) FROM (SELECT 1 FROM calls \
-         WHERE nudged_at >= now() - make_interval(secs => ",
+         WHERE nudged_at IS NOT NULL AND nudged_at >= now() - make_interval(secs => ",
     nudge_quiet_seconds!(),
-    ") LIMIT $1) AS nudged))"
+    ") ORDER BY nudged_at DESC LIMIT $1) AS nudged))"
 );
 
 /// How long SQS should hold a message for a call due at `due`.
