@@ -13,12 +13,12 @@ use super::{execute, query, query_one, Pool, StoreResult, Transaction};
 use crate::queue::Enqueue;
 
 /// A call nudged within this window is not nudged again (its message is on its way).
-pub(crate) const NUDGE_QUIET_SECONDS: f64 = nudge_quiet_seconds!() as f64;
+pub(crate) const NUDGE_QUIET_SECONDS: f64 = nudge_quiet_seconds!();
 
 /// [`NUDGE_QUIET_SECONDS`] as a literal, for SQL built with `concat!`.
 macro_rules! nudge_quiet_seconds {
     () => {
-        30
+        30.0
     };
 }
 pub(crate) use nudge_quiet_seconds;
