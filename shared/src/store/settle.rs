@@ -146,9 +146,12 @@ pub(crate) async fn apply_held_reports(
     if rows.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let Some(attempt) = find_attempt(tx, provider_call_id).await? else {
+    let Some((attempt, call)) = find_attempt_locking_call(tx, provider_call_id).await? else {
         return Ok((Vec::new(), Vec::new()));
     };
+    // The call as just read serves the first report; each later one reads it again (the
+    // report before it may have changed it).
+    let mut call = Some(call);
     let mut settlements = Vec::new();
     let mut messages = Vec::new();
     for row in rows {
@@ -175,7 +178,8 @@ pub(crate) async fn apply_held_reports(
                 .as_ref()
                 .and_then(CallResult::from_stored),
         };
-        let (settlement, mut more) = apply_report(tx, &attempt, None, &report, policy).await?;
+        let (settlement, mut more) =
+            apply_report(tx, &attempt, call.take(), &report, policy).await?;
         settlements.push(settlement);
         messages.append(&mut more);
     }
@@ -190,29 +194,8 @@ struct AttemptRef {
     learns_provider_call_id: Option<String>,
 }
 
-async fn find_attempt(
-    tx: &Transaction<'_>,
-    provider_call_id: &str,
-) -> StoreResult<Option<AttemptRef>> {
-    let row = query_opt(
-        tx,
-        "SELECT id, call_id, attempt_no FROM call_attempts WHERE provider_call_id = $1 \
-          ORDER BY attempt_no DESC LIMIT 1",
-        &[&provider_call_id],
-    )
-    .await?;
-    row.map(|row| {
-        Ok(AttemptRef {
-            id: row.try_get("id")?,
-            call_id: row.try_get("call_id")?,
-            attempt_no: row.try_get("attempt_no")?,
-            learns_provider_call_id: None,
-        })
-    })
-    .transpose()
-}
-
-/// [`find_attempt`] and its call, locked (`FOR UPDATE`), in one statement.
+/// The latest attempt recorded with `provider_call_id`, and its call, locked (`FOR
+/// UPDATE`), in one statement.
 async fn find_attempt_locking_call(
     tx: &Transaction<'_>,
     provider_call_id: &str,
