@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::slots::nudge_quiet_seconds;
+use super::slots::recent_nudges_count;
 
 use super::{
     call_from_row, execute, query, query_one, query_opt, seconds, Call, DialAttempt, Pool,
@@ -64,39 +64,37 @@ pub enum Created {
     Suppressed,
 }
 
-/// SQL, with the cap as `$12`: whether a slot is free that no message is already on its
-/// way to — fewer PENDING calls with an unconfirmed message (outbox mark) or a recent nudge
-/// (within [`super::slots::NUDGE_QUIET_SECONDS`], as the refill counts them) than free
-/// slots among the first `cap`. The counts stop at the cap, so the check costs the same on
-/// any table size. Concurrent creates may each see the same free slot: a few extra
-/// messages, each of which the claim parks again, never a missed call. Without the nudges
-/// counted, a create raced every settle's nudge for the slot it had just freed, and the
-/// loser's message was one more send, receive and delete. The recent nudges are read in
-/// `nudged_at` order so that Postgres walks `calls_nudged` (it has no statistics to tell
-/// how few there are, and otherwise chose to scan the table: every create read every call).
-const ROOM_FOR_A_MESSAGE: &str = concat!(
-    "(SELECT count(*) FROM (SELECT 1 FROM call_slots \
-         WHERE call_id IS NULL AND slot_no <= $12 LIMIT $12) AS free) \
-     > (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
-         LIMIT $12) AS promised) \
-     + (SELECT count(*) FROM (SELECT 1 FROM calls \
-         WHERE nudged_at IS NOT NULL AND nudged_at >= now() - make_interval(secs => ",
-    nudge_quiet_seconds!(),
-    ") ORDER BY nudged_at DESC LIMIT $12) AS nudged)"
-);
+/// SQL, with the cap as the parameter `$cap`: how many free slots among the first `cap` no
+/// message is on its way to (may be negative) — free slots, less the PENDING calls with an
+/// unconfirmed message (outbox mark), less those nudged within
+/// [`super::slots::NUDGE_QUIET_SECONDS`] (as the refill counts them). The counts stop at the
+/// cap, so this costs the same on any table size. Concurrent creates may each see the same
+/// free slot: a few extra messages, each of which the claim parks again, never a missed
+/// call. Without the nudges counted, a create raced every settle's nudge for the slot it had
+/// just freed, and the loser's message was one more send, receive and delete.
+macro_rules! room_count {
+    ($cap:literal) => {
+        concat!(
+            "((SELECT count(*) FROM (SELECT 1 FROM call_slots \
+                WHERE call_id IS NULL AND slot_no <= ",
+            $cap,
+            " LIMIT ",
+            $cap,
+            ") AS free) \
+             - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL LIMIT ",
+            $cap,
+            ") AS promised) - ",
+            recent_nudges_count!($cap),
+            ")"
+        )
+    };
+}
 
-/// SQL, with the cap as `$1`: how many free slots among the first `cap` no message is on
-/// its way to (may be negative), the counts stopping at the cap (see [`ROOM_FOR_A_MESSAGE`]).
-pub(crate) const ROOM_COUNT: &str = concat!(
-    "((SELECT count(*) FROM (SELECT 1 FROM call_slots \
-         WHERE call_id IS NULL AND slot_no <= $1 LIMIT $1) AS free) \
-     - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
-         LIMIT $1) AS promised) \
-     - (SELECT count(*) FROM (SELECT 1 FROM calls \
-         WHERE nudged_at IS NOT NULL AND nudged_at >= now() - make_interval(secs => ",
-    nudge_quiet_seconds!(),
-    ") ORDER BY nudged_at DESC LIMIT $1) AS nudged))"
-);
+/// SQL, with the cap as `$12`: whether a slot is free that no message is on its way to.
+const ROOM_FOR_A_MESSAGE: &str = concat!(room_count!("$12"), " > 0");
+
+/// SQL, with the cap as `$1`: [`room_count`].
+pub(crate) const ROOM_COUNT: &str = room_count!("$1");
 
 /// How long SQS should hold a message for a call due at `due`.
 pub fn message_delay(due: Option<DateTime<Utc>>) -> Duration {

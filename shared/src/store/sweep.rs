@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::dial::{delay_into_window, fail_call, RetryPolicy};
 use super::events::{fanned_out_at_sql, record_events, snapshot_sql};
 use super::slots::{
-    nudge_waiting_calls, release_slot, MESSAGE_ON_ITS_WAY_SECONDS, NUDGE_QUIET_SECONDS,
+    nudge_waiting_calls, recent_nudges_count, release_slot, MESSAGE_ON_ITS_WAY_SECONDS,
 };
 use super::{execute, query, query_one, seconds, Pool, StoreResult};
 use crate::backoff;
@@ -305,16 +305,14 @@ pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<E
     let tx = client.transaction().await?;
     let row = query_one(
         &tx,
-        "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
-                (SELECT count(*) FROM (SELECT 1 FROM calls \
-                  WHERE outbox_due_at >= now() - make_interval(secs => $2) LIMIT $1) AS marked) \
-              + (SELECT count(*) FROM (SELECT 1 FROM calls \
-                  WHERE nudged_at >= now() - make_interval(secs => $3) LIMIT $1) AS nudged)",
-        &[
-            &i64::from(cap),
-            &MESSAGE_ON_ITS_WAY_SECONDS,
-            &NUDGE_QUIET_SECONDS,
-        ],
+        concat!(
+            "SELECT (SELECT count(*) FROM call_slots WHERE call_id IS NOT NULL), \
+                    (SELECT count(*) FROM (SELECT 1 FROM calls \
+                      WHERE outbox_due_at >= now() - make_interval(secs => $2) LIMIT $1) AS marked) \
+                  + ",
+            recent_nudges_count!("$1")
+        ),
+        &[&i64::from(cap), &MESSAGE_ON_ITS_WAY_SECONDS],
     )
     .await?;
     let in_progress: i64 = row.try_get(0)?;
