@@ -326,24 +326,12 @@ async fn claim_batch(
         }
         // After the locks: a suppression committed before them is seen here, and one not
         // committed yet waits for this transaction (it takes the same lock).
-        let suppressions = match sorted_phones.as_slice() {
-            [phone] => {
-                query(
-                    &tx,
-                    "SELECT phone FROM suppressions WHERE phone = $1",
-                    &[phone],
-                )
-                .await?
-            }
-            phones => {
-                query(
-                    &tx,
-                    "SELECT phone FROM suppressions WHERE phone = ANY($1)",
-                    &[&phones],
-                )
-                .await?
-            }
-        };
+        let suppressions = query(
+            &tx,
+            "SELECT phone FROM suppressions WHERE phone = ANY($1)",
+            &[&sorted_phones],
+        )
+        .await?;
         for row in suppressions {
             suppressed_phones.insert(row.try_get(0)?);
         }
