@@ -68,7 +68,10 @@ pub enum Created {
 /// message is on its way to (may be negative) — free slots, less the PENDING calls with an
 /// unconfirmed message (outbox mark), less those nudged within
 /// [`super::slots::NUDGE_QUIET_SECONDS`] (as the refill counts them). The counts stop at the
-/// cap, so this costs the same on any table size. Concurrent creates may each see the same
+/// cap, so this costs the same on any table size (the marked calls are read in
+/// `outbox_due_at` order, so through `calls_outbox_due`: without the order, a plan made
+/// while `calls` was small read the whole table on every create, 0.8 ms at 10,000 rows,
+/// seen with `auto_explain` in `ebra bench --only e2e`'s backlog run). Concurrent creates may each see the same
 /// free slot: a few extra messages, each of which the claim parks again, never a missed
 /// call. Without the nudges counted, a create raced every settle's nudge for the slot it had
 /// just freed, and the loser's message was one more send, receive and delete.
@@ -81,7 +84,8 @@ macro_rules! room_count {
             " LIMIT ",
             $cap,
             ") AS free) \
-             - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL LIMIT ",
+             - (SELECT count(*) FROM (SELECT 1 FROM calls WHERE outbox_due_at IS NOT NULL \
+                ORDER BY outbox_due_at LIMIT ",
             $cap,
             ") AS promised) - ",
             recent_nudges_count!($cap),

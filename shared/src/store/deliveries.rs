@@ -27,6 +27,10 @@ pub const FAN_OUT_BATCH: i64 = 500;
 
 /// Makes the deliveries of events not fanned out yet (at most `limit`), each retried for
 /// `retry_window`. Returns how many events were fanned out and how many deliveries made.
+///
+/// An event's call is read by its id (a scalar subquery per event, which Postgres does not
+/// turn into a join): as a join, Postgres read all of `calls` for the callback URLs on every
+/// pass, even with no event to fan out (0.6 ms at 6,300 rows, seen with `auto_explain`).
 pub async fn fan_out(pool: &Pool, limit: i64, retry_window: Duration) -> StoreResult<(u64, u64)> {
     let client = pool.get().await?;
     let row = query_one(
@@ -48,7 +52,8 @@ pub async fn fan_out(pool: &Pool, limit: i64, retry_window: Duration) -> StoreRe
          to_callbacks AS ( \
              INSERT INTO webhook_deliveries (id, event_id, endpoint_id, call_id, sequence, retry_until) \
              SELECT gen_random_uuid(), e.id, NULL, e.call_id, e.sequence, now() + make_interval(secs => $2) \
-               FROM events e JOIN calls c ON c.id = e.call_id WHERE c.callback_url IS NOT NULL \
+               FROM events e \
+              WHERE (SELECT c.callback_url IS NOT NULL FROM calls c WHERE c.id = e.call_id) \
              ON CONFLICT DO NOTHING RETURNING 1), \
          to_campaign_callbacks AS ( \
              INSERT INTO webhook_deliveries (id, event_id, endpoint_id, campaign_id, sequence, retry_until) \
