@@ -69,8 +69,9 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 /// campaign). So a small campaign that starts while a large one drains gets freed slots
 /// until it holds as many as the large one. A group gives no more calls than its
 /// `maxConcurrency` leaves room for; paused and canceled campaigns give none. Each group
-/// is read through `calls_campaign_pending_due` with a LIMIT: the cost follows the number
-/// of groups with due calls, not the size of the table.
+/// is read through `calls_campaign_pending_due` (the calls without a campaign through
+/// `calls_pending_due_without_campaign`) in `next_run_at` order with a LIMIT: the cost
+/// follows the number of groups with due calls, not the size of the table.
 pub(crate) async fn nudge_waiting_calls(
     tx: &Transaction<'_>,
     count: i64,
