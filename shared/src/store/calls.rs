@@ -1,6 +1,7 @@
 //! The API's queries: create, read, list (by status or phone number), patch, cancel, metrics.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -71,9 +72,9 @@ pub enum Created {
 /// cap, so this costs the same on any table size (the marked calls are read in
 /// `outbox_due_at` order, so through `calls_outbox_due`: without the order, a plan made
 /// while `calls` was small read the whole table on every create, 0.8 ms at 10,000 rows,
-/// seen with `auto_explain` in `ebra bench --only e2e`'s backlog run). Concurrent creates may each see the same
-/// free slot: a few extra messages, each of which the claim parks again, never a missed
-/// call. Without the nudges counted, a create raced every settle's nudge for the slot it had
+/// seen with `auto_explain` in `ebra bench --only e2e`'s backlog run). Concurrent creates
+/// may each see the same free slot: a few extra messages, each of which the claim parks
+/// again, never a missed call. Without the nudges counted, a create raced every settle's nudge for the slot it had
 /// just freed, and the loser's message was one more send, receive and delete.
 macro_rules! room_count {
     ($cap:literal) => {
@@ -171,29 +172,31 @@ async fn insert_call<C: deadpool_postgres::GenericClient>(
         Some((key, hash)) => (Some(key.as_str()), Some(hash.as_str())),
         None => (None, None),
     };
-    let sql = format!(
-        "WITH created AS ( \
-             INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
-                 calling_window, timezone, time_zones) \
-             SELECT $1::uuid, $2::text, $3::text, $4::jsonb, $5::int4, $6::timestamptz, $7::timestamptz, \
-                 GREATEST(now(), COALESCE($6, now()), COALESCE($18::timestamptz, '-infinity')), \
-                 CASE WHEN $11::bool AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8::float8) END, \
-                 $9::text, $10::text, $13::text, $19::uuid, 1, $15::jsonb, $16::text, $17::text[] \
-              WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
-             ON CONFLICT (idempotency_key) DO NOTHING \
-             RETURNING *), \
-         event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
-         SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
-                (SELECT count(*) FROM event) AS events FROM created",
-        super::events::snapshot_sql("c"),
-        super::events::fanned_out_at_sql("c", "'call.created'")
-    );
+    static INSERT_CALL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH created AS ( \
+                 INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
+                     next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
+                     calling_window, timezone, time_zones) \
+                 SELECT $1::uuid, $2::text, $3::text, $4::jsonb, $5::int4, $6::timestamptz, $7::timestamptz, \
+                     GREATEST(now(), COALESCE($6, now()), COALESCE($18::timestamptz, '-infinity')), \
+                     CASE WHEN $11::bool AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8::float8) END, \
+                     $9::text, $10::text, $13::text, $19::uuid, 1, $15::jsonb, $16::text, $17::text[] \
+                  WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
+                 ON CONFLICT (idempotency_key) DO NOTHING \
+                 RETURNING *), \
+             event AS ( \
+                 INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+                 SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
+             SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
+                    (SELECT count(*) FROM event) AS events FROM created",
+            super::events::snapshot_sql("c"),
+            super::events::fanned_out_at_sql("c", "'call.created'")
+        )
+    });
     let inserted = query_opt(
         client,
-        &sql,
+        &INSERT_CALL,
         &[
             &id,
             &new.phone.as_str(),

@@ -31,6 +31,7 @@
 //! The dials happen after the commit, outside any transaction.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
@@ -207,19 +208,22 @@ async fn claim_batch(
     let mut phone_locked: Option<String> = None;
     let rows = match call_ids {
         [call_id] => {
-            let sql = format!(
-                "SELECT r.*, pg_advisory_xact_lock(hashtextextended(r.phone, 0)) AS phone_lock \
-                   FROM ({CLAIM_READ} WHERE id = $1 FOR UPDATE) AS r"
-            );
-            let rows = query(&tx, &sql, &[call_id, &max_pending_age, &now]).await?;
+            static CLAIM_READ_ONE: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "SELECT r.*, pg_advisory_xact_lock(hashtextextended(r.phone, 0)) AS phone_lock \
+                       FROM ({CLAIM_READ} WHERE id = $1 FOR UPDATE) AS r"
+                )
+            });
+            let rows = query(&tx, &CLAIM_READ_ONE, &[call_id, &max_pending_age, &now]).await?;
             if let Some(row) = rows.first() {
                 phone_locked = Some(row.try_get("phone")?);
             }
             rows
         }
         _ => {
-            let sql = format!("{CLAIM_READ} WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-            query(&tx, &sql, &[&call_ids, &max_pending_age, &now]).await?
+            static CLAIM_READ_MANY: LazyLock<String> =
+                LazyLock::new(|| format!("{CLAIM_READ} WHERE id = ANY($1) ORDER BY id FOR UPDATE"));
+            query(&tx, &CLAIM_READ_MANY, &[&call_ids, &max_pending_age, &now]).await?
         }
     };
     let mut found: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());

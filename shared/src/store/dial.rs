@@ -1,6 +1,7 @@
 //! Recording what the provider answered to a dial, in the transaction after it.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -146,12 +147,14 @@ async fn record_accepted_in(
     // advisory lock).
     let held = match accepted {
         [(claimed, provider_call_id)] => {
-            let sql = format!(
-                "WITH provider_call AS MATERIALIZED (SELECT {} AS locked) \
-                 SELECT 1 FROM provider_call, calls WHERE calls.id = $1 FOR UPDATE OF calls",
-                provider_call_lock_sql("$2::text")
-            );
-            execute(tx, &sql, &[&claimed.call_id, provider_call_id]).await?;
+            static LOCK_ONE: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "WITH provider_call AS MATERIALIZED (SELECT {} AS locked) \
+                     SELECT 1 FROM provider_call, calls WHERE calls.id = $1 FOR UPDATE OF calls",
+                    provider_call_lock_sql("$2::text")
+                )
+            });
+            execute(tx, &LOCK_ONE, &[&claimed.call_id, provider_call_id]).await?;
             query(
                 tx,
                 "WITH accepted AS ( \

@@ -8,6 +8,8 @@
 //! call, with its dials, as `GET /calls/{id}` shows it ([`snapshot_sql`]). Writes of one
 //! transaction are set-based: one `INSERT ... SELECT` for a whole batch of calls.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
@@ -69,15 +71,7 @@ pub(crate) async fn record_events<C: GenericClient>(
             let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
             let calls: Vec<Uuid> = events.iter().map(|(call, _)| *call).collect();
             let types: Vec<&str> = events.iter().map(|(_, kind)| kind.as_str()).collect();
-            let sql = format!(
-                "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-                 SELECT e.event_id, c.id, c.sequence, e.type, {}, {} \
-                   FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS e(event_id, call_id, type) \
-                   JOIN calls c ON c.id = e.call_id",
-                snapshot_sql("c"),
-                fanned_out_at_sql("c", "e.type")
-            );
-            let written = execute(client, &sql, &[&ids, &calls, &types]).await?;
+            let written = execute(client, &RECORD_EVENTS, &[&ids, &calls, &types]).await?;
             expect_written(events.len(), written)
         }
     }
@@ -94,15 +88,36 @@ pub(crate) async fn record_event<C: GenericClient>(
     call_id: Uuid,
     kind: EventType,
 ) -> StoreResult<()> {
-    let sql = format!(
+    let written = execute(
+        client,
+        &RECORD_EVENT,
+        &[&Uuid::now_v7(), &call_id, &kind.as_str()],
+    )
+    .await?;
+    expect_written(1, written)
+}
+
+/// [`record_events`]' statement, built once (each change of a call writes an event).
+static RECORD_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+         SELECT e.event_id, c.id, c.sequence, e.type, {}, {} \
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS e(event_id, call_id, type) \
+           JOIN calls c ON c.id = e.call_id",
+        snapshot_sql("c"),
+        fanned_out_at_sql("c", "e.type")
+    )
+});
+
+/// [`record_event`]'s statement, built once.
+static RECORD_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
          SELECT $1, c.id, c.sequence, $3::text, {}, {} FROM calls c WHERE c.id = $2",
         snapshot_sql("c"),
         fanned_out_at_sql("c", "$3::text")
-    );
-    let written = execute(client, &sql, &[&Uuid::now_v7(), &call_id, &kind.as_str()]).await?;
-    expect_written(1, written)
-}
+    )
+});
 
 pub(crate) fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
     if written != asked as u64 {

@@ -6,6 +6,8 @@
 //! [`super::dial`] also takes when it records the id: so either the webhook finds the
 //! attempt, or the worker finds the held webhook and applies it.
 
+use std::sync::LazyLock;
+
 use uuid::Uuid;
 
 use super::dial::{
@@ -63,11 +65,13 @@ pub(crate) async fn lock_provider_calls(
     tx: &Transaction<'_>,
     provider_call_ids: &[&str],
 ) -> StoreResult<()> {
-    let sql = format!(
-        "SELECT {} FROM unnest($1::text[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
-        provider_call_lock_sql("id")
-    );
-    execute(tx, &sql, &[&provider_call_ids]).await?;
+    static LOCK_PROVIDER_CALLS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM unnest($1::text[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
+            provider_call_lock_sql("id")
+        )
+    });
+    execute(tx, &LOCK_PROVIDER_CALLS, &[&provider_call_ids]).await?;
     Ok(())
 }
 
@@ -82,18 +86,20 @@ pub async fn settle_from_webhook(
     let tx = client.transaction().await?;
     // Stored, then (in the same statement, only when stored) the provider call's lock: the
     // attempt is looked for by the next statement, whose snapshot is taken after the lock.
-    let sql = format!(
-        "WITH stored AS ( \
-             INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, completed_at, \
-                    provider, attempt_key, end_reason, result) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING \
-             RETURNING provider_call_id) \
-         SELECT {} FROM stored",
-        provider_call_lock_sql("provider_call_id")
-    );
+    static STORE_AND_LOCK: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH stored AS ( \
+                 INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, \
+                        completed_at, provider, attempt_key, end_reason, result) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING \
+                 RETURNING provider_call_id) \
+             SELECT {} FROM stored",
+            provider_call_lock_sql("provider_call_id")
+        )
+    });
     let stored = query_opt(
         &tx,
-        &sql,
+        &STORE_AND_LOCK,
         &[
             &report.webhook_id,
             &report.provider_call_id,
@@ -537,20 +543,22 @@ async fn end_call_as(
     })?;
     // The change and its event in one statement: the event's snapshot is the updated row
     // (the dial's outcome, recorded by an earlier statement, is seen too).
-    let sql = format!(
-        "WITH ended AS ( \
-             UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
-                    ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
-                    retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
-              WHERE id = $1 RETURNING calls.*) \
-         INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-         SELECT $7, c.id, c.sequence, $8::text, {}, {} FROM ended c",
-        snapshot_sql("c"),
-        fanned_out_at_sql("c", "$8::text")
-    );
+    static END_WITH_EVENT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH ended AS ( \
+                 UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
+                        ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
+                        retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
+                  WHERE id = $1 RETURNING calls.*) \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT $7, c.id, c.sequence, $8::text, {}, {} FROM ended c",
+            snapshot_sql("c"),
+            fanned_out_at_sql("c", "$8::text")
+        )
+    });
     let written = execute(
         tx,
-        &sql,
+        &END_WITH_EVENT,
         &[
             &call_id,
             &outcome.as_str(),
