@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::claim::ClaimedCall;
 use super::events::record_event;
 use super::settle::{apply_held_reports, lock_provider_calls, provider_call_lock_sql, Settlement};
-use super::slots::{nudge_waiting_calls, release_slot};
+use super::slots::{release_slot, release_slot_and_nudge};
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
 use crate::config::Config;
@@ -291,8 +291,7 @@ async fn record_failure(
         .await?;
         return Ok((DialRecorded::OutcomeUnknown { error }, Vec::new()));
     }
-    release_slot(tx, claimed.call_id).await?;
-    let nudges = nudge_waiting_calls(tx, 1).await?;
+    let nudges = release_slot_and_nudge(tx, claimed.call_id, 1).await?;
     let recorded = match retry {
         Some((retry_after, _)) if attempts < max_attempts => {
             let delay =

@@ -14,7 +14,7 @@ use super::dial::{
     delay_into_window, fail_call, wait_for_provider_room, FailureReport, RetryPolicy,
 };
 use super::events::{expect_written, fanned_out_at_sql, record_event, snapshot_sql};
-use super::slots::{nudge_waiting_calls, release_slot};
+use super::slots::release_slot_and_nudge;
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
 use crate::call_result::CallResult;
@@ -386,8 +386,7 @@ async fn apply_report(
                 )
                 .await?;
                 if held_slot {
-                    release_slot(tx, call_id).await?;
-                    messages.extend(nudge_waiting_calls(tx, 1).await?);
+                    messages.extend(release_slot_and_nudge(tx, call_id, 1).await?);
                 }
                 status
             }

@@ -110,7 +110,7 @@ macro_rules! nudge_eligible {
     };
 }
 
-/// `$1` calls to nudge, `$2` the quiet window, `$3` the message-on-its-way window, `$4`
+/// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the quiet window, `$3` the message-on-its-way window, `$4`
 /// the share of a group without a limit.
 ///
 /// A group's calls in progress are counted only where they matter (counting them reads an
@@ -118,8 +118,9 @@ macro_rules! nudge_eligible {
 /// for a campaign with a `maxConcurrency`, whose room they bound, and for every group when
 /// more than one group has waiting calls to give, which the ranking interleaves. With one
 /// group, the ranking is its own order.
-const FAIR_NUDGE: &str = concat!(
-    "WITH g AS MATERIALIZED ( \
+macro_rules! fair_nudge_ctes {
+    () => { concat!(
+    "g AS MATERIALIZED ( \
          SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
                 CASE WHEN k.max_concurrency IS NOT NULL THEN \
                     (SELECT count(*) FROM calls p WHERE p.campaign_id = k.id AND p.status = 'IN_PROGRESS') \
@@ -163,7 +164,43 @@ const FAIR_NUDGE: &str = concat!(
           ORDER BY (counted.in_progress + w.r) / w.share, w.r \
           LIMIT $1) \
      RETURNING id"
-);
+    ) };
+}
+
+/// The nudge: [`fair_nudge_ctes`] (`$1`–`$4` as there).
+const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!());
+
+/// Frees the slot `call_id` holds, if any, and nudges up to `count` waiting calls into
+/// freed slots ([`nudge_waiting_calls`]), in one statement: a settle or a failed dial frees
+/// one slot and brings one call, one round trip instead of two. The nudge does not read
+/// `call_slots`, so it picks the same calls as after a separate release; the release, a
+/// data-modifying `WITH` that nothing reads, runs to completion after it.
+pub(crate) async fn release_slot_and_nudge(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    count: i64,
+) -> StoreResult<Vec<Enqueue>> {
+    const RELEASE_AND_NUDGE: &str = concat!(
+        "WITH released AS ( \
+             UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = $5), ",
+        fair_nudge_ctes!()
+    );
+    let rows = query(
+        tx,
+        RELEASE_AND_NUDGE,
+        &[
+            &count.max(0),
+            &NUDGE_QUIET_SECONDS,
+            &MESSAGE_ON_ITS_WAY_SECONDS,
+            &FAIR_SHARE_UNLIMITED,
+            &call_id,
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|row| Ok(Enqueue::now(row.try_get(0)?)))
+        .collect()
+}
 
 /// Calls in progress as the cap counts them: slots held.
 pub async fn slots_in_use(pool: &Pool) -> StoreResult<i64> {
