@@ -330,12 +330,24 @@ async fn claim_batch(
         }
         // After the locks: a suppression committed before them is seen here, and one not
         // committed yet waits for this transaction (it takes the same lock).
-        let suppressions = query(
-            &tx,
-            "SELECT phone FROM suppressions WHERE phone = ANY($1)",
-            &[&sorted_phones],
-        )
-        .await?;
+        let suppressions = match sorted_phones.as_slice() {
+            [phone] => {
+                query(
+                    &tx,
+                    "SELECT phone FROM suppressions WHERE phone = $1",
+                    &[phone],
+                )
+                .await?
+            }
+            _ => {
+                query(
+                    &tx,
+                    "SELECT phone FROM suppressions WHERE phone = ANY($1)",
+                    &[&sorted_phones],
+                )
+                .await?
+            }
+        };
         for row in suppressions {
             suppressed_phones.insert(row.try_get(0)?);
         }
@@ -450,41 +462,25 @@ async fn claim_batch(
         // for these phones): drop the candidates whose phone is busy; pair the rest, in
         // batch order, with free slots; mark those calls IN_PROGRESS and record their
         // attempts. Calls left unpaired had no free slot.
-        let taken = query(
-            &tx,
-            "WITH candidate AS ( \
-                 SELECT c.id, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
-                        a.attempt_id, row_number() OVER (ORDER BY a.n) AS rank \
-                   FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS a(id, attempt_id, n) \
-                   JOIN calls c ON c.id = a.id \
-                  WHERE NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')), \
-             free AS ( \
-                 SELECT slot_no, row_number() OVER (ORDER BY slot_no) AS rank \
-                   FROM (SELECT slot_no FROM call_slots WHERE call_id IS NULL AND slot_no <= $3 \
-                          ORDER BY slot_no LIMIT (SELECT count(*) FROM candidate) FOR UPDATE SKIP LOCKED) AS f), \
-             paired AS ( \
-                 SELECT candidate.*, free.slot_no FROM candidate JOIN free USING (rank)), \
-             slot AS ( \
-                 UPDATE call_slots s SET call_id = paired.id, claimed_at = now() \
-                   FROM paired WHERE s.slot_no = paired.slot_no RETURNING s.slot_no), \
-             started AS ( \
-                 UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \
-                        updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
-                        sequence = sequence + 1 \
-                   FROM paired WHERE calls.id = paired.id RETURNING calls.id), \
-             attempt AS ( \
-                 INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
-                 SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING call_id) \
-             SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
-                    paired.attempt_no, paired.dial_key, paired.dial_key <> paired.attempt_id AS key_reused, \
-                    (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
-                    (SELECT count(*) FROM attempt) AS recorded \
-               FROM unnest($1::uuid[]) AS a(id) \
-               LEFT JOIN candidate ON candidate.id = a.id \
-               LEFT JOIN paired ON paired.id = a.id",
-            &[&ids, &attempt_ids, &(cap as i32)],
-        )
-        .await?;
+        // A single candidate (how a batch of one arrives) takes scalar parameters, for one
+        // generic plan; see [`CLAIM_READ`].
+        static TAKE_ONE: LazyLock<String> = LazyLock::new(|| {
+            take_slots_sql(
+                "(VALUES ($1::uuid, $2::uuid, 1::bigint)) AS a(id, attempt_id, n)",
+                "(VALUES ($1::uuid)) AS a(id)",
+            )
+        });
+        static TAKE_MANY: LazyLock<String> = LazyLock::new(|| {
+            take_slots_sql(
+                "unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS a(id, attempt_id, n)",
+                "unnest($1::uuid[]) AS a(id)",
+            )
+        });
+        let cap = cap as i32;
+        let taken = match (ids.as_slice(), attempt_ids.as_slice()) {
+            ([id], [attempt_id]) => query(&tx, &TAKE_ONE, &[id, attempt_id, &cap]).await?,
+            _ => query(&tx, &TAKE_MANY, &[&ids, &attempt_ids, &cap]).await?,
+        };
         // The statement's three writes must agree (every row carries the same counts).
         if let Some(row) = taken.first() {
             let counts: [i64; 3] = [
@@ -568,6 +564,44 @@ async fn claim_batch(
         })
         .collect::<StoreResult<Vec<_>>>()?;
     Ok((claims, nudges))
+}
+
+/// The claim's step 5 in one statement: `candidates` the calls to claim with their new
+/// attempts' ids, in batch order (`a(id, attempt_id, n)` over `$1`, `$2`), `ids` the same
+/// calls (`a(id)`), `$3` the cap.
+fn take_slots_sql(candidates: &str, ids: &str) -> String {
+    format!(
+        "WITH candidate AS ( \
+                 SELECT c.id, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
+                        a.attempt_id, row_number() OVER (ORDER BY a.n) AS rank \
+                   FROM {candidates} \
+                   JOIN calls c ON c.id = a.id \
+                  WHERE NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')), \
+             free AS ( \
+                 SELECT slot_no, row_number() OVER (ORDER BY slot_no) AS rank \
+                   FROM (SELECT slot_no FROM call_slots WHERE call_id IS NULL AND slot_no <= $3 \
+                          ORDER BY slot_no LIMIT (SELECT count(*) FROM candidate) FOR UPDATE SKIP LOCKED) AS f), \
+             paired AS ( \
+                 SELECT candidate.*, free.slot_no FROM candidate JOIN free USING (rank)), \
+             slot AS ( \
+                 UPDATE call_slots s SET call_id = paired.id, claimed_at = now() \
+                   FROM paired WHERE s.slot_no = paired.slot_no RETURNING s.slot_no), \
+             started AS ( \
+                 UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \
+                        updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
+                        sequence = sequence + 1 \
+                   FROM paired WHERE calls.id = paired.id RETURNING calls.id), \
+             attempt AS ( \
+                 INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
+                 SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING call_id) \
+             SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
+                    paired.attempt_no, paired.dial_key, paired.dial_key <> paired.attempt_id AS key_reused, \
+                    (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
+                    (SELECT count(*) FROM attempt) AS recorded \
+               FROM {ids} \
+               LEFT JOIN candidate ON candidate.id = a.id \
+               LEFT JOIN paired ON paired.id = a.id"
+    )
 }
 
 /// The claim's read of its calls, without the `WHERE` clause: `$1` the ids (one, or an
