@@ -74,8 +74,9 @@ pub enum Created {
 /// while `calls` was small read the whole table on every create, 0.8 ms at 10,000 rows,
 /// seen with `auto_explain` in `ebra bench --only e2e`'s backlog run). Concurrent creates
 /// may each see the same free slot: a few extra messages, each of which the claim parks
-/// again, never a missed call. Without the nudges counted, a create raced every settle's nudge for the slot it had
-/// just freed, and the loser's message was one more send, receive and delete.
+/// again, never a missed call. Without the nudges counted, a create raced every settle's
+/// nudge for the slot it had just freed, and the loser's message was one more send,
+/// receive and delete.
 macro_rules! room_count {
     ($cap:literal) => {
         concat!(

@@ -291,7 +291,7 @@ async fn record_failure(
         .await?;
         return Ok((DialRecorded::OutcomeUnknown { error }, Vec::new()));
     }
-    let nudges = release_slot_and_nudge(tx, claimed.call_id, 1).await?;
+    let nudges = release_slot_and_nudge(tx, claimed.call_id).await?;
     let recorded = match retry {
         Some((retry_after, _)) if attempts < max_attempts => {
             let delay =

@@ -386,7 +386,7 @@ async fn apply_report(
                 )
                 .await?;
                 if held_slot {
-                    messages.extend(release_slot_and_nudge(tx, call_id, 1).await?);
+                    messages.extend(release_slot_and_nudge(tx, call_id).await?);
                 }
                 status
             }

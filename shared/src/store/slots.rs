@@ -7,6 +7,7 @@
 //! are sent with no delay, so a freed slot is refilled at once instead of when some waiting
 //! message next wakes up.
 
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{execute, query, query_one, Pool, StoreResult, Transaction};
@@ -79,17 +80,25 @@ pub(crate) async fn nudge_waiting_calls(
     if count <= 0 {
         return Ok(Vec::new());
     }
-    let rows = query(
-        tx,
-        FAIR_NUDGE,
-        &[
-            &count,
-            &NUDGE_QUIET_SECONDS,
-            &MESSAGE_ON_ITS_WAY_SECONDS,
-            &FAIR_SHARE_UNLIMITED,
-        ],
-    )
-    .await?;
+    nudged(tx, FAIR_NUDGE, count, None).await
+}
+
+/// Runs a statement built on [`fair_nudge_ctes`] (`$1`–`$4`; `$5` the slot's call for
+/// [`release_slot_and_nudge`]) and returns the nudged calls' messages.
+async fn nudged(
+    tx: &Transaction<'_>,
+    sql: &str,
+    count: i64,
+    releasing: Option<&Uuid>,
+) -> StoreResult<Vec<Enqueue>> {
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &count,
+        &NUDGE_QUIET_SECONDS,
+        &MESSAGE_ON_ITS_WAY_SECONDS,
+        &FAIR_SHARE_UNLIMITED,
+    ];
+    params.extend(releasing.map(|call_id| call_id as &(dyn ToSql + Sync)));
+    let rows = query(tx, sql, &params).await?;
     rows.iter()
         .map(|row| Ok(Enqueue::now(row.try_get(0)?)))
         .collect()
@@ -110,8 +119,9 @@ macro_rules! nudge_eligible {
     };
 }
 
-/// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the quiet window, `$3` the message-on-its-way window, `$4`
-/// the share of a group without a limit.
+/// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the
+/// quiet window, `$3` the message-on-its-way window, `$4` the share of a group without a
+/// limit.
 ///
 /// A group's calls in progress are counted only where they matter (counting them reads an
 /// index entry and a row per call in progress, as many as the cap while a campaign drains):
@@ -170,36 +180,21 @@ macro_rules! fair_nudge_ctes {
 /// The nudge: [`fair_nudge_ctes`] (`$1`–`$4` as there).
 const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!());
 
-/// Frees the slot `call_id` holds, if any, and nudges up to `count` waiting calls into
-/// freed slots ([`nudge_waiting_calls`]), in one statement: a settle or a failed dial frees
-/// one slot and brings one call, one round trip instead of two. The nudge does not read
-/// `call_slots`, so it picks the same calls as after a separate release; the release, a
-/// data-modifying `WITH` that nothing reads, runs to completion after it.
+/// Frees the slot `call_id` holds, if any, and nudges one waiting call into it
+/// ([`nudge_waiting_calls`]), in one statement: one round trip where a settle or a failed
+/// dial made two. The nudge does not read `call_slots`, so it picks the same call as after
+/// a separate release; the release, a data-modifying `WITH` that nothing reads, runs to
+/// completion after it.
 pub(crate) async fn release_slot_and_nudge(
     tx: &Transaction<'_>,
     call_id: Uuid,
-    count: i64,
 ) -> StoreResult<Vec<Enqueue>> {
     const RELEASE_AND_NUDGE: &str = concat!(
         "WITH released AS ( \
              UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = $5), ",
         fair_nudge_ctes!()
     );
-    let rows = query(
-        tx,
-        RELEASE_AND_NUDGE,
-        &[
-            &count.max(0),
-            &NUDGE_QUIET_SECONDS,
-            &MESSAGE_ON_ITS_WAY_SECONDS,
-            &FAIR_SHARE_UNLIMITED,
-            &call_id,
-        ],
-    )
-    .await?;
-    rows.iter()
-        .map(|row| Ok(Enqueue::now(row.try_get(0)?)))
-        .collect()
+    nudged(tx, RELEASE_AND_NUDGE, 1, Some(&call_id)).await
 }
 
 /// Calls in progress as the cap counts them: slots held.
