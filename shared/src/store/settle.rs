@@ -202,6 +202,12 @@ struct AttemptRef {
 
 /// The latest attempt recorded with `provider_call_id`, and its call, locked (`FOR
 /// UPDATE`), in one statement.
+///
+/// The attempt is picked in a subquery with its `LIMIT 1`, so that the planner knows one
+/// row comes out of it and reaches the call by its primary key whatever it guesses of the
+/// tables. Written as a plain join, the generic plan a connection cached while the tables
+/// were new hashed the attempt and read every row of `calls` on each webhook: 0.445 ms a
+/// statement instead of 0.053 in `pg_stat_statements` over one `ebra bench --only e2e`.
 async fn find_attempt_locking_call(
     tx: &Transaction<'_>,
     provider_call_id: &str,
@@ -209,9 +215,10 @@ async fn find_attempt_locking_call(
     let row = query_opt(
         tx,
         "SELECT a.id, a.call_id, a.attempt_no, c.status, c.attempts, c.limited_dials, c.max_attempts \
-           FROM call_attempts a JOIN calls c ON c.id = a.call_id \
-          WHERE a.provider_call_id = $1 \
-          ORDER BY a.attempt_no DESC LIMIT 1 \
+           FROM (SELECT id, call_id, attempt_no FROM call_attempts \
+                  WHERE provider_call_id = $1 \
+                  ORDER BY attempt_no DESC LIMIT 1) AS a \
+           JOIN calls c ON c.id = a.call_id \
           FOR UPDATE OF c",
         &[&provider_call_id],
     )
