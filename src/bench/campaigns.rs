@@ -132,6 +132,11 @@ pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
         .target(Target::AtLeast(TARGET_BUSY))
         .how("Σ(ended − started) / (cap × (last ended − first started)), from the rows"),
     );
+    report.notes.push(format!(
+        "drain: idle slot-time as a share of cap × span: ramp {:.3} (the cap reached {:.1} s after the first claim), tail {:.3}, between a release and its refill {:.3} (a slot's refill after an attempt's end: p50 {:.3} s, p90 {:.3} s, p99 {:.3} s, max {:.3} s)",
+        drain.losses.ramp, drain.losses.ramp_seconds, drain.losses.tail, drain.losses.between,
+        drain.losses.refill[0], drain.losses.refill[1], drain.losses.refill[2], drain.losses.refill[3]
+    ));
 
     let fairness = measure_fairness(&sizes).await.context("the fairness run")?;
     report.figures.push(
@@ -154,7 +159,11 @@ pub async fn run(quick: bool) -> anyhow::Result<ScenarioReport> {
         "import": {"rows": sizes.import_rows, "seconds": import.seconds, "sendMessage": import.send_message,
                    "sendMessageBatch": import.send_batches, "cap": sizes.import_cap},
         "drain": {"calls": sizes.drain_calls, "cap": sizes.drain_cap, "callSeconds": sizes.call_seconds,
-                  "busy": drain.busy, "makespan": drain.makespan},
+                  "busy": drain.busy, "makespan": drain.makespan,
+                  "idle": {"ramp": drain.losses.ramp, "rampSeconds": drain.losses.ramp_seconds,
+                           "tail": drain.losses.tail, "between": drain.losses.between,
+                           "refillSeconds": {"p50": drain.losses.refill[0], "p90": drain.losses.refill[1],
+                                             "p99": drain.losses.refill[2], "max": drain.losses.refill[3]}}},
         "fairness": {"shared": fairness.shared, "alone": fairness.alone, "ratio": fairness.ratio},
     });
     Ok(report)
@@ -300,7 +309,9 @@ impl Stack {
                 started.elapsed() < deadline,
                 "campaign {campaign} did not finish within {deadline:?}"
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Each count reads the campaign's index entries (8 ms at 20,000 calls): polled
+            // once a second, so that the harness takes little of the CPU it measures.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         Ok(())
     }
@@ -393,6 +404,70 @@ async fn measure_import(sizes: &Sizes) -> anyhow::Result<Imported> {
 struct Drained {
     busy: f64,
     makespan: f64,
+    losses: DrainLosses,
+}
+
+/// Where a drain's idle slot-time went, each as a share of `cap × span` (so that
+/// `busy + ramp + tail + between = 1`): the ramp (before each of the first `cap` claims,
+/// since the first), the tail (after each of the last `cap` ends, until the last), and
+/// the rest (the gaps between a slot's release and its refill while the campaign drains).
+struct DrainLosses {
+    ramp_seconds: f64,
+    ramp: f64,
+    tail: f64,
+    between: f64,
+    /// Each slot's idle time between an attempt's end and the slot's next attempt, in
+    /// seconds: p50, p90, p99, max.
+    refill: [f64; 4],
+}
+
+impl DrainLosses {
+    async fn read(stack: &Stack, campaign: &str, cap: u32, busy: f64) -> anyhow::Result<Self> {
+        let client = harness::connect(&stack.db.url).await?;
+        let row = client
+            .query_one(
+                "WITH c AS (SELECT started_at, ended_at FROM calls \
+                             WHERE campaign_id = $1::text::uuid AND ended_at IS NOT NULL), \
+                      b AS (SELECT min(started_at) AS t0, max(ended_at) AS t1 FROM c), \
+                      firsts AS (SELECT started_at FROM c ORDER BY started_at LIMIT $2), \
+                      lasts AS (SELECT ended_at FROM c ORDER BY ended_at DESC LIMIT $2) \
+                 SELECT EXTRACT(EPOCH FROM b.t1 - b.t0)::float8, \
+                        EXTRACT(EPOCH FROM (SELECT max(started_at) FROM firsts) - b.t0)::float8, \
+                        EXTRACT(EPOCH FROM (SELECT sum(started_at - b.t0) FROM firsts))::float8, \
+                        EXTRACT(EPOCH FROM (SELECT sum(b.t1 - ended_at) FROM lasts))::float8 \
+                   FROM b",
+                &[&campaign, &i64::from(cap)],
+            )
+            .await
+            .context("reading the drain's idle slot-time")?;
+        let refill = client
+            .query_one(
+                "WITH a AS (SELECT a.ended_at, lead(a.started_at) OVER (PARTITION BY a.slot_no ORDER BY a.started_at) AS next_start \
+                              FROM call_attempts a JOIN calls c ON c.id = a.call_id \
+                             WHERE c.campaign_id = $1::text::uuid) \
+                 SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99, 1.0]::float8[]) \
+                        WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM next_start - ended_at)::float8) \
+                   FROM a WHERE next_start IS NOT NULL AND ended_at IS NOT NULL",
+                &[&campaign],
+            )
+            .await
+            .context("reading the slots' refill gaps")?;
+        let refill: Vec<f64> = refill
+            .try_get::<_, Option<Vec<f64>>>(0)?
+            .unwrap_or_default();
+        let refill = [0, 1, 2, 3].map(|i| round(refill.get(i).copied().unwrap_or(0.0), 3));
+        let span: f64 = row.try_get::<_, Option<f64>>(0)?.unwrap_or(0.0);
+        let slot_seconds = (f64::from(cap) * span).max(0.001);
+        let ramp = row.try_get::<_, Option<f64>>(2)?.unwrap_or(0.0) / slot_seconds;
+        let tail = row.try_get::<_, Option<f64>>(3)?.unwrap_or(0.0) / slot_seconds;
+        Ok(Self {
+            ramp_seconds: row.try_get::<_, Option<f64>>(1)?.unwrap_or(0.0),
+            ramp: round(ramp, 3),
+            tail: round(tail, 3),
+            between: round((1.0 - busy - ramp - tail).max(0.0), 3),
+            refill,
+        })
+    }
 }
 
 async fn measure_drain(sizes: &Sizes) -> anyhow::Result<Drained> {
@@ -412,12 +487,12 @@ async fn measure_drain(sizes: &Sizes) -> anyhow::Result<Drained> {
             .wait_done(&campaign, Duration::from_secs_f64(ideal * 4.0 + 60.0))
             .await?;
         let (makespan, span, busy_seconds) = stack.timings(&campaign).await?;
+        let busy = busy_seconds / (f64::from(sizes.drain_cap) * span.max(0.001));
+        let losses = DrainLosses::read(&stack, &campaign, sizes.drain_cap, busy).await?;
         Ok(Drained {
-            busy: round(
-                busy_seconds / (f64::from(sizes.drain_cap) * span.max(0.001)),
-                3,
-            ),
+            busy: round(busy, 3),
             makespan,
+            losses,
         })
     }
     .await;
@@ -467,7 +542,7 @@ async fn measure_fairness(sizes: &Sizes) -> anyhow::Result<Fairness> {
                 started.elapsed() < Duration::from_secs(600),
                 "the large campaign did not get a quarter done"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let small = stack
             .create_campaign(&http, "small, during the drain")
