@@ -631,7 +631,8 @@ const CAMPAIGN_LOCK_SPACE: i32 = 0x6361_6d70;
 /// order, and the count, read after the lock, includes every committed claim of it. A
 /// campaign without one is not locked, so its claims run side by side: with the lock
 /// taken for every campaign, a campaign draining at a cap of 1,000 waited 94 ms on average
-/// per claim for it (`pg_stat_statements` over `ebra bench --only campaigns`).
+/// per claim for it (`pg_stat_statements` over `ebra bench --only campaigns`, on a private
+/// Postgres with autovacuum on).
 async fn campaign_room(
     tx: &Transaction<'_>,
     campaigns: &[Uuid],
