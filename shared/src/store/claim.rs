@@ -657,26 +657,30 @@ async fn campaign_room(
             .await?
         }
     };
+    // A limited campaign's room starts at its maxConcurrency; its calls in progress are
+    // taken off below, once counted under its lock.
     let mut state: HashMap<Uuid, (String, Option<i64>)> = HashMap::with_capacity(rows.len());
-    let mut limited: Vec<(Uuid, i32)> = Vec::new();
     for row in &rows {
-        let id: Uuid = row.try_get("id")?;
         let max: Option<i32> = row.try_get("max_concurrency")?;
-        if let Some(max) = max {
-            limited.push((id, max));
-        }
-        state.insert(id, (row.try_get("status")?, None));
+        state.insert(
+            row.try_get("id")?,
+            (row.try_get("status")?, max.map(i64::from)),
+        );
     }
+    let mut limited: Vec<Uuid> = state
+        .iter()
+        .filter(|(_, (_, room))| room.is_some())
+        .map(|(id, _)| *id)
+        .collect();
     if limited.is_empty() {
         return Ok(state);
     }
     limited.sort_unstable();
-    let ids: Vec<Uuid> = limited.iter().map(|(id, _)| *id).collect();
     execute(
         tx,
         "SELECT pg_advisory_xact_lock($2, hashtext(id::text)) \
            FROM unnest($1::uuid[]) WITH ORDINALITY AS locks(id, n) ORDER BY n",
-        &[&ids, &CAMPAIGN_LOCK_SPACE],
+        &[&limited, &CAMPAIGN_LOCK_SPACE],
     )
     .await?;
     // Read after the locks: every committed claim of these campaigns is counted.
@@ -684,18 +688,13 @@ async fn campaign_room(
         tx,
         "SELECT k.id, (SELECT count(*) FROM calls c WHERE c.campaign_id = k.id AND c.status = 'IN_PROGRESS') \
            FROM unnest($1::uuid[]) AS k(id)",
-        &[&ids],
+        &[&limited],
     )
     .await?;
     for row in &counts {
-        let id: Uuid = row.try_get(0)?;
         let in_progress: i64 = row.try_get(1)?;
-        let max = limited
-            .iter()
-            .find(|(limited_id, _)| *limited_id == id)
-            .map(|(_, max)| *max);
-        if let (Some(max), Some((_, room))) = (max, state.get_mut(&id)) {
-            *room = Some(i64::from(max) - in_progress);
+        if let Some((_, Some(room))) = state.get_mut(&row.try_get::<_, Uuid>(0)?) {
+            *room -= in_progress;
         }
     }
     Ok(state)
