@@ -1,7 +1,8 @@
 //! `ebra import` against a local stack (the API on a loopback listener, the worker, the
 //! reclaimer), with a real Postgres and a real SQS endpoint: batches, per-row answers, the
 //! rejected rows' file, reruns that create nothing twice, an interrupted import finished by
-//! a rerun, `--dry-run`, the bearer token, and the binary's plain progress lines.
+//! a rerun, `--dry-run`, the bearer token, and the binary's plain progress lines; and the
+//! stack's worker, on connections of its own.
 
 mod common;
 
@@ -35,6 +36,7 @@ impl Stack {
             StackParts {
                 config,
                 pool: env.pool.clone(),
+                worker_pool: env.pool.clone(),
                 queue: env.queue.clone(),
                 provider: common::generic_provider(),
                 reclaim_every: Duration::from_secs(3600),
@@ -301,4 +303,50 @@ async fn the_binary_prints_plain_progress_lines_and_a_summary_when_not_a_termina
         "plain lines: {stderr}"
     );
     stack.stop().await;
+}
+
+/// The local stack gives the worker its own connections, as its Lambda has: with every
+/// connection of the API's and webhook's pool taken (a burst of webhooks, say), a queued
+/// call is still claimed. With one pool for all, the claim waited behind the burst, and
+/// the slots it freed stayed empty (README, "Campaign figures").
+#[tokio::test]
+async fn the_local_worker_claims_while_every_api_connection_is_taken() {
+    let env = TestEnv::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback listener");
+    let config = Arc::new(env.config(&[("GLOBAL_CONCURRENCY", "5")]));
+    let api_pool = ebra_shared::db::pool(&env.database_url, 1).expect("the API's pool");
+    let taken = api_pool.get().await.expect("the API pool's one connection");
+    let running = start_stack(
+        listener,
+        StackParts {
+            config: config.clone(),
+            pool: api_pool.clone(),
+            worker_pool: env.pool.clone(),
+            queue: env.queue.clone(),
+            provider: common::generic_provider(),
+            reclaim_every: Duration::from_secs(3600),
+        },
+    )
+    .expect("the local stack starts");
+
+    let call = env.pending_call(&config, "+14155550101", None).await;
+    env.queue
+        .send(ebra_shared::queue::Enqueue::now(call))
+        .await
+        .expect("the call's message is sent");
+    let claimed = format!("SELECT count(*) FROM call_attempts WHERE call_id = '{call}'");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while env.count(&claimed).await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = env.count(&claimed).await;
+
+    drop(taken);
+    running.stop().await;
+    assert_eq!(
+        attempts, 1,
+        "the worker claimed and dialed the call while the API's pool was exhausted"
+    );
 }

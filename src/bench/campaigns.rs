@@ -29,6 +29,7 @@ use super::report::round;
 use super::{Figure, ScenarioReport, Target};
 use crate::local::{start_stack, LocalSqs, RunningStack, StackParts};
 
+/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default.
 const POOL_SIZE: usize = 20;
 const VISIBILITY_SECONDS: u32 = 180;
 const TARGET_ROWS_PER_SECOND: f64 = 5_000.0;
@@ -218,6 +219,7 @@ impl Stack {
             StackParts {
                 config,
                 pool: db.pool.clone(),
+                worker_pool: ebra_shared::db::pool(&db.url, POOL_SIZE)?,
                 queue: queues.calls_queue(),
                 provider: Arc::new(simulator),
                 reclaim_every: Duration::from_secs(10),

@@ -46,7 +46,7 @@ const CALL_SECONDS: f64 = 0.5;
 const CLIENTS: usize = 16;
 /// As `ebra dev`'s queue: six times a 30 s worker.
 const VISIBILITY_SECONDS: u32 = 180;
-/// The stack's pool, as `ebra dev`'s default.
+/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default.
 const POOL_SIZE: usize = 20;
 const TARGET_UTILISATION: f64 = 0.9;
 const TARGET_CREATES_PER_S: f64 = 1000.0;
@@ -448,6 +448,7 @@ async fn drive(
         StackParts {
             config,
             pool: db.pool.clone(),
+            worker_pool: ebra_shared::db::pool(&db.url, POOL_SIZE)?,
             queue: queues.calls_queue(),
             provider: Arc::new(dialer),
             reclaim_every: DevOptions::default().reclaim_every,

@@ -115,10 +115,9 @@ async fn serve(
         _ => lookup(env, name),
     })?);
 
-    let pool = ebra_shared::db::pool(
-        &config.database_url,
-        ebra_shared::db::pool_size_from_env(20)?,
-    )?;
+    let pool_size = ebra_shared::db::pool_size_from_env(20)?;
+    let pool = ebra_shared::db::pool(&config.database_url, pool_size)?;
+    let worker_pool = ebra_shared::db::pool(&config.database_url, pool_size)?;
     let applied = ebra_shared::db::migrate(&pool).await?;
     tracing::info!(applied, "migrations applied");
 
@@ -130,6 +129,7 @@ async fn serve(
         StackParts {
             config: config.clone(),
             pool,
+            worker_pool,
             queue,
             provider,
             reclaim_every: options.reclaim_every,
@@ -220,7 +220,12 @@ fn describe_provider(provider: &ProviderSettings) -> String {
 /// What the local stack runs on.
 pub struct StackParts {
     pub config: Arc<Config>,
+    /// The connections of the API, the webhook, the reclaimer and the notifier.
     pub pool: ebra_shared::store::Pool,
+    /// The worker's own connections, as its Lambda function has: with one pool for all, a
+    /// burst of webhooks (every call of a wave ending at once) queued the worker's claims
+    /// behind it, and the freed slots stayed empty until the burst was settled.
+    pub worker_pool: ebra_shared::store::Pool,
     pub queue: CallsQueue,
     pub provider: Arc<dyn Provider>,
     /// How often the reclaimer runs.
@@ -246,6 +251,7 @@ pub fn start_stack(
     let StackParts {
         config,
         pool,
+        worker_pool,
         queue,
         provider,
         reclaim_every,
@@ -263,7 +269,7 @@ pub fn start_stack(
         .merge(ebra_webhook::routes(webhook))
         .fallback(ebra_api::not_found);
     let mut worker = ebra_worker::WorkerState::new(
-        pool.clone(),
+        worker_pool,
         queue.clone(),
         provider.clone(),
         config.clone(),
