@@ -1394,7 +1394,7 @@ async fn metrics_in_json_count_every_status() {
     api.env
         .execute(&format!(
             "UPDATE calls SET status = 'IN_PROGRESS', started_at = now(), outbox_due_at = NULL, attempts = 1 WHERE id = '{0}';
-             UPDATE call_slots SET call_id = '{0}', claimed_at = now() WHERE slot_no = 1;
+             UPDATE call_slots SET call_id = '{0}', claimed_at = now(), phone = (SELECT phone FROM calls WHERE id = '{0}') WHERE slot_no = 1;
              UPDATE calls SET created_at = now() - interval '1 minute', next_run_at = now() - interval '1 minute' WHERE id = '{1}';",
             ids[1], ids[2]
         ))

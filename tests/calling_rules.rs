@@ -659,7 +659,7 @@ async fn property_no_dial_is_ever_made_outside_its_window() {
             rules
                 .env
                 .execute(&format!(
-                    "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id IN ({list}); \
+                    "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id IN ({list}); \
                      UPDATE calls SET status = 'COMPLETED', ended_at = now() WHERE id IN ({list})"
                 ))
                 .await;
@@ -1128,7 +1128,7 @@ async fn the_daily_cap_counts_dials_across_calls_in_a_rolling_day() {
         rules
             .env
             .execute(&format!(
-                "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = '{id}'; \
+                "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = '{id}'; \
                  UPDATE calls SET status = 'COMPLETED', ended_at = now() WHERE id = '{id}'; \
                  UPDATE call_attempts SET started_at = now() - interval '{hours_ago} hours', \
                         dial_state = 'ACCEPTED', provider_call_id = 'p-{id}' WHERE call_id = '{id}'"
@@ -1179,7 +1179,7 @@ async fn the_daily_cap_counts_dials_across_calls_in_a_rolling_day() {
     rules
         .env
         .execute(&format!(
-            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = '{first}'; \
+            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = '{first}'; \
              UPDATE calls SET status = 'FAILED', ended_at = now() WHERE id = '{first}'; \
              UPDATE call_attempts SET dial_state = 'REJECTED' WHERE call_id = '{first}'"
         ))

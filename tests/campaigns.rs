@@ -657,7 +657,7 @@ async fn cancel_cancels_every_pending_call_with_its_event_and_refuses_new_calls(
     // when its message arrives, with its event.
     api.env
         .execute(&format!(
-            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = '{first}'; \
+            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = '{first}'; \
              UPDATE calls SET status = 'PENDING', started_at = NULL WHERE id = '{first}'"
         ))
         .await;
@@ -889,7 +889,7 @@ async fn a_small_campaign_arriving_while_a_big_one_drains_gets_the_freed_slots()
     // Free all four slots (the calls end) and refill.
     api.env
         .execute(
-            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL; \
+            "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL; \
              UPDATE calls SET status = 'COMPLETED', ended_at = now() WHERE status = 'IN_PROGRESS'",
         )
         .await;

@@ -376,7 +376,7 @@ async fn timed_loop(
 /// Frees every slot and finishes the calls holding them (untimed), as their webhooks would.
 async fn release_slots(db: &BenchDatabase) -> anyhow::Result<()> {
     db.execute(
-        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id IS NOT NULL;
+        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id IS NOT NULL;
          UPDATE calls SET status = 'COMPLETED', outcome = 'COMPLETED', ended_at = now() WHERE status = 'IN_PROGRESS';",
     )
     .await?;

@@ -185,7 +185,7 @@ async fn measure_at(
     let insert_seconds = started.elapsed().as_secs_f64();
     // Undo the previous size's claims so the slot table starts empty each time.
     db.execute(
-        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id IS NOT NULL;
+        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id IS NOT NULL;
          UPDATE calls SET status = 'COMPLETED', outcome = 'COMPLETED', ended_at = now() WHERE status = 'IN_PROGRESS';",
     )
     .await?;

@@ -5,9 +5,10 @@
 //! 1. lock the calls' rows, in id order (a duplicate delivery of a call waits here, then
 //!    finds it no longer PENDING);
 //! 2. take a transaction-scoped advisory lock on each due call's phone number, in number
-//!    order, then check that no call to that phone is in progress: claims for one phone
-//!    are serialised, so the check cannot race (the partial unique index is only the
-//!    backstop), and two calls of one batch to the same phone never both go.
+//!    order, then check that no call to that phone is in progress (no held slot has its
+//!    phone, `call_slots_phone`): claims for one phone are serialised, so the check cannot
+//!    race (the unique indexes are only the backstop), and two calls of one batch to the
+//!    same phone never both go.
 //!    Then the calling rules (issue 14), under those locks: a call whose number is on the
 //!    do-not-call list is CANCELED (a suppression takes the same lock, so it either
 //!    committed before this check or waits for this claim to commit: a number is dialed
@@ -572,11 +573,11 @@ async fn claim_batch(
 fn take_slots_sql(candidates: &str, ids: &str) -> String {
     format!(
         "WITH candidate AS ( \
-                 SELECT c.id, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
+                 SELECT c.id, c.phone, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
                         a.attempt_id, row_number() OVER (ORDER BY a.n) AS rank \
                    FROM {candidates} \
                    JOIN calls c ON c.id = a.id \
-                  WHERE NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')), \
+                  WHERE NOT EXISTS (SELECT 1 FROM call_slots busy WHERE busy.phone = c.phone)), \
              free AS ( \
                  SELECT slot_no, row_number() OVER (ORDER BY slot_no) AS rank \
                    FROM (SELECT slot_no FROM call_slots WHERE call_id IS NULL AND slot_no <= $3 \
@@ -584,7 +585,7 @@ fn take_slots_sql(candidates: &str, ids: &str) -> String {
              paired AS ( \
                  SELECT candidate.*, free.slot_no FROM candidate JOIN free USING (rank)), \
              slot AS ( \
-                 UPDATE call_slots s SET call_id = paired.id, claimed_at = now() \
+                 UPDATE call_slots s SET call_id = paired.id, claimed_at = now(), phone = paired.phone \
                    FROM paired WHERE s.slot_no = paired.slot_no RETURNING s.slot_no), \
              started AS ( \
                  UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \

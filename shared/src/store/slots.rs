@@ -52,7 +52,7 @@ pub(crate) const MESSAGE_ON_ITS_WAY_SECONDS: f64 = 5.0;
 pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreResult<bool> {
     Ok(execute(
         tx,
-        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = $1",
+        "UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $1",
         &[&call_id],
     )
     .await?
@@ -109,19 +109,25 @@ async fn nudged(
 const FAIR_SHARE_UNLIMITED: f64 = 10_000.0;
 
 /// Which waiting calls a nudge may take (`c`): due, not nudged within the quiet window, no
-/// message on its way, and their phone free.
+/// message on its way, and their phone free: held by no slot (`call_slots_phone`, see
+/// migration V11), other than one `$released` in the same statement (which its read of
+/// `call_slots` does not see freed).
 macro_rules! nudge_eligible {
-    () => {
-        "c.status = 'PENDING' AND c.next_run_at <= now() \
-           AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
-           AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
-           AND NOT EXISTS (SELECT 1 FROM calls busy WHERE busy.phone = c.phone AND busy.status = 'IN_PROGRESS')"
+    ($released:literal) => {
+        concat!(
+            "c.status = 'PENDING' AND c.next_run_at <= now() \
+               AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
+               AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
+               AND NOT EXISTS (SELECT 1 FROM call_slots busy WHERE busy.phone = c.phone",
+            $released,
+            ")"
+        )
     };
 }
 
 /// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the
 /// quiet window, `$3` the message-on-its-way window, `$4` the share of a group without a
-/// limit.
+/// limit; `$released` as in [`nudge_eligible`].
 ///
 /// A group's calls in progress are counted only where they matter (counting them reads an
 /// index entry and a row per call in progress, as many as the cap while a campaign drains):
@@ -129,7 +135,7 @@ macro_rules! nudge_eligible {
 /// more than one group has waiting calls to give, which the ranking interleaves. With one
 /// group, the ranking is its own order.
 macro_rules! fair_nudge_ctes {
-    () => { concat!(
+    ($released:literal) => { concat!(
     "g AS MATERIALIZED ( \
          SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
                 CASE WHEN k.max_concurrency IS NOT NULL THEN \
@@ -145,7 +151,7 @@ macro_rules! fair_nudge_ctes {
               SELECT e.id, row_number() OVER (ORDER BY e.next_run_at) AS r FROM ( \
                   SELECT c.id, c.next_run_at FROM calls c \
                    WHERE c.campaign_id = g.id AND ",
-    nudge_eligible!(),
+    nudge_eligible!($released),
     " \
                    ORDER BY c.next_run_at \
                    LIMIT GREATEST(0, LEAST($1, COALESCE(g.max_concurrency - g.limited_in_progress, $1))) \
@@ -154,7 +160,7 @@ macro_rules! fair_nudge_ctes {
          SELECT NULL::uuid, $4, NULL::bigint, e.id, row_number() OVER (ORDER BY e.next_run_at) \
            FROM (SELECT c.id, c.next_run_at FROM calls c \
                   WHERE c.campaign_id IS NULL AND ",
-    nudge_eligible!(),
+    nudge_eligible!($released),
     " \
                   ORDER BY c.next_run_at LIMIT $1 \
                   FOR UPDATE OF c SKIP LOCKED) e), \
@@ -178,21 +184,22 @@ macro_rules! fair_nudge_ctes {
 }
 
 /// The nudge: [`fair_nudge_ctes`] (`$1`–`$4` as there).
-const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!());
+const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!(""));
 
 /// Frees the slot `call_id` holds, if any, and nudges one waiting call into it
 /// ([`nudge_waiting_calls`]), in one statement: one round trip where a settle or a failed
-/// dial made two. The nudge does not read `call_slots`, so it picks the same call as after
-/// a separate release; the release, a data-modifying `WITH` that nothing reads, runs to
-/// completion after it.
+/// dial made two. The nudge's phone check reads `call_slots` as it was before the
+/// statement, so it passes over the released slot by its call (`$5`) and picks the same
+/// call as after a separate release; the release, a data-modifying `WITH` that nothing
+/// reads, runs to completion after it.
 pub(crate) async fn release_slot_and_nudge(
     tx: &Transaction<'_>,
     call_id: Uuid,
 ) -> StoreResult<Vec<Enqueue>> {
     const RELEASE_AND_NUDGE: &str = concat!(
         "WITH released AS ( \
-             UPDATE call_slots SET call_id = NULL, claimed_at = NULL WHERE call_id = $5), ",
-        fair_nudge_ctes!()
+             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), ",
+        fair_nudge_ctes!(" AND busy.call_id <> $5")
     );
     nudged(tx, RELEASE_AND_NUDGE, 1, Some(&call_id)).await
 }
