@@ -16,6 +16,7 @@ use ebra::local::{start_stack, RunningStack, StackParts};
 
 struct Stack {
     env: TestEnv,
+    config: Arc<ebra_shared::config::Config>,
     base: String,
     running: Option<RunningStack>,
     dir: PathBuf,
@@ -24,6 +25,17 @@ struct Stack {
 impl Stack {
     async fn start(overrides: &[(&str, &str)]) -> Self {
         let env = TestEnv::new().await;
+        let pool = env.pool.clone();
+        Self::start_with_api_pool(env, pool, overrides).await
+    }
+
+    /// The stack with `api_pool` for the API, the webhook, the reclaimer and the notifier
+    /// (the worker keeps the environment's own pool).
+    async fn start_with_api_pool(
+        env: TestEnv,
+        api_pool: ebra_shared::store::Pool,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback listener");
@@ -34,8 +46,8 @@ impl Stack {
         let running = start_stack(
             listener,
             StackParts {
-                config,
-                pool: env.pool.clone(),
+                config: config.clone(),
+                pool: api_pool,
                 worker_pool: env.pool.clone(),
                 queue: env.queue.clone(),
                 provider: common::generic_provider(),
@@ -47,6 +59,7 @@ impl Stack {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         Self {
             env,
+            config,
             base,
             running: Some(running),
             dir,
@@ -312,39 +325,29 @@ async fn the_binary_prints_plain_progress_lines_and_a_summary_when_not_a_termina
 #[tokio::test]
 async fn the_local_worker_claims_while_every_api_connection_is_taken() {
     let env = TestEnv::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback listener");
-    let config = Arc::new(env.config(&[("GLOBAL_CONCURRENCY", "5")]));
     let api_pool = ebra_shared::db::pool(&env.database_url, 1).expect("the API's pool");
     let taken = api_pool.get().await.expect("the API pool's one connection");
-    let running = start_stack(
-        listener,
-        StackParts {
-            config: config.clone(),
-            pool: api_pool.clone(),
-            worker_pool: env.pool.clone(),
-            queue: env.queue.clone(),
-            provider: common::generic_provider(),
-            reclaim_every: Duration::from_secs(3600),
-        },
-    )
-    .expect("the local stack starts");
+    let stack = Stack::start_with_api_pool(env, api_pool, &[]).await;
 
-    let call = env.pending_call(&config, "+14155550101", None).await;
-    env.queue
+    let call = stack
+        .env
+        .pending_call(&stack.config, "+14155550101", None)
+        .await;
+    stack
+        .env
+        .queue
         .send(ebra_shared::queue::Enqueue::now(call))
         .await
         .expect("the call's message is sent");
     let claimed = format!("SELECT count(*) FROM call_attempts WHERE call_id = '{call}'");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
-    while env.count(&claimed).await == 0 && tokio::time::Instant::now() < deadline {
+    while stack.env.count(&claimed).await == 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let attempts = env.count(&claimed).await;
+    let attempts = stack.env.count(&claimed).await;
 
     drop(taken);
-    running.stop().await;
+    stack.stop().await;
     assert_eq!(
         attempts, 1,
         "the worker claimed and dialed the call while the API's pool was exhausted"
