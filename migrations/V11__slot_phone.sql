@@ -7,8 +7,9 @@
 -- auto_explain over `ebra bench --only e2e`). `call_slots` always holds its 10,000 rows, so
 -- a scan of this index is never as cheap as its probe. The partial unique index on calls
 -- stays: it still refuses a second call in progress to one phone. Functions from before
--- this migration do not write the phone: the CHECK refuses their claims and releases (they
--- are retried) rather than let a free slot keep a phone, so deploy right after migrating.
+-- this migration do not write the phone: the CHECK refuses their claims, and their releases
+-- of slots that hold a phone (they are retried), rather than let a free slot keep a phone,
+-- so deploy right after migrating.
 ALTER TABLE call_slots ADD COLUMN phone text;
 UPDATE call_slots s SET phone = c.phone FROM calls c WHERE c.id = s.call_id;
 ALTER TABLE call_slots ADD CONSTRAINT call_slots_phone_with_call CHECK ((call_id IS NULL) = (phone IS NULL));
