@@ -46,7 +46,8 @@ const CALL_SECONDS: f64 = 0.5;
 const CLIENTS: usize = 16;
 /// As `ebra dev`'s queue: six times a 30 s worker.
 const VISIBILITY_SECONDS: u32 = 180;
-/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default.
+/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default;
+/// `DB_POOL_SIZE` sets it, as for `ebra dev`.
 const POOL_SIZE: usize = 20;
 const TARGET_UTILISATION: f64 = 0.9;
 const TARGET_CREATES_PER_S: f64 = 1000.0;
@@ -66,7 +67,7 @@ fn slot_bound() -> f64 {
     f64::from(CAP) / CALL_SECONDS
 }
 
-pub async fn run(quick: bool, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> {
+pub async fn run(quick: bool, repeat: u32, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> {
     let sizes = if quick {
         Sizes {
             calls: 500,
@@ -82,12 +83,25 @@ pub async fn run(quick: bool, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> 
     };
     let mut report = ScenarioReport::new("e2e");
 
-    println!(
-        "   embedded SQS: {} calls of {CALL_SECONDS} s, cap {CAP}, {CLIENTS} clients ...",
-        sizes.calls
-    );
-    let embedded = on_embedded(sizes.calls, Stop::WhenSettled).await?;
-    print_run(&embedded);
+    let mut runs = Vec::with_capacity(repeat as usize);
+    for n in 1..=repeat {
+        println!(
+            "   embedded SQS: {} calls of {CALL_SECONDS} s, cap {CAP}, {CLIENTS} clients (run {n} of {repeat}) ...",
+            sizes.calls
+        );
+        let run = on_embedded(sizes.calls, Stop::WhenSettled).await?;
+        print_run(&run);
+        runs.push(run);
+    }
+    let all_runs: Vec<serde_json::Value> = runs.iter().map(StackRun::to_json).collect();
+    let embedded = median_run(runs).context("no embedded run")?;
+    if repeat > 1 {
+        println!(
+            "   embedded SQS: the median of {repeat} runs: {:.0} settled/s, {:.0} creates/s",
+            embedded.settled_per_s(),
+            embedded.creates_per_s()
+        );
+    }
 
     println!(
         "   SendMessage ceilings, {CLIENTS} clients, {CEILING_SECONDS} s each: embedded, moto ..."
@@ -122,18 +136,33 @@ pub async fn run(quick: bool, sqs: &BenchSqs) -> anyhow::Result<ScenarioReport> 
         [&embedded_ceiling, &ceiling],
         &backlog,
     );
+    if repeat > 1 {
+        report.notes.push(format!(
+            "the embedded SQS figures are the run with the median settle rate of {repeat} runs \
+             (every run in bench.json, `embeddedRuns`)"
+        ));
+    }
     report.details = json!({
+        "repeat": repeat,
         "cap": CAP,
         "callSeconds": CALL_SECONDS,
         "clients": CLIENTS,
         "slotBoundCallsPerSecond": slot_bound(),
         "embedded": embedded.to_json(),
+        "embeddedRuns": all_runs,
         "moto": on_moto.to_json(),
         "embeddedSendMessageCeiling": embedded_ceiling.to_json(),
         "motoSendMessageCeiling": ceiling.to_json(),
         "backlog": backlog.to_json(),
     });
     Ok(report)
+}
+
+/// The run with the median settle rate (the upper median of an even count).
+fn median_run(mut runs: Vec<StackRun>) -> Option<StackRun> {
+    runs.sort_by(|a, b| a.settled_per_s().total_cmp(&b.settled_per_s()));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle)
 }
 
 /// How a run goes, and when it ends.
@@ -391,7 +420,8 @@ fn print_run(run: &StackRun) {
 }
 
 async fn run_stack(calls: usize, endpoint: &Endpoint<'_>, stop: Stop) -> anyhow::Result<StackRun> {
-    let db = BenchDatabase::create(POOL_SIZE).await?;
+    let pool_size = ebra_shared::db::pool_size_from_env(POOL_SIZE)?;
+    let db = BenchDatabase::create(pool_size).await?;
     let queues = match BenchQueues::create_on(
         &endpoint.url,
         endpoint.served_by.clone(),
@@ -448,7 +478,7 @@ async fn drive(
         StackParts {
             config,
             pool: db.pool.clone(),
-            worker_pool: ebra_shared::db::pool(&db.url, POOL_SIZE)?,
+            worker_pool: ebra_shared::db::pool(&db.url, db.pool.status().max_size)?,
             queue: queues.calls_queue(),
             provider: Arc::new(dialer),
             reclaim_every: DevOptions::default().reclaim_every,

@@ -45,7 +45,7 @@ mod svg;
 
 pub use report::{Figure, ScenarioReport, Target};
 
-/// `ebra bench [--only NAME] [--out DIR] [--quick]`.
+/// `ebra bench [--only NAME] [--out DIR] [--quick] [--repeat N]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Run one scenario only.
@@ -57,6 +57,12 @@ pub struct BenchArgs {
     /// Smaller sizes for a quick look (growth to 100 k rows instead of 1 M, fewer calls).
     #[arg(long)]
     pub quick: bool,
+    /// How many times `e2e` runs its main measurement (2,000 calls on the embedded SQS):
+    /// its figures are the run with the median settle rate, and every run is printed and
+    /// kept in `bench.json`. On a shared 2-core machine single runs of one build vary by a
+    /// fifth.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,7 +127,7 @@ impl Scenario {
             Scenario::Db => db_efficiency::run(args.quick).await,
             Scenario::ColdStart => cold_start::run(args.quick).await,
             Scenario::Growth => growth::run(args.quick).await,
-            Scenario::E2e => end_to_end::run(args.quick, sqs).await,
+            Scenario::E2e => end_to_end::run(args.quick, args.repeat, sqs).await,
             Scenario::Campaigns => campaigns::run(args.quick).await,
         }
     }
