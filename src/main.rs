@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// The whole stack runs in this one process under `ebra dev` and `ebra bench`: glibc's
+/// malloc and free took about a sixth of its CPU in `ebra bench --only e2e` (`perf record`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ebra",
