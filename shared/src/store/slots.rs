@@ -80,16 +80,16 @@ pub(crate) async fn nudge_waiting_calls(
     if count <= 0 {
         return Ok(Vec::new());
     }
-    nudged(tx, FAIR_NUDGE, count, None).await
+    nudged(tx, FAIR_NUDGE, count, &[]).await
 }
 
-/// Runs a statement built on [`fair_nudge_ctes`] (`$1`–`$4`; `$5` the slot's call for
-/// [`release_slot_and_nudge`]) and returns the nudged calls' messages.
+/// Runs a statement built on [`fair_nudge_ctes`] (`$1`–`$4`; `more` from `$5`: the slot's
+/// call for [`release_slot_and_nudge`]) and returns the nudged calls' messages.
 async fn nudged(
     tx: &Transaction<'_>,
     sql: &str,
     count: i64,
-    releasing: Option<&Uuid>,
+    more: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<Vec<Enqueue>> {
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &count,
@@ -97,7 +97,7 @@ async fn nudged(
         &MESSAGE_ON_ITS_WAY_SECONDS,
         &FAIR_SHARE_UNLIMITED,
     ];
-    params.extend(releasing.map(|call_id| call_id as &(dyn ToSql + Sync)));
+    params.extend_from_slice(more);
     let rows = query(tx, sql, &params).await?;
     rows.iter()
         .map(|row| Ok(Enqueue::now(row.try_get(0)?)))
@@ -201,7 +201,33 @@ pub(crate) async fn release_slot_and_nudge(
              UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), ",
         fair_nudge_ctes!(" AND busy.call_id <> $5")
     );
-    nudged(tx, RELEASE_AND_NUDGE, 1, Some(&call_id)).await
+    nudged(tx, RELEASE_AND_NUDGE, 1, &[&call_id]).await
+}
+
+/// [`release_slot_and_nudge`] for a settle: the same statement also marks the provider's
+/// webhook `webhook_id` applied with `disposition` (it was stored earlier in the
+/// transaction), one round trip and one statement less per call ended by its report.
+pub(crate) async fn release_slot_nudge_and_mark_applied(
+    tx: &Transaction<'_>,
+    call_id: Uuid,
+    webhook_id: &str,
+    disposition: &str,
+) -> StoreResult<Vec<Enqueue>> {
+    const RELEASE_MARK_AND_NUDGE: &str = concat!(
+        "WITH released AS ( \
+             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), \
+         applied AS ( \
+             UPDATE provider_webhooks SET applied_at = now(), disposition = $7 \
+              WHERE webhook_id = $6), ",
+        fair_nudge_ctes!(" AND busy.call_id <> $5")
+    );
+    nudged(
+        tx,
+        RELEASE_MARK_AND_NUDGE,
+        1,
+        &[&call_id, &webhook_id, &disposition],
+    )
+    .await
 }
 
 /// Calls in progress as the cap counts them: slots held.
