@@ -254,10 +254,13 @@ async fn find_attempt_locking_call(
 /// [`find_attempt_locking_call`]'s attempt and call, and the report's outcome recorded on
 /// that attempt unless it has one (`first_report`), in one statement: a webhook's
 /// transaction makes one round trip less. The call's row is locked (the `MATERIALIZED`
-/// CTE the update joins runs first) before the attempt's is written, the order of the
-/// two statements this replaces. The attempt is the latest with this provider call id as
-/// of the statement's snapshot; a newer one would need this provider call's advisory lock,
-/// which the transaction holds.
+/// CTE whose id the update reads runs first) before the attempt's is written, the order of
+/// the two statements this replaces. The update reads that id as a scalar, so it probes
+/// the attempts' primary key whatever Postgres guesses of the tables (written as a join,
+/// the plan made while `call_attempts` was empty scanned the whole table, seen with
+/// `EXPLAIN`). The attempt is the latest with this provider call id as of the statement's
+/// snapshot; a newer one would need this provider call's advisory lock, which the
+/// transaction holds.
 async fn find_attempt_recording_outcome(
     tx: &Transaction<'_>,
     report: &ProviderReport,
@@ -274,7 +277,7 @@ async fn find_attempt_recording_outcome(
          recorded AS ( \
              UPDATE call_attempts t SET outcome = $2, duration_sec = $3, \
                     ended_at = COALESCE($4, now()), end_reason = $5 \
-               FROM found WHERE t.id = found.id AND t.outcome IS NULL \
+              WHERE t.id = (SELECT id FROM found) AND t.outcome IS NULL \
              RETURNING t.id) \
          SELECT found.*, EXISTS (SELECT 1 FROM recorded) AS first_report FROM found",
         &[
