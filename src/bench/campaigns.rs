@@ -27,10 +27,8 @@ use serde_json::json;
 use super::harness::{self, BenchDatabase, BenchQueues};
 use super::report::round;
 use super::{Figure, ScenarioReport, Target};
-use crate::local::{start_stack, LocalSqs, RunningStack, StackParts};
+use crate::local::{start_stack, LocalSqs, RunningStack, StackParts, DEV_POOL_SIZE};
 
-/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default.
-const POOL_SIZE: usize = 20;
 const VISIBILITY_SECONDS: u32 = 180;
 const TARGET_ROWS_PER_SECOND: f64 = 5_000.0;
 const TARGET_BUSY: f64 = 0.95;
@@ -182,7 +180,7 @@ struct Stack {
 impl Stack {
     async fn start(cap: u32, call_seconds: f64) -> anyhow::Result<Self> {
         let sqs = LocalSqs::embedded().await?;
-        let db = BenchDatabase::create(POOL_SIZE).await?;
+        let db = BenchDatabase::create(DEV_POOL_SIZE).await?;
         let queues = match BenchQueues::create(&sqs, 10, VISIBILITY_SECONDS).await {
             Ok(queues) => queues,
             Err(error) => {
@@ -219,7 +217,7 @@ impl Stack {
             StackParts {
                 config,
                 pool: db.pool.clone(),
-                worker_pool: ebra_shared::db::pool(&db.url, POOL_SIZE)?,
+                worker_pool: ebra_shared::db::pool(&db.url, DEV_POOL_SIZE)?,
                 queue: queues.calls_queue(),
                 provider: Arc::new(simulator),
                 reclaim_every: Duration::from_secs(10),

@@ -39,16 +39,13 @@ use super::report::round;
 use super::sqs_proxy::CountingProxy;
 use super::{Figure, ScenarioReport, Target};
 use crate::local::sqs_server::SqsHandle;
-use crate::local::{start_stack, DevOptions, LocalSqs, StackParts};
+use crate::local::{start_stack, DevOptions, LocalSqs, StackParts, DEV_POOL_SIZE};
 
 const CAP: u32 = 200;
 const CALL_SECONDS: f64 = 0.5;
 const CLIENTS: usize = 16;
 /// As `ebra dev`'s queue: six times a 30 s worker.
 const VISIBILITY_SECONDS: u32 = 180;
-/// Each of the stack's two pools (the worker's, and the rest's), as `ebra dev`'s default;
-/// `DB_POOL_SIZE` sets it, as for `ebra dev`.
-const POOL_SIZE: usize = 20;
 const TARGET_UTILISATION: f64 = 0.9;
 const TARGET_CREATES_PER_S: f64 = 1000.0;
 const TARGET_REQUESTS_PER_CALL: f64 = 3.0;
@@ -420,7 +417,7 @@ fn print_run(run: &StackRun) {
 }
 
 async fn run_stack(calls: usize, endpoint: &Endpoint<'_>, stop: Stop) -> anyhow::Result<StackRun> {
-    let pool_size = ebra_shared::db::pool_size_from_env(POOL_SIZE)?;
+    let pool_size = ebra_shared::db::pool_size_from_env(DEV_POOL_SIZE)?;
     let db = BenchDatabase::create(pool_size).await?;
     let queues = match BenchQueues::create_on(
         &endpoint.url,

@@ -9,4 +9,6 @@ mod stack;
 pub use event_source::{delete_succeeded, sqs_event, EventSourceMapping};
 pub use postgres::LocalPostgres;
 pub use sqs::{ensure_queues, local_sqs_client, LocalSqs};
-pub use stack::{run_dev, serve_until_stopped, start_stack, DevOptions, RunningStack, StackParts};
+pub use stack::{
+    run_dev, serve_until_stopped, start_stack, DevOptions, RunningStack, StackParts, DEV_POOL_SIZE,
+};

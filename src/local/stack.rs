@@ -16,6 +16,10 @@ use tokio::sync::watch;
 
 use super::{ensure_queues, local_sqs_client, EventSourceMapping, LocalPostgres, LocalSqs};
 
+/// Connections in each of `ebra dev`'s two pools (the worker's, and the rest's) unless
+/// `DB_POOL_SIZE` says otherwise.
+pub const DEV_POOL_SIZE: usize = 20;
+
 /// The local queue's visibility timeout: six times a 30 s worker, as in the template.
 const VISIBILITY_SECONDS: u32 = 180;
 /// How often the local notifier looks for deliveries coming due (commits wake it at once).
@@ -115,7 +119,7 @@ async fn serve(
         _ => lookup(env, name),
     })?);
 
-    let pool_size = ebra_shared::db::pool_size_from_env(20)?;
+    let pool_size = ebra_shared::db::pool_size_from_env(DEV_POOL_SIZE)?;
     let pool = ebra_shared::db::pool(&config.database_url, pool_size)?;
     let worker_pool = ebra_shared::db::pool(&config.database_url, pool_size)?;
     let applied = ebra_shared::db::migrate(&pool).await?;

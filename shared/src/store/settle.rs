@@ -205,12 +205,44 @@ pub(crate) async fn apply_held_reports(
     Ok((settlements, messages))
 }
 
+/// SQL: [`find_attempt_locking_call`]'s statement, the provider call id as `$1`.
+macro_rules! attempt_locking_call {
+    () => {
+        "SELECT a.id, a.call_id, a.attempt_no, c.status, c.attempts, c.limited_dials, c.max_attempts \
+           FROM (SELECT id, call_id, attempt_no FROM call_attempts \
+                  WHERE provider_call_id = $1 \
+                  ORDER BY attempt_no DESC LIMIT 1) AS a \
+           JOIN calls c ON c.id = a.call_id \
+          FOR UPDATE OF c"
+    };
+}
+
+/// SQL: records a report's outcome on a dial, after `UPDATE call_attempts <alias>`: `$2`
+/// the outcome, `$3` the duration, `$4` when it ended, `$5` the end reason.
+macro_rules! set_outcome {
+    () => {
+        " SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()), end_reason = $5 "
+    };
+}
+
 struct AttemptRef {
     id: Uuid,
     call_id: Uuid,
     attempt_no: i32,
     /// Found by the attempt key, with no provider call id recorded yet: this one.
     learns_provider_call_id: Option<String>,
+}
+
+impl AttemptRef {
+    /// The attempt of an [`attempt_locking_call`] row (found by its provider call id).
+    fn found(row: &tokio_postgres::Row) -> StoreResult<Self> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            call_id: row.try_get("call_id")?,
+            attempt_no: row.try_get("attempt_no")?,
+            learns_provider_call_id: None,
+        })
+    }
 }
 
 /// The latest attempt recorded with `provider_call_id`, and its call, locked (`FOR
@@ -226,29 +258,9 @@ async fn find_attempt_locking_call(
     tx: &Transaction<'_>,
     provider_call_id: &str,
 ) -> StoreResult<Option<(AttemptRef, CallState)>> {
-    let row = query_opt(
-        tx,
-        "SELECT a.id, a.call_id, a.attempt_no, c.status, c.attempts, c.limited_dials, c.max_attempts \
-           FROM (SELECT id, call_id, attempt_no FROM call_attempts \
-                  WHERE provider_call_id = $1 \
-                  ORDER BY attempt_no DESC LIMIT 1) AS a \
-           JOIN calls c ON c.id = a.call_id \
-          FOR UPDATE OF c",
-        &[&provider_call_id],
-    )
-    .await?;
-    row.map(|row| {
-        Ok((
-            AttemptRef {
-                id: row.try_get("id")?,
-                call_id: row.try_get("call_id")?,
-                attempt_no: row.try_get("attempt_no")?,
-                learns_provider_call_id: None,
-            },
-            CallState::from_row(&row)?,
-        ))
-    })
-    .transpose()
+    let row = query_opt(tx, attempt_locking_call!(), &[&provider_call_id]).await?;
+    row.map(|row| Ok((AttemptRef::found(&row)?, CallState::from_row(&row)?)))
+        .transpose()
 }
 
 /// [`find_attempt_locking_call`]'s attempt and call, and the report's outcome recorded on
@@ -257,8 +269,8 @@ async fn find_attempt_locking_call(
 /// CTE whose id the update reads runs first) before the attempt's is written, the order of
 /// the two statements this replaces. The update reads that id as a scalar, so it probes
 /// the attempts' primary key whatever Postgres guesses of the tables (written as a join,
-/// the plan made while `call_attempts` was empty scanned the whole table, seen with
-/// `EXPLAIN`). The attempt is the latest with this provider call id as of the statement's
+/// the generic plan made while `call_attempts` was empty was a scan of the whole table,
+/// seen with `EXPLAIN`). The attempt is the latest with this provider call id as of the statement's
 /// snapshot; a newer one would need this provider call's advisory lock, which the
 /// transaction holds.
 async fn find_attempt_recording_outcome(
@@ -267,19 +279,14 @@ async fn find_attempt_recording_outcome(
 ) -> StoreResult<Option<FoundAttempt>> {
     let row = query_opt(
         tx,
-        "WITH found AS MATERIALIZED ( \
-             SELECT a.id, a.call_id, a.attempt_no, c.status, c.attempts, c.limited_dials, c.max_attempts \
-               FROM (SELECT id, call_id, attempt_no FROM call_attempts \
-                      WHERE provider_call_id = $1 \
-                      ORDER BY attempt_no DESC LIMIT 1) AS a \
-               JOIN calls c ON c.id = a.call_id \
-              FOR UPDATE OF c), \
-         recorded AS ( \
-             UPDATE call_attempts t SET outcome = $2, duration_sec = $3, \
-                    ended_at = COALESCE($4, now()), end_reason = $5 \
-              WHERE t.id = (SELECT id FROM found) AND t.outcome IS NULL \
-             RETURNING t.id) \
-         SELECT found.*, EXISTS (SELECT 1 FROM recorded) AS first_report FROM found",
+        concat!(
+            "WITH found AS MATERIALIZED (",
+            attempt_locking_call!(),
+            "), recorded AS (UPDATE call_attempts t",
+            set_outcome!(),
+            "WHERE t.id = (SELECT id FROM found) AND t.outcome IS NULL RETURNING t.id) \
+             SELECT found.*, EXISTS (SELECT 1 FROM recorded) AS first_report FROM found"
+        ),
         &[
             &report.provider_call_id,
             &report.outcome.as_str(),
@@ -291,12 +298,7 @@ async fn find_attempt_recording_outcome(
     .await?;
     row.map(|row| {
         Ok(FoundAttempt {
-            attempt: AttemptRef {
-                id: row.try_get("id")?,
-                call_id: row.try_get("call_id")?,
-                attempt_no: row.try_get("attempt_no")?,
-                learns_provider_call_id: None,
-            },
+            attempt: AttemptRef::found(&row)?,
             call: CallState::from_row(&row)?,
             first_report: row.try_get("first_report")?,
         })
@@ -414,9 +416,11 @@ async fn apply_report(
         None => {
             execute(
                 tx,
-                "UPDATE call_attempts SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()), \
-                        end_reason = $5 \
-                  WHERE id = $1 AND outcome IS NULL",
+                concat!(
+                    "UPDATE call_attempts",
+                    set_outcome!(),
+                    "WHERE id = $1 AND outcome IS NULL"
+                ),
                 &[
                     &attempt.id,
                     &report.outcome.as_str(),

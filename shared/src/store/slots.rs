@@ -183,6 +183,15 @@ macro_rules! fair_nudge_ctes {
     ) };
 }
 
+/// SQL: a common table expression that frees the slot of the call `$5`, for a statement that
+/// also nudges ([`fair_nudge_ctes`] with `busy.call_id <> $5`).
+macro_rules! release_slot_cte {
+    () => {
+        "released AS ( \
+             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), "
+    };
+}
+
 /// The nudge: [`fair_nudge_ctes`] (`$1`–`$4` as there).
 const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!(""));
 
@@ -197,8 +206,8 @@ pub(crate) async fn release_slot_and_nudge(
     call_id: Uuid,
 ) -> StoreResult<Vec<Enqueue>> {
     const RELEASE_AND_NUDGE: &str = concat!(
-        "WITH released AS ( \
-             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), ",
+        "WITH ",
+        release_slot_cte!(),
         fair_nudge_ctes!(" AND busy.call_id <> $5")
     );
     nudged(tx, RELEASE_AND_NUDGE, 1, &[&call_id]).await
@@ -214,9 +223,9 @@ pub(crate) async fn release_slot_nudge_and_mark_applied(
     disposition: &str,
 ) -> StoreResult<Vec<Enqueue>> {
     const RELEASE_MARK_AND_NUDGE: &str = concat!(
-        "WITH released AS ( \
-             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), \
-         applied AS ( \
+        "WITH ",
+        release_slot_cte!(),
+        "applied AS ( \
              UPDATE provider_webhooks SET applied_at = now(), disposition = $7 \
               WHERE webhook_id = $6), ",
         fair_nudge_ctes!(" AND busy.call_id <> $5")
