@@ -532,6 +532,54 @@ async fn calls_whose_message_is_on_its_way_are_not_nudged() {
     let _ = parked;
 }
 
+/// A nudge takes parked calls only (no message on its way), so a call whose message was
+/// lost must be parked again, or no freed slot would ever take it: the pass clears a mark
+/// once its message is overdue, also when no slot is free to nudge the call into (the next
+/// settle's nudge takes it then), and leaves the marks of messages still on their way.
+#[tokio::test]
+async fn a_pass_parks_again_the_calls_whose_message_is_overdue() {
+    let r = Reclaimer::new(&[("GLOBAL_CONCURRENCY", "1")]).await;
+    r.dialed_call(&phone(21), "pc-holding").await;
+    let lost_nudge = r.pending_call(&phone(22)).await;
+    let lost_send = r.pending_call(&phone(23)).await;
+    let nudged = r.pending_call(&phone(24)).await;
+    let sent = r.pending_call(&phone(25)).await;
+    r.env
+        .execute(&format!(
+            "UPDATE calls SET outbox_due_at = NULL, nudged_at = now() - interval '60 seconds' WHERE id = '{lost_nudge}'; \
+             UPDATE calls SET outbox_due_at = now() - interval '10 seconds', nudged_at = NULL WHERE id = '{lost_send}'; \
+             UPDATE calls SET outbox_due_at = NULL, nudged_at = now() WHERE id = '{nudged}'; \
+             UPDATE calls SET outbox_due_at = now(), nudged_at = NULL WHERE id = '{sent}'"
+        ))
+        .await;
+
+    let report = r.pass().await;
+    assert_eq!(report.nudged, 0, "the one slot is held");
+    let parked = |id: Uuid| {
+        format!("SELECT count(*) FROM calls WHERE id = '{id}' AND status = 'PENDING' AND nudged_at IS NULL AND outbox_due_at IS NULL")
+    };
+    assert_eq!(
+        r.env.count(&parked(lost_nudge)).await,
+        1,
+        "nudged 60 s ago, never claimed"
+    );
+    assert_eq!(
+        r.env.count(&parked(lost_send)).await,
+        1,
+        "its message 10 s overdue"
+    );
+    assert_eq!(
+        r.env.count(&parked(nudged)).await,
+        0,
+        "its nudge is on its way"
+    );
+    assert_eq!(
+        r.env.count(&parked(sent)).await,
+        0,
+        "its message is on its way"
+    );
+}
+
 /// Captures what a subscriber writes.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

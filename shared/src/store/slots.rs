@@ -45,8 +45,36 @@ pub(crate) use recent_nudges_count;
 
 /// A call whose outbox message was due less than this long ago is not nudged: that message
 /// is on its way, and a second one would only cost a send, a receive and a delete. Longer
-/// overdue, the send may have failed, and a nudge beats waiting for the outbox sweep.
+/// overdue, the send may have failed: the reclaimer's refill parks the call again
+/// ([`unmark_overdue_messages`]), and a nudge beats waiting for the outbox sweep.
 pub(crate) const MESSAGE_ON_ITS_WAY_SECONDS: f64 = 5.0;
+
+/// Parks again the waiting calls whose message is overdue, so that a nudge can take them
+/// ([`nudge_eligible`] takes parked calls only): nudged more than [`NUDGE_QUIET_SECONDS`]
+/// ago, or outbox-marked and due more than [`MESSAGE_ON_ITS_WAY_SECONDS`] ago, with no
+/// delivery since (a delivery claims the call or clears its marks). Their message may have
+/// been lost; if it was only late, the call gets a second message, and the claim takes it
+/// once. Up to `limit` of each; rows another transaction holds are left to the next pass.
+/// Returns how many calls it parked.
+pub(crate) async fn unmark_overdue_messages(tx: &Transaction<'_>, limit: i64) -> StoreResult<u64> {
+    execute(
+        tx,
+        "WITH quiet AS MATERIALIZED ( \
+             SELECT id FROM calls \
+              WHERE nudged_at < now() - make_interval(secs => $1) AND status = 'PENDING' \
+              ORDER BY nudged_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+         overdue AS MATERIALIZED ( \
+             SELECT id FROM calls \
+              WHERE outbox_due_at < now() - make_interval(secs => $2) AND status = 'PENDING' \
+              ORDER BY outbox_due_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         UPDATE calls SET \
+                nudged_at = CASE WHEN nudged_at < now() - make_interval(secs => $1) THEN NULL ELSE nudged_at END, \
+                outbox_due_at = CASE WHEN outbox_due_at < now() - make_interval(secs => $2) THEN NULL ELSE outbox_due_at END \
+          WHERE id IN (SELECT id FROM quiet UNION SELECT id FROM overdue)",
+        &[&NUDGE_QUIET_SECONDS, &MESSAGE_ON_ITS_WAY_SECONDS, &limit],
+    )
+    .await
+}
 
 /// Frees the slot `call_id` holds, if any.
 pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreResult<bool> {
@@ -71,8 +99,9 @@ pub(crate) async fn release_slot(tx: &Transaction<'_>, call_id: Uuid) -> StoreRe
 /// until it holds as many as the large one. A group gives no more calls than its
 /// `maxConcurrency` leaves room for; paused and canceled campaigns give none. Each group
 /// is read through `calls_campaign_pending_due` (the calls without a campaign through
-/// `calls_pending_due_without_campaign`) in `next_run_at` order with a LIMIT: the cost
-/// follows the number of groups with due calls, not the size of the table.
+/// `calls_parked_without_campaign`, which holds parked calls only) in `next_run_at` order
+/// with a LIMIT: the cost follows the number of groups with due calls, not the size of the
+/// table.
 pub(crate) async fn nudge_waiting_calls(
     tx: &Transaction<'_>,
     count: i64,
@@ -83,7 +112,7 @@ pub(crate) async fn nudge_waiting_calls(
     nudged(tx, FAIR_NUDGE, count, &[]).await
 }
 
-/// Runs a statement built on [`fair_nudge_ctes`] (`$1`–`$4`; `more` from `$5`: the slot's
+/// Runs a statement built on [`fair_nudge_ctes`] (`$1`–`$2`; `more` from `$3`: the slot's
 /// call for [`release_slot_and_nudge`]) and returns the nudged calls' messages.
 async fn nudged(
     tx: &Transaction<'_>,
@@ -91,12 +120,7 @@ async fn nudged(
     count: i64,
     more: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<Vec<Enqueue>> {
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-        &count,
-        &NUDGE_QUIET_SECONDS,
-        &MESSAGE_ON_ITS_WAY_SECONDS,
-        &FAIR_SHARE_UNLIMITED,
-    ];
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&count, &FAIR_SHARE_UNLIMITED];
     params.extend_from_slice(more);
     let rows = query(tx, sql, &params).await?;
     rows.iter()
@@ -108,16 +132,20 @@ async fn nudged(
 /// only the ratio between groups matters).
 const FAIR_SHARE_UNLIMITED: f64 = 10_000.0;
 
-/// Which waiting calls a nudge may take (`c`): due, not nudged within the quiet window, no
-/// message on its way, and their phone free: held by no slot (`call_slots_phone`, see
-/// migration V11), other than one `$released` in the same statement (which its read of
-/// `call_slots` does not see freed).
+/// Which waiting calls a nudge may take (`c`): parked (due, with neither mark: no message
+/// on its way, see [`unmark_overdue_messages`] for one that was lost) and their phone free:
+/// held by no slot (`call_slots_phone`, see migration V11), other than one `$released` in
+/// the same statement (which its read of `call_slots` does not see freed).
+///
+/// The marks are part of the predicate of `calls_parked_without_campaign` (migration V12),
+/// so the pick reads parked calls only: the calls whose message is on its way are the
+/// oldest due (a nudge takes the oldest), and a test of their marks' age made every settle
+/// walk past all of them first.
 macro_rules! nudge_eligible {
     ($released:literal) => {
         concat!(
             "c.status = 'PENDING' AND c.next_run_at <= now() \
-               AND (c.nudged_at IS NULL OR c.nudged_at < now() - make_interval(secs => $2)) \
-               AND (c.outbox_due_at IS NULL OR c.outbox_due_at < now() - make_interval(secs => $3)) \
+               AND c.nudged_at IS NULL AND c.outbox_due_at IS NULL \
                AND NOT EXISTS (SELECT 1 FROM call_slots busy WHERE busy.phone = c.phone",
             $released,
             ")"
@@ -125,9 +153,8 @@ macro_rules! nudge_eligible {
     };
 }
 
-/// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the
-/// quiet window, `$3` the message-on-its-way window, `$4` the share of a group without a
-/// limit; `$released` as in [`nudge_eligible`].
+/// The nudge's common table expressions, after a `WITH`: `$1` calls to nudge, `$2` the share
+/// of a group without a limit; `$released` as in [`nudge_eligible`].
 ///
 /// A group's calls in progress are counted only where they matter (counting them reads an
 /// index entry and a row per call in progress, as many as the cap while a campaign drains):
@@ -137,7 +164,7 @@ macro_rules! nudge_eligible {
 macro_rules! fair_nudge_ctes {
     ($released:literal) => { concat!(
     "g AS MATERIALIZED ( \
-         SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $4) AS share, \
+         SELECT k.id, k.max_concurrency, COALESCE(k.max_concurrency::float8, $2) AS share, \
                 CASE WHEN k.max_concurrency IS NOT NULL THEN \
                     (SELECT count(*) FROM calls p WHERE p.campaign_id = k.id AND p.status = 'IN_PROGRESS') \
                 END AS limited_in_progress \
@@ -157,7 +184,7 @@ macro_rules! fair_nudge_ctes {
                    LIMIT GREATEST(0, LEAST($1, COALESCE(g.max_concurrency - g.limited_in_progress, $1))) \
                    FOR UPDATE OF c SKIP LOCKED) e) e \
          UNION ALL \
-         SELECT NULL::uuid, $4, NULL::bigint, e.id, row_number() OVER (ORDER BY e.next_run_at) \
+         SELECT NULL::uuid, $2, NULL::bigint, e.id, row_number() OVER (ORDER BY e.next_run_at) \
            FROM (SELECT c.id, c.next_run_at FROM calls c \
                   WHERE c.campaign_id IS NULL AND ",
     nudge_eligible!($released),
@@ -183,22 +210,22 @@ macro_rules! fair_nudge_ctes {
     ) };
 }
 
-/// SQL: a common table expression that frees the slot of the call `$5`, for a statement that
-/// also nudges ([`fair_nudge_ctes`] with `busy.call_id <> $5`).
+/// SQL: a common table expression that frees the slot of the call `$3`, for a statement that
+/// also nudges ([`fair_nudge_ctes`] with `busy.call_id <> $3`).
 macro_rules! release_slot_cte {
     () => {
         "released AS ( \
-             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $5), "
+             UPDATE call_slots SET call_id = NULL, claimed_at = NULL, phone = NULL WHERE call_id = $3), "
     };
 }
 
-/// The nudge: [`fair_nudge_ctes`] (`$1`–`$4` as there).
+/// The nudge: [`fair_nudge_ctes`] (`$1`–`$2` as there).
 const FAIR_NUDGE: &str = concat!("WITH ", fair_nudge_ctes!(""));
 
 /// Frees the slot `call_id` holds, if any, and nudges one waiting call into it
 /// ([`nudge_waiting_calls`]), in one statement: one round trip where a settle or a failed
 /// dial made two. The nudge's phone check reads `call_slots` as it was before the
-/// statement, so it passes over the released slot by its call (`$5`) and picks the same
+/// statement, so it passes over the released slot by its call (`$3`) and picks the same
 /// call as after a separate release; the release, a data-modifying `WITH` that nothing
 /// reads, runs to completion after it.
 pub(crate) async fn release_slot_and_nudge(
@@ -208,7 +235,7 @@ pub(crate) async fn release_slot_and_nudge(
     const RELEASE_AND_NUDGE: &str = concat!(
         "WITH ",
         release_slot_cte!(),
-        fair_nudge_ctes!(" AND busy.call_id <> $5")
+        fair_nudge_ctes!(" AND busy.call_id <> $3")
     );
     nudged(tx, RELEASE_AND_NUDGE, 1, &[&call_id]).await
 }
@@ -226,9 +253,9 @@ pub(crate) async fn release_slot_nudge_and_mark_applied(
         "WITH ",
         release_slot_cte!(),
         "applied AS ( \
-             UPDATE provider_webhooks SET applied_at = now(), disposition = $7 \
-              WHERE webhook_id = $6), ",
-        fair_nudge_ctes!(" AND busy.call_id <> $5")
+             UPDATE provider_webhooks SET applied_at = now(), disposition = $5 \
+              WHERE webhook_id = $4), ",
+        fair_nudge_ctes!(" AND busy.call_id <> $3")
     );
     nudged(
         tx,

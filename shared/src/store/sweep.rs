@@ -11,7 +11,8 @@ use uuid::Uuid;
 use super::dial::{delay_into_window, fail_call, RetryPolicy};
 use super::events::{fanned_out_at_sql, record_events, snapshot_sql};
 use super::slots::{
-    nudge_waiting_calls, recent_nudges_count, release_slot, MESSAGE_ON_ITS_WAY_SECONDS,
+    nudge_waiting_calls, recent_nudges_count, release_slot, unmark_overdue_messages,
+    MESSAGE_ON_ITS_WAY_SECONDS,
 };
 use super::{execute, query, query_one, seconds, Pool, StoreResult};
 use crate::backoff;
@@ -295,14 +296,15 @@ pub async fn expire_pending_calls(
     Ok(rows.len() as u64)
 }
 
-/// The safety net for invariant 8, and what brings parked calls: with slots free that no
-/// message is on its way to (a lost nudge or send is no longer counted once its message is
-/// overdue), nudges as many due waiting calls, then gives the calls due within SQS's delay
-/// horizon a delayed message each (outbox-marked, so the sweep covers a lost send).
-/// Returns the calls in progress and the messages.
+/// The safety net for invariant 8, and what brings parked calls: parks again the calls
+/// whose message is overdue (a lost nudge or send), then, with slots free that no message
+/// is on its way to, nudges as many due waiting calls, then gives the calls due within
+/// SQS's delay horizon a delayed message each (outbox-marked, so the sweep covers a lost
+/// send). Returns the calls in progress and the messages.
 pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    unmark_overdue_messages(&tx, BATCH).await?;
     let row = query_one(
         &tx,
         concat!(
