@@ -293,6 +293,102 @@ struct StackRun {
     webhook_retries: u64,
     dials_placed: usize,
     cpu: Option<CpuUse>,
+    /// Where the slots' time went (a run that settled its calls).
+    slot_time: Option<SlotTime>,
+}
+
+/// Where the slots' time went in a run, from the rows: cap × span slot-seconds, each slot's
+/// split into its calls' time (claim to the report's time), the time before its first claim,
+/// between one call's report and the next claim, and after its last call's report. What the
+/// settle rate loses against the slot bound is the sum of all but the provider's own
+/// seconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotTime {
+    /// Slots that held a call.
+    slots: i64,
+    /// Claim to the report's time (`ended_at`), over every dial: the provider's own
+    /// `CALL_SECONDS` per call, plus the claim-to-dial time.
+    in_calls: f64,
+    /// The provider's own seconds: completed calls × `CALL_SECONDS`.
+    provider: f64,
+    /// First `created_at` to each slot's first claim (all of the span for a slot never used).
+    before_first: f64,
+    /// A call's report to the same slot's next claim: settling, the nudge, SQS, the claim.
+    between: f64,
+    /// Each slot's last report to the run's last one.
+    after_last: f64,
+}
+
+impl SlotTime {
+    /// The slot time a run had: `CAP` × span.
+    fn total(&self) -> f64 {
+        self.in_calls + self.before_first + self.between + self.after_last
+    }
+
+    /// "1219 slot-s (cap 200 × 6.10 s): calls 1000 (the provider's 0.5 s each), claim to dial
+    /// 48, report to next claim 61, before the first claim 65, after the last report 55".
+    fn describe(&self) -> String {
+        format!(
+            "{:.0} slot-s (cap {CAP} × span): the provider's {CALL_SECONDS} s per call {:.0}, claim to dial {:.0}, \
+             report to the slot's next claim {:.0}, before each slot's first claim {:.0}, after its last report {:.0}",
+            self.total(),
+            self.provider,
+            self.in_calls - self.provider,
+            self.between,
+            self.before_first,
+            self.after_last
+        )
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        json!({
+            "slots": self.slots,
+            "totalSlotSeconds": round(self.total(), 1),
+            "providerSlotSeconds": round(self.provider, 1),
+            "claimToDialSlotSeconds": round(self.in_calls - self.provider, 1),
+            "reportToNextClaimSlotSeconds": round(self.between, 1),
+            "beforeFirstClaimSlotSeconds": round(self.before_first, 1),
+            "afterLastReportSlotSeconds": round(self.after_last, 1),
+        })
+    }
+
+    /// Reads it from a settled run's rows: every dial (`call_attempts`, with the slot it
+    /// held) from its claim (`started_at`) to its report's time (`ended_at`), the slot's
+    /// next claim, and the run's first `created_at` and last `ended_at`.
+    async fn read(db: &BenchDatabase, completed: i64) -> anyhow::Result<Self> {
+        let client = db.pool.get().await.context("a bench database connection")?;
+        let row = client
+            .query_one(
+                "WITH run AS (SELECT min(created_at) AS first, max(ended_at) AS last FROM calls), \
+                      uses AS ( \
+                          SELECT a.slot_no, a.started_at AS claimed, COALESCE(a.ended_at, c.ended_at) AS reported, \
+                                 lead(a.started_at) OVER slot AS next_claim, \
+                                 row_number() OVER slot AS n \
+                            FROM call_attempts a JOIN calls c ON c.id = a.call_id \
+                          WINDOW slot AS (PARTITION BY a.slot_no ORDER BY a.started_at)) \
+                 SELECT count(DISTINCT slot_no), \
+                        COALESCE(sum(EXTRACT(EPOCH FROM reported - claimed)), 0)::float8, \
+                        COALESCE(sum(EXTRACT(EPOCH FROM claimed - run.first)) FILTER (WHERE n = 1), 0)::float8, \
+                        COALESCE(sum(EXTRACT(EPOCH FROM next_claim - reported)) FILTER (WHERE next_claim IS NOT NULL), 0)::float8, \
+                        COALESCE(sum(EXTRACT(EPOCH FROM run.last - reported)) FILTER (WHERE next_claim IS NULL), 0)::float8, \
+                        COALESCE(EXTRACT(EPOCH FROM max(run.last) - max(run.first)), 0)::float8 \
+                   FROM uses, run",
+                &[],
+            )
+            .await
+            .context("reading the slots' claims and reports")?;
+        let slots: i64 = row.try_get(0)?;
+        let span: f64 = row.try_get(5)?;
+        Ok(Self {
+            slots,
+            in_calls: row.try_get(1)?,
+            provider: completed as f64 * CALL_SECONDS,
+            // Slots no call held were idle from the first create on.
+            before_first: row.try_get::<_, f64>(2)? + (i64::from(CAP) - slots).max(0) as f64 * span,
+            between: row.try_get(3)?,
+            after_last: row.try_get(4)?,
+        })
+    }
 }
 
 impl StackRun {
@@ -380,6 +476,7 @@ impl StackRun {
             "webhookRetries": self.webhook_retries,
             "cpu": self.cpu,
             "cpuSecondsPerCall": self.cpu_per_call().map(|c| round(c, 5)),
+            "slotTime": self.slot_time.map(SlotTime::to_json),
         })
     }
 }
@@ -414,6 +511,9 @@ fn print_run(run: &StackRun) {
         run.max_depth,
         run.cpu_note()
     );
+    if let Some(slot_time) = run.slot_time {
+        println!("       slot time: {}", slot_time.describe());
+    }
 }
 
 async fn run_stack(calls: usize, endpoint: &Endpoint<'_>, stop: Stop) -> anyhow::Result<StackRun> {
@@ -600,6 +700,10 @@ async fn drive(
     let pending: i64 = row.try_get(2)?;
     let span_seconds: f64 = row.try_get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN);
     let max_in_progress: i64 = row.try_get(4)?;
+    let slot_time = match stop {
+        Stop::WhenSettled => Some(SlotTime::read(db, completed).await?),
+        Stop::BacklogAfterPosting(_) => None,
+    };
     let requests = after
         .iter()
         .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
@@ -625,6 +729,7 @@ async fn drive(
         webhook_retries: provider.webhook_retries(),
         dials_placed: provider.placed(),
         cpu: Some(cpu),
+        slot_time,
     };
     provider.stop();
     Ok(run)
@@ -759,6 +864,23 @@ fn figures(
              started_at and ended_at): {}",
             run.max_in_progress
         )));
+        if let Some(slot_time) = run.slot_time {
+            let lost = 1.0 - slot_time.provider / slot_time.total();
+            report.figures.push(
+                Figure::new(
+                    format!("e2e: slot time outside the provider's calls, {label}"),
+                    lost,
+                    "",
+                    format!("{lost:.3} of {}", slot_time.describe()),
+                )
+                .how(
+                    "from the rows: each slot's dials (call_attempts.slot_no) from the claim (started_at) to the \
+                     report's time (ended_at), the gaps between one report and the slot's next claim, and the time \
+                     before its first claim and after its last report, over first created_at to last ended_at; \
+                     1 − utilisation is this share",
+                ),
+            );
+        }
         report.figures.push(target(
             Figure::new(
                 format!("e2e: creates/s, {CLIENTS} clients, {label}"),
