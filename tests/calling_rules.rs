@@ -21,6 +21,7 @@ use common::http::{send, Reply};
 use common::TestEnv;
 use ebra_api::AppState;
 use ebra_shared::clock::Clock;
+use ebra_shared::domain::CallStatus;
 use ebra_shared::store::claim::{claim_calls_at, Claim, ClaimLimits};
 use ebra_shared::Config;
 use rand::{Rng, SeedableRng};
@@ -1226,7 +1227,9 @@ async fn dial_of_unknown_fate(rules: &Rules, id: Uuid) {
 #[tokio::test]
 async fn a_redial_obeys_the_rules_too() {
     let rules = Rules::start(&[("BASE_RETRY_SECONDS", "1")]).await;
-    // Suppressed while its dial's fate is unknown: not redialed but CANCELED, its slot freed.
+    // Suppressed while its dial's fate is unknown: not redialed. That dial may be ringing the
+    // phone, so the call keeps its slot (the provider's concurrency) and stays IN_PROGRESS
+    // until its report or the reclaimer settles the dial.
     let id = id_of(
         &rules
             .create(json!({"to": "+14155550401", "scriptId": "rules"}))
@@ -1238,26 +1241,26 @@ async fn a_redial_obeys_the_rules_too() {
         .await
         .expect(201);
     rules.clock.set(Utc::now() + chrono::Duration::minutes(5));
-    assert!(matches!(rules.claim_one(id).await, Claim::Suppressed));
+    assert!(matches!(
+        rules.claim_one(id).await,
+        Claim::NotPending(CallStatus::InProgress)
+    ));
     let shown = rules.get(&id.to_string()).await;
-    assert_eq!(shown["status"], "CANCELED");
-    assert_eq!(shown["lastError"], "suppressed");
-    assert_eq!(shown["dials"].as_array().map(Vec::len), Some(1));
+    assert_eq!(shown["status"], "IN_PROGRESS");
+    assert_eq!(
+        shown["dials"].as_array().map(Vec::len),
+        Some(1),
+        "not redialed"
+    );
     assert_eq!(
         rules
             .count(&format!(
                 "SELECT count(*) FROM call_slots WHERE call_id = '{id}'"
             ))
             .await,
-        0
+        1,
+        "the slot stays held while the dial may be live"
     );
-    let last_event = rules
-        .count(&format!(
-            "SELECT count(*) FROM call_events e JOIN calls c ON c.id = e.call_id \
-              WHERE c.id = '{id}' AND e.sequence = c.sequence AND e.type = 'call.canceled'"
-        ))
-        .await;
-    assert_eq!(last_event, 1);
 
     // Its window closed meanwhile: the redial waits for the next opening (the slot kept,
     // as while it backs off; the reclaimer settles a call silent for too long).

@@ -784,8 +784,11 @@ async fn admit_by_campaign(
 /// so a provider that did place the first dial answers with that call instead of a new one.
 ///
 /// The calling rules hold for a redial as for any dial: outside the window it waits (the
-/// slot kept, as while backing off); to a suppressed number it is not made, and the call is
-/// CANCELED.
+/// slot kept, as while backing off); to a suppressed number it is not made. The last dial
+/// may be ringing the phone, so the call keeps its slot, like any dial of unknown fate,
+/// until its report or the reclaimer settles it (a dial the provider never placed goes
+/// back to PENDING, and its claim then cancels it as suppressed): freeing the slot here let
+/// another call take it while the provider might still hold this one, one over the cap.
 async fn redial_unknown(
     tx: &Transaction<'_>,
     call_id: Uuid,
@@ -817,9 +820,11 @@ async fn redial_unknown(
         });
     }
     if rules.suppressed {
-        cancel_suppressed_in_progress(tx, call_id).await?;
-        events.push((call_id, EventType::Canceled));
-        return Ok(Claim::Suppressed);
+        tracing::info!(
+            %call_id,
+            "not redialed: its number is on the do-not-call list; its dial of unknown fate keeps the slot until it is settled"
+        );
+        return Ok(Claim::NotPending(CallStatus::InProgress));
     }
     if let Some(until) = rules.outside_until {
         moved.push((call_id, until));
@@ -980,21 +985,4 @@ async fn daily_cap_reached(
             reached_by_phone.get(phone).map(|until| (*call_id, *until))
         })
         .collect())
-}
-
-/// An IN_PROGRESS call whose last dial's fate is unknown, whose number is now suppressed:
-/// not redialed but CANCELED, its slot released (the reclaimer's refill fills it).
-async fn cancel_suppressed_in_progress(tx: &Transaction<'_>, call_id: Uuid) -> StoreResult<()> {
-    super::slots::release_slot(tx, call_id).await?;
-    execute(
-        tx,
-        "UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), \
-                outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
-                last_error = 'suppressed', sequence = sequence + 1 \
-          WHERE id = $1",
-        &[&call_id],
-    )
-    .await?;
-    tracing::info!(%call_id, "call canceled instead of redialed: its number is on the do-not-call list");
-    Ok(())
 }
