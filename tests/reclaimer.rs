@@ -304,6 +304,42 @@ async fn a_dial_of_unknown_fate_keeps_its_key_and_an_accepted_one_gets_a_new_key
     assert_ne!(redial.idempotency_key, accepted.idempotency_key);
 }
 
+/// A dial of unknown fate to a number suppressed since keeps its slot (the worker does not
+/// redial it, nor free the slot: it may be ringing). The reclaimer settles it: asked, the
+/// provider has no such call (here it cannot be asked), so the call goes back to PENDING
+/// and its next claim cancels it as suppressed, never dialed again.
+#[tokio::test]
+async fn a_dial_of_unknown_fate_to_a_number_suppressed_since_is_reclaimed_then_canceled() {
+    let r = Reclaimer::new(&[("STALE_INPROG_SECONDS", "60"), ("MAX_ATTEMPTS", "3")]).await;
+    let unknown = r.claimed_call(&phone(31)).await;
+    r.env
+        .execute(&format!(
+            "INSERT INTO suppressions (phone, reason) VALUES ('{}', 'asked not to be called')",
+            phone(31)
+        ))
+        .await;
+    let slot_held = format!(
+        "SELECT count(*) FROM call_slots WHERE call_id = '{}'",
+        unknown.call_id
+    );
+    assert_eq!(r.env.count(&slot_held).await, 1);
+    r.started_ago(unknown.call_id, 3600).await;
+
+    assert_eq!(r.pass().await.stale_retried, 1);
+    assert_eq!(r.env.count(&slot_held).await, 0);
+    r.env.execute("UPDATE calls SET next_run_at = now()").await;
+    let claim = ebra_shared::store::claim::claim_call(&r.env.pool, unknown.call_id, 10, None)
+        .await
+        .expect("claim");
+    assert!(
+        matches!(claim, ebra_shared::store::claim::Claim::Suppressed),
+        "{claim:?}"
+    );
+    let (call, dials) = r.call(unknown.call_id).await;
+    assert_eq!(call.status, CallStatus::Canceled);
+    assert_eq!(dials.len(), 1, "never dialed again");
+}
+
 #[tokio::test]
 async fn a_message_lost_after_the_commit_is_swept_and_the_call_is_dialed() {
     // One slot, held: the refill cannot cover the lost message, only the outbox sweep can.
