@@ -304,37 +304,52 @@ async fn a_dial_of_unknown_fate_keeps_its_key_and_an_accepted_one_gets_a_new_key
     assert_ne!(redial.idempotency_key, accepted.idempotency_key);
 }
 
-/// A dial of unknown fate to a number suppressed since keeps its slot (the worker does not
-/// redial it, nor free the slot: it may be ringing). The reclaimer settles it: asked, the
-/// provider has no such call (here it cannot be asked), so the call goes back to PENDING
-/// and its next claim cancels it as suppressed, never dialed again.
+/// A dial of unknown fate to a number suppressed since: its redial is refused, and the call
+/// keeps its slot (the dial may be ringing). The reclaimer settles it: asked, the provider
+/// has no such call (here it cannot be asked), so the call goes back to PENDING and its
+/// next claim cancels it as suppressed, never dialed again.
 #[tokio::test]
 async fn a_dial_of_unknown_fate_to_a_number_suppressed_since_is_reclaimed_then_canceled() {
+    use ebra_shared::store::claim::{claim_call, Claim};
     let r = Reclaimer::new(&[("STALE_INPROG_SECONDS", "60"), ("MAX_ATTEMPTS", "3")]).await;
     let unknown = r.claimed_call(&phone(31)).await;
+    let timeout = DialResult::Retryable {
+        error: "timed out".to_owned(),
+        retry_after: None,
+        maybe_placed: true,
+    };
+    record_dial(&r.env.pool, &unknown, &timeout, &r.policy())
+        .await
+        .expect("recording the timeout");
     r.env
         .execute(&format!(
-            "INSERT INTO suppressions (phone, reason) VALUES ('{}', 'asked not to be called')",
-            phone(31)
+            "INSERT INTO suppressions (phone, reason) VALUES ('{}', 'asked not to be called'); \
+             UPDATE calls SET next_run_at = now() WHERE id = '{}'",
+            phone(31),
+            unknown.call_id
         ))
         .await;
+    let redial = claim_call(&r.env.pool, unknown.call_id, 10, None)
+        .await
+        .expect("claim");
+    assert!(
+        matches!(redial, Claim::NotPending(CallStatus::InProgress)),
+        "{redial:?}"
+    );
     let slot_held = format!(
         "SELECT count(*) FROM call_slots WHERE call_id = '{}'",
         unknown.call_id
     );
-    assert_eq!(r.env.count(&slot_held).await, 1);
+    assert_eq!(r.env.count(&slot_held).await, 1, "the dial may be ringing");
     r.started_ago(unknown.call_id, 3600).await;
 
     assert_eq!(r.pass().await.stale_retried, 1);
     assert_eq!(r.env.count(&slot_held).await, 0);
     r.env.execute("UPDATE calls SET next_run_at = now()").await;
-    let claim = ebra_shared::store::claim::claim_call(&r.env.pool, unknown.call_id, 10, None)
+    let claim = claim_call(&r.env.pool, unknown.call_id, 10, None)
         .await
         .expect("claim");
-    assert!(
-        matches!(claim, ebra_shared::store::claim::Claim::Suppressed),
-        "{claim:?}"
-    );
+    assert!(matches!(claim, Claim::Suppressed), "{claim:?}");
     let (call, dials) = r.call(unknown.call_id).await;
     assert_eq!(call.status, CallStatus::Canceled);
     assert_eq!(dials.len(), 1, "never dialed again");
@@ -594,26 +609,14 @@ async fn a_pass_parks_again_the_calls_whose_message_is_overdue() {
     let parked = |id: Uuid| {
         format!("SELECT count(*) FROM calls WHERE id = '{id}' AND status = 'PENDING' AND nudged_at IS NULL AND outbox_due_at IS NULL")
     };
-    assert_eq!(
-        r.env.count(&parked(lost_nudge)).await,
-        1,
-        "nudged 60 s ago, never claimed"
-    );
-    assert_eq!(
-        r.env.count(&parked(lost_send)).await,
-        1,
-        "its message 10 s overdue"
-    );
-    assert_eq!(
-        r.env.count(&parked(nudged)).await,
-        0,
-        "its nudge is on its way"
-    );
-    assert_eq!(
-        r.env.count(&parked(sent)).await,
-        0,
-        "its message is on its way"
-    );
+    for (id, expected, why) in [
+        (lost_nudge, 1, "nudged 60 s ago, never claimed"),
+        (lost_send, 1, "its message 10 s overdue"),
+        (nudged, 0, "its nudge is on its way"),
+        (sent, 0, "its message is on its way"),
+    ] {
+        assert_eq!(r.env.count(&parked(id)).await, expected, "{why}");
+    }
 }
 
 /// Captures what a subscriber writes.

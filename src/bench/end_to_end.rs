@@ -325,8 +325,9 @@ impl SlotTime {
         self.in_calls + self.before_first + self.between + self.after_last
     }
 
-    /// "1219 slot-s (cap 200 × 6.10 s): calls 1000 (the provider's 0.5 s each), claim to dial
-    /// 48, report to next claim 61, before the first claim 65, after the last report 55".
+    /// "1224 slot-s (cap 200 × span): the provider's 0.5 s per call 1000, claim to dial 48,
+    /// report to the slot's next claim 61, before each slot's first claim 68, after its last
+    /// report 47".
     fn describe(&self) -> String {
         format!(
             "{:.0} slot-s (cap {CAP} × span): the provider's {CALL_SECONDS} s per call {:.0}, claim to dial {:.0}, \
@@ -876,8 +877,8 @@ fn figures(
                 .how(
                     "from the rows: each slot's dials (call_attempts.slot_no) from the claim (started_at) to the \
                      report's time (ended_at), the gaps between one report and the slot's next claim, and the time \
-                     before its first claim and after its last report, over first created_at to last ended_at; \
-                     1 − utilisation is this share",
+                     before its first claim (all of the span for a slot no call held) and after its last report, over \
+                     first created_at to last ended_at; 1 − utilisation is this share",
                 ),
             );
         }

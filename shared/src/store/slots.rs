@@ -55,8 +55,7 @@ pub(crate) const MESSAGE_ON_ITS_WAY_SECONDS: f64 = 5.0;
 /// delivery since (a delivery claims the call or clears its marks). Their message may have
 /// been lost; if it was only late, the call gets a second message, and the claim takes it
 /// once. Up to `limit` of each; rows another transaction holds are left to the next pass.
-/// Returns how many calls it parked.
-pub(crate) async fn unmark_overdue_messages(tx: &Transaction<'_>, limit: i64) -> StoreResult<u64> {
+pub(crate) async fn unmark_overdue_messages(tx: &Transaction<'_>, limit: i64) -> StoreResult<()> {
     execute(
         tx,
         "WITH quiet AS MATERIALIZED ( \
@@ -73,7 +72,8 @@ pub(crate) async fn unmark_overdue_messages(tx: &Transaction<'_>, limit: i64) ->
           WHERE id IN (SELECT id FROM quiet UNION SELECT id FROM overdue)",
         &[&NUDGE_QUIET_SECONDS, &MESSAGE_ON_ITS_WAY_SECONDS, &limit],
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Frees the slot `call_id` holds, if any.

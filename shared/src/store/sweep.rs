@@ -238,7 +238,10 @@ pub async fn reclaim_stale_calls(
 
 /// PENDING calls whose SQS message was never confirmed within `grace` of when it was due:
 /// their messages, to send again (the mark moves on, so one lost send is re-sent once a
-/// grace period, not on every pass).
+/// grace period, not on every pass). The refill ([`refill_free_slots`], after this in a
+/// pass) parks a call once its message is 5 s overdue, so with passes closer together than
+/// `grace` this finds only the marks an earlier refill left: rows another transaction
+/// held, or more than a batch of them.
 pub async fn resend_unconfirmed_messages(
     pool: &Pool,
     grace: Duration,
