@@ -261,7 +261,7 @@ async fn insert_call(env: &TestEnv, phone: &str, due_in_secs: f64) -> Uuid {
     client
         .execute(
             "INSERT INTO calls (id, phone, script_id, metadata, max_attempts, next_run_at) \
-             VALUES ($1, $2, 'welcome-v1', $3, 3, now() + make_interval(secs => $4))",
+             VALUES ($1, $2::text, 'welcome-v1', $3::jsonb, 3, now() + make_interval(secs => $4))",
             &[
                 &id,
                 &phone,
@@ -1870,7 +1870,7 @@ async fn insert_call_outside_its_window(
         .await
         .expect("pool")
         .execute(
-            "UPDATE calls SET calling_window = $2, time_zones = '{UTC}' WHERE id = $1",
+            "UPDATE calls SET calling_window = $2::jsonb, time_zones = '{UTC}' WHERE id = $1",
             &[&id, &window],
         )
         .await

@@ -733,7 +733,7 @@ pub async fn add_campaign_calls(
              INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
                  next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
                  calling_window, time_zones) \
-             SELECT r.id, r.phone, r.script_id, r.metadata, $10, r.scheduled_at, r.expires_at, \
+             SELECT r.id, r.phone, r.script_id, r.metadata, $10::int4, r.scheduled_at, r.expires_at, \
                     GREATEST(now(), COALESCE(r.scheduled_at, now()), COALESCE(r.opens_at, '-infinity')), \
                     CASE WHEN (r.scheduled_at IS NULL OR r.scheduled_at <= now()) AND r.opens_at IS NULL \
                           AND r.n <= $11 THEN now() END, \

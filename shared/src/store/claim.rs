@@ -837,11 +837,11 @@ async fn redial_unknown(
     execute(
         tx,
         "WITH redial AS ( \
-             UPDATE calls SET attempts = $3, started_at = now(), updated_at = now(), \
+             UPDATE calls SET attempts = $3::int4, started_at = now(), updated_at = now(), \
                     sequence = sequence + 1 \
               WHERE id = $1 RETURNING id) \
          INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
-         SELECT $2, id, $3, $4, $5 FROM redial",
+         SELECT $2, id, $3::int4, $4, $5::int4 FROM redial",
         &[
             &call_id,
             &attempt_id,
@@ -879,7 +879,7 @@ pub(crate) async fn prior_dial(
     let row = super::query_one(
         tx,
         "SELECT COALESCE(min(started_at) FILTER (WHERE idempotency_key = $2), now()) AS since, \
-                COALESCE(array_agg(provider_call_id) FILTER \
+                COALESCE(array_agg(provider_call_id::text) FILTER \
                     (WHERE provider_call_id IS NOT NULL AND idempotency_key <> $2), '{}') AS known, \
                 COALESCE((array_agg(dial_state ORDER BY attempt_no DESC) \
                     FILTER (WHERE idempotency_key = $2 AND attempt_no < $3))[1] \

@@ -158,7 +158,7 @@ async fn record_accepted_in(
             query(
                 tx,
                 "WITH accepted AS ( \
-                     UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, \
+                     UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2::text, \
                             dialed_at = now(), error = NULL \
                       WHERE id = $1 RETURNING id) \
                  SELECT DISTINCT provider_call_id FROM provider_webhooks \
@@ -236,7 +236,7 @@ async fn record_failure(
     // An attempt a report already named (matched by its key) keeps what it learned.
     execute(
         tx,
-        "UPDATE call_attempts SET dial_state = $2, ended_at = now(), error = $3 \
+        "UPDATE call_attempts SET dial_state = $2::text, ended_at = now(), error = $3 \
           WHERE id = $1 AND provider_call_id IS NULL",
         &[
             &claimed.attempt_id,

@@ -152,7 +152,7 @@ pub(crate) async fn record_campaign_event<C: GenericClient>(
         .map_err(|e| StoreError::Corrupt(format!("campaign {campaign_id}'s snapshot: {e}")))?;
     let sql = format!(
         "INSERT INTO call_events (id, campaign_id, sequence, type, data, fanned_out_at) \
-         SELECT $1, k.id, k.sequence, $3::text, $4, {} FROM campaigns k WHERE k.id = $2",
+         SELECT $1, k.id, k.sequence, $3::text, $4::jsonb, {} FROM campaigns k WHERE k.id = $2",
         fanned_out_at_sql("k", "$3::text")
     );
     let written = execute(

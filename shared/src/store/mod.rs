@@ -15,6 +15,12 @@
 //! - [`endpoints`]: the webhook endpoints clients register.
 //! - [`deliveries`]: the notifier's fan-out, claims and records of event deliveries.
 //! - [`suppressions`]: the do-not-call list and its audit trail (issue 14).
+//!
+//! Many columns have a domain as their type (`call_status`, `e164_phone`, `json_object`,
+//! ...; migration V13). A parameter assigned straight to one (`VALUES ($1)`, `SET status =
+//! $1`) is cast to the base type (`$1::text`): Postgres would type it as the domain, which
+//! the client does not bind Rust values to. An array built from such a column is
+//! aggregated as the base type (`array_agg(provider_call_id::text)`) for the same reason.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;

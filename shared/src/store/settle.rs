@@ -94,7 +94,8 @@ pub async fn settle_from_webhook(
             "WITH stored AS ( \
                  INSERT INTO provider_webhooks (webhook_id, provider_call_id, status, duration_sec, \
                         completed_at, provider, attempt_key, end_reason, result) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (webhook_id) DO NOTHING \
+                 VALUES ($1::text, $2, $3::text, $4::int4, $5, $6::text, $7, $8::text, $9::jsonb) \
+                 ON CONFLICT (webhook_id) DO NOTHING \
                  RETURNING provider_call_id) \
              SELECT {} FROM stored",
             provider_call_lock_sql("provider_call_id")
@@ -221,7 +222,8 @@ macro_rules! attempt_locking_call {
 /// the outcome, `$3` the duration, `$4` when it ended, `$5` the end reason.
 macro_rules! set_outcome {
     () => {
-        " SET outcome = $2, duration_sec = $3, ended_at = COALESCE($4, now()), end_reason = $5 "
+        " SET outcome = $2::text, duration_sec = $3::int4, ended_at = COALESCE($4, now()), \
+           end_reason = $5::text "
     };
 }
 
@@ -402,7 +404,7 @@ async fn apply_report(
     if let Some(provider_call_id) = &attempt.learns_provider_call_id {
         execute(
             tx,
-            "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2, \
+            "UPDATE call_attempts SET dial_state = 'ACCEPTED', provider_call_id = $2::text, \
                     dialed_at = COALESCE(dialed_at, now()), error = NULL \
               WHERE id = $1 AND provider_call_id IS NULL",
             &[&attempt.id, provider_call_id],
@@ -584,10 +586,10 @@ async fn settle_outcome(
             let message_delay = delay.min(MAX_DELAY);
             execute(
                 tx,
-                "UPDATE calls SET status = 'PENDING', outcome = $2, duration_sec = $3, \
+                "UPDATE calls SET status = 'PENDING', outcome = $2::text, duration_sec = $3::int4, \
                         last_error = $4, next_run_at = now() + make_interval(secs => $5), \
                         outbox_due_at = now() + make_interval(secs => $6), updated_at = now(), \
-                        result = $7, sequence = sequence + 1 \
+                        result = $7::jsonb, sequence = sequence + 1 \
                   WHERE id = $1",
                 &[
                     &call_id,
@@ -652,9 +654,9 @@ async fn end_call_as(
     static END_WITH_EVENT: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH ended AS ( \
-                 UPDATE calls SET status = $5, outcome = $2, duration_sec = $3, \
+                 UPDATE calls SET status = $5::text, outcome = $2::text, duration_sec = $3::int4, \
                         ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
-                        retry_dial_key = NULL, result = $6, sequence = sequence + 1 \
+                        retry_dial_key = NULL, result = $6::jsonb, sequence = sequence + 1 \
                   WHERE id = $1 RETURNING calls.*) \
              INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
              SELECT $7, c.id, c.sequence, $8::text, {}, {} FROM ended c",

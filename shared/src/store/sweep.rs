@@ -76,7 +76,7 @@ pub async fn stale_calls(
                 a.provider_call_id, a.idempotency_key, \
                 (SELECT min(k.started_at) FROM call_attempts k \
                   WHERE k.call_id = c.id AND k.idempotency_key = a.idempotency_key) AS key_since, \
-                COALESCE((SELECT array_agg(o.provider_call_id) FROM call_attempts o \
+                COALESCE((SELECT array_agg(o.provider_call_id::text) FROM call_attempts o \
                   WHERE o.call_id = c.id AND o.provider_call_id IS NOT NULL \
                     AND o.idempotency_key <> a.idempotency_key), '{}') AS known \
            FROM taken c \
