@@ -54,6 +54,7 @@ impl Stack {
                 reclaim_every: Duration::from_secs(3600),
             },
         )
+        .await
         .expect("the local stack starts");
         let dir = std::env::temp_dir().join(format!("ebra-import-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");

@@ -8,7 +8,9 @@
 use anyhow::Context as _;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType, Timeouts,
+};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -61,6 +63,48 @@ pub fn pool_with_ca_file(
         })
         .build()
         .context("building the Postgres pool")
+}
+
+/// The tables a call's way through Ebra reads and writes: [`warm_up`] loads their catalog
+/// entries (and their indexes') into each connection's cache.
+const HOT_TABLES: [&str; 7] = [
+    "calls",
+    "call_slots",
+    "call_attempts",
+    "call_events",
+    "provider_webhooks",
+    "suppressions",
+    "campaigns",
+];
+
+/// Opens every connection of `pool` at once and has each plan a read of the tables a call
+/// goes through, so that the first requests a long-running process serves (`ebra dev`) do
+/// not queue behind connecting and behind each new backend loading the catalog (its first
+/// statement on these tables took 2–4.5 ms, later ones 0.4 ms). A Lambda function keeps
+/// [`pool`]'s lazy connection, so that its init stays free of round trips.
+pub async fn warm_up(pool: &Pool) -> anyhow::Result<()> {
+    let warm_sql: String = HOT_TABLES
+        .iter()
+        .map(|table| format!("SELECT FROM {table} LIMIT 0;"))
+        .collect();
+    // Without waiting: a connection already in use is left to its user.
+    let at_once = Timeouts::wait_millis(0);
+    let connections = (0..pool.status().max_size).map(|_| async {
+        let client = match pool.timeout_get(&at_once).await {
+            Ok(client) => client,
+            Err(PoolError::Timeout(TimeoutType::Wait)) => return Ok(None),
+            Err(error) => return Err(error).context("opening a pooled connection"),
+        };
+        client
+            .batch_execute(&warm_sql)
+            .await
+            .context("warming a pooled connection")?;
+        // Held until every connection is open, so that each is a different one.
+        anyhow::Ok(Some(client))
+    });
+    let warmed = futures::future::try_join_all(connections).await?;
+    drop(warmed);
+    Ok(())
 }
 
 /// A rustls connector that verifies the server against the system roots and

@@ -222,7 +222,8 @@ impl Stack {
                 provider: Arc::new(simulator),
                 reclaim_every: Duration::from_secs(10),
             },
-        )?;
+        )
+        .await?;
         Ok(Self {
             db,
             sqs,

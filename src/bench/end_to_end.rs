@@ -100,6 +100,9 @@ pub async fn run(quick: bool, repeat: u32, sqs: &BenchSqs) -> anyhow::Result<Sce
         );
     }
 
+    if std::env::var_os("EBRA_BENCH_E2E_EMBEDDED_ONLY").is_some() {
+        return Ok(report);
+    }
     println!(
         "   SendMessage ceilings, {CLIENTS} clients, {CEILING_SECONDS} s each: embedded, moto ..."
     );
@@ -581,7 +584,8 @@ async fn drive(
             provider: Arc::new(dialer),
             reclaim_every: DevOptions::default().reclaim_every,
         },
-    )?;
+    )
+    .await?;
 
     // The queue's depth, sampled.
     let (stop_sampling, sampling) = watch::channel(false);

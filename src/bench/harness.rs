@@ -126,6 +126,13 @@ impl BenchDatabase {
     /// Closes the pool and drops the database (forcing out any connection left).
     pub async fn drop(self) {
         self.pool.close();
+        if std::env::var_os("EBRA_BENCH_KEEP_DATABASES").is_some() {
+            println!(
+                "   kept the bench database {} (EBRA_BENCH_KEEP_DATABASES)",
+                self.name
+            );
+            return;
+        }
         let result = async {
             let admin = connect(&self.admin_url).await?;
             admin

@@ -138,7 +138,8 @@ async fn serve(
             provider,
             reclaim_every: options.reclaim_every,
         },
-    )?;
+    )
+    .await?;
 
     let base = format!("http://127.0.0.1:{port}");
     let auth = if config.api_token.is_some() {
@@ -248,7 +249,7 @@ pub struct RunningStack {
     notifier_loop: tokio::task::JoinHandle<()>,
 }
 
-pub fn start_stack(
+pub async fn start_stack(
     listener: tokio::net::TcpListener,
     parts: StackParts,
 ) -> anyhow::Result<RunningStack> {
@@ -260,6 +261,14 @@ pub fn start_stack(
         provider,
         reclaim_every,
     } = parts;
+    // Every connection open and its catalog loaded before the first request, as a Lambda's
+    // init phase would.
+    futures::future::try_join(
+        ebra_shared::db::warm_up(&pool),
+        ebra_shared::db::warm_up(&worker_pool),
+    )
+    .await
+    .context("warming the Postgres pools")?;
     // Events: the notifier runs as a loop here, woken at once by every commit that wrote
     // events (and every second, for retries coming due).
     let wake_notifier = Arc::new(tokio::sync::Notify::new());
