@@ -27,7 +27,7 @@ use serde_json::json;
 use super::harness::{self, BenchDatabase, BenchQueues};
 use super::report::round;
 use super::{Figure, ScenarioReport, Target};
-use crate::local::{start_stack, LocalSqs, RunningStack, StackParts, DEV_POOL_SIZE};
+use crate::local::{dev_pool_size, start_stack, LocalSqs, RunningStack, StackParts};
 
 const VISIBILITY_SECONDS: u32 = 180;
 const TARGET_ROWS_PER_SECOND: f64 = 5_000.0;
@@ -180,7 +180,8 @@ struct Stack {
 impl Stack {
     async fn start(cap: u32, call_seconds: f64) -> anyhow::Result<Self> {
         let sqs = LocalSqs::embedded().await?;
-        let db = BenchDatabase::create(DEV_POOL_SIZE).await?;
+        let pool_size = dev_pool_size()?;
+        let db = BenchDatabase::create(pool_size).await?;
         let queues = match BenchQueues::create(&sqs, 10, VISIBILITY_SECONDS).await {
             Ok(queues) => queues,
             Err(error) => {
@@ -217,7 +218,7 @@ impl Stack {
             StackParts {
                 config,
                 pool: db.pool.clone(),
-                worker_pool: ebra_shared::db::pool(&db.url, DEV_POOL_SIZE)?,
+                worker_pool: ebra_shared::db::pool(&db.url, pool_size)?,
                 queue: queues.calls_queue(),
                 provider: Arc::new(simulator),
                 reclaim_every: Duration::from_secs(10),

@@ -39,7 +39,7 @@ use super::report::round;
 use super::sqs_proxy::CountingProxy;
 use super::{Figure, ScenarioReport, Target};
 use crate::local::sqs_server::SqsHandle;
-use crate::local::{start_stack, DevOptions, LocalSqs, StackParts, DEV_POOL_SIZE};
+use crate::local::{dev_pool_size, start_stack, DevOptions, LocalSqs, StackParts};
 
 const CAP: u32 = 200;
 const CALL_SECONDS: f64 = 0.5;
@@ -521,7 +521,7 @@ fn print_run(run: &StackRun) {
 }
 
 async fn run_stack(calls: usize, endpoint: &Endpoint<'_>, stop: Stop) -> anyhow::Result<StackRun> {
-    let pool_size = ebra_shared::db::pool_size_from_env(DEV_POOL_SIZE)?;
+    let pool_size = dev_pool_size()?;
     let db = BenchDatabase::create(pool_size).await?;
     let queues = match BenchQueues::create_on(
         &endpoint.url,

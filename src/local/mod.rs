@@ -10,5 +10,5 @@ pub use event_source::{delete_succeeded, sqs_event, EventSourceMapping};
 pub use postgres::LocalPostgres;
 pub use sqs::{ensure_queues, local_sqs_client, LocalSqs};
 pub use stack::{
-    run_dev, serve_until_stopped, start_stack, DevOptions, RunningStack, StackParts, DEV_POOL_SIZE,
+    dev_pool_size, run_dev, serve_until_stopped, start_stack, DevOptions, RunningStack, StackParts,
 };
