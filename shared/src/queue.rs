@@ -12,7 +12,10 @@ use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
+use std::sync::Arc;
+
 use futures::FutureExt as _;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::domain::DialRequest;
@@ -44,6 +47,8 @@ impl Enqueue {
 pub struct CallsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
+    /// Shared by the clones: the process's best-effort sends, coalesced.
+    coalescer: Arc<SendCoalescer>,
 }
 
 impl CallsQueue {
@@ -51,6 +56,7 @@ impl CallsQueue {
         Self {
             client,
             url: url.into(),
+            coalescer: Arc::default(),
         }
     }
 
@@ -120,10 +126,22 @@ impl CallsQueue {
 
     /// Sends messages and logs (never fails) when some could not be sent: used where the
     /// outbox mark or the reclaimer covers a lost message.
+    ///
+    /// Concurrent callers of one process share requests ([`SendCoalescer`]): while one
+    /// caller's request is in flight, the messages of those arriving meanwhile wait, and the
+    /// first of them sends them all in the next (ten per `SendMessageBatch`). A caller alone,
+    /// as every Lambda invocation is, sends at once.
     pub async fn send_best_effort(&self, messages: &[Enqueue]) {
         if messages.is_empty() {
             return;
         }
+        SendCoalescer::send(&self.coalescer, messages, |batch| async move {
+            self.send_logged(&batch).await
+        })
+        .await;
+    }
+
+    async fn send_logged(&self, messages: &[Enqueue]) {
         let failed = self.send_all(messages).await;
         if !failed.is_empty() {
             tracing::warn!(
@@ -220,6 +238,181 @@ impl CallsQueue {
     }
 }
 
+/// Best-effort sends of one process, coalesced as a database coalesces commits (see
+/// [`CallsQueue::send_best_effort`]). Under load in `ebra dev`, where every settle's nudge is
+/// a send, it saves requests without waiting for more messages: a request goes as soon
+/// as the one before it returns.
+#[derive(Debug, Default)]
+struct SendCoalescer {
+    state: std::sync::Mutex<Coalescing>,
+}
+
+#[derive(Debug, Default)]
+struct Coalescing {
+    /// A caller is sending (and will hand over the waiting messages when its request returns).
+    sending: bool,
+    /// The messages waiting for the next request.
+    waiting: Vec<Waiter>,
+}
+
+/// A caller's messages, and how it is told what became of them (none for the leader's own).
+#[derive(Debug)]
+struct Waiter {
+    messages: Vec<Enqueue>,
+    told: Option<oneshot::Sender<Turn>>,
+}
+
+#[derive(Debug)]
+enum Turn {
+    /// The messages were sent (failures are logged by the sender).
+    Sent,
+    /// The caller sends the next request: these messages, its own among them.
+    Lead(Vec<Waiter>, Leading),
+}
+
+enum Joined {
+    Lead(Vec<Waiter>, Leading),
+    Wait(oneshot::Receiver<Turn>),
+}
+
+impl SendCoalescer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Coalescing> {
+        // Two plain fields, consistent after any panic: a poisoned lock is used as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `messages` with `request`, together with those of the callers waiting for the
+    /// next request when it is this caller's turn; returns once they were sent.
+    async fn send<F, Fut>(this: &Arc<Self>, messages: &[Enqueue], request: F)
+    where
+        F: Fn(Vec<Enqueue>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (mut batch, mut leading) = match Self::join(this, messages) {
+            Joined::Lead(batch, leading) => (batch, leading),
+            Joined::Wait(turn) => match turn.await {
+                Ok(Turn::Sent) => return,
+                Ok(Turn::Lead(batch, leading)) => (batch, leading),
+                // The caller sending them was canceled before it answered: no request is
+                // coming for these, so they go alone.
+                Err(_) => {
+                    request(messages.to_vec()).await;
+                    return;
+                }
+            },
+        };
+        loop {
+            let messages: Vec<Enqueue> = batch
+                .iter()
+                .flat_map(|waiter| waiter.messages.iter().copied())
+                .collect();
+            request(messages).await;
+            for waiter in batch {
+                if let Some(told) = waiter.told {
+                    // A caller that stopped waiting needs no answer.
+                    let _ = told.send(Turn::Sent);
+                }
+            }
+            match leading.hand_over() {
+                // Handed over to the first waiting caller, or none was waiting: done.
+                None => break,
+                // Every waiting caller stopped waiting: their messages are sent here.
+                Some(orphans) => batch = orphans,
+            }
+        }
+    }
+
+    fn join(this: &Arc<Self>, messages: &[Enqueue]) -> Joined {
+        let mut state = this.lock();
+        let waiter = |told| Waiter {
+            messages: messages.to_vec(),
+            told,
+        };
+        if state.sending {
+            let (told, turn) = oneshot::channel();
+            state.waiting.push(waiter(Some(told)));
+            Joined::Wait(turn)
+        } else {
+            state.sending = true;
+            Joined::Lead(vec![waiter(None)], Leading::new(this))
+        }
+    }
+}
+
+/// The right to send for the others, held by one caller at a time. Dropped without being
+/// handed over (its caller canceled, or the hand-over lost with a caller that stopped
+/// waiting), it stops the sending and lets the waiting callers go: each then sends its own
+/// messages.
+#[derive(Debug)]
+struct Leading {
+    coalescer: Arc<SendCoalescer>,
+    handed_over: bool,
+}
+
+impl Leading {
+    fn new(coalescer: &Arc<SendCoalescer>) -> Self {
+        Self {
+            coalescer: coalescer.clone(),
+            handed_over: false,
+        }
+    }
+
+    /// Gives the waiting messages, with the lead, to the first waiting caller still there;
+    /// `None` when it took them or none were waiting (sending stops), else the messages of
+    /// callers that all stopped waiting, for this caller to send.
+    fn hand_over(&mut self) -> Option<Vec<Waiter>> {
+        let mut state = self.coalescer.lock();
+        let mut waiting = std::mem::take(&mut state.waiting);
+        if waiting.is_empty() {
+            state.sending = false;
+            self.handed_over = true;
+            return None;
+        }
+        drop(state);
+        let mut orphans = Vec::new();
+        while !waiting.is_empty() {
+            let mut next = waiting.remove(0);
+            let Some(told) = next.told.take().filter(|told| !told.is_closed()) else {
+                orphans.push(next);
+                continue;
+            };
+            let mut batch = vec![next];
+            batch.append(&mut orphans);
+            batch.append(&mut waiting);
+            match told.send(Turn::Lead(batch, Leading::new(&self.coalescer))) {
+                Ok(()) => {
+                    self.handed_over = true;
+                    return None;
+                }
+                // It stopped waiting just now: take the batch back, and the lead with it
+                // (disarmed: this caller still leads), then try the next.
+                Err(Turn::Lead(back, mut lead)) => {
+                    lead.handed_over = true;
+                    let mut back = back.into_iter();
+                    orphans.extend(back.next());
+                    waiting = back.collect();
+                }
+                Err(Turn::Sent) => unreachable!("a lead is what was sent"),
+            }
+        }
+        Some(orphans)
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
+        let mut state = self.coalescer.lock();
+        state.sending = false;
+        // Their senders dropped: each waiting caller sends its own messages.
+        state.waiting.clear();
+    }
+}
+
 /// An entry of a batch request that SQS refused: its id (the index in its chunk) and why.
 struct Refused {
     id: String,
@@ -279,4 +472,177 @@ where
 
 fn delay_seconds(delay: Duration) -> i32 {
     delay.min(MAX_DELAY).as_secs() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A stand-in for `SendMessageBatch`: records each request's calls; the first request
+    /// waits until `release` is notified (never, if it is not).
+    #[derive(Default)]
+    struct FakeSqs {
+        requests: Mutex<Vec<Vec<Uuid>>>,
+        started: AtomicUsize,
+        first_started: Notify,
+        release: Notify,
+    }
+
+    impl FakeSqs {
+        async fn request(&self, batch: Vec<Enqueue>) {
+            if self.started.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.first_started.notify_one();
+                self.release.notified().await;
+            }
+            let ids = batch.iter().map(|m| m.call_id).collect();
+            self.requests.lock().expect("lock").push(ids);
+        }
+
+        fn requests(&self) -> Vec<Vec<Uuid>> {
+            self.requests.lock().expect("lock").clone()
+        }
+    }
+
+    fn messages(n: usize) -> Vec<Enqueue> {
+        (0..n).map(|_| Enqueue::now(Uuid::new_v4())).collect()
+    }
+
+    /// Starts a caller sending `messages` through `coalescer` to `sqs`.
+    fn caller(
+        coalescer: &Arc<SendCoalescer>,
+        sqs: &Arc<FakeSqs>,
+        messages: Vec<Enqueue>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (coalescer, sqs) = (coalescer.clone(), sqs.clone());
+        tokio::spawn(async move {
+            SendCoalescer::send(&coalescer, &messages, |batch| {
+                let sqs = sqs.clone();
+                async move { sqs.request(batch).await }
+            })
+            .await;
+        })
+    }
+
+    async fn until_waiting(coalescer: &SendCoalescer, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while coalescer.lock().waiting.len() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the callers join the wait");
+    }
+
+    async fn finished(handle: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .expect("the caller returns")
+            .expect("the caller does not panic");
+    }
+
+    #[tokio::test]
+    async fn a_caller_alone_sends_at_once() {
+        let coalescer = Arc::new(SendCoalescer::default());
+        let sqs = Arc::new(FakeSqs::default());
+        sqs.started.store(1, Ordering::SeqCst); // no request waits
+        let sent = messages(3);
+        finished(caller(&coalescer, &sqs, sent.clone())).await;
+        let ids: Vec<Uuid> = sent.iter().map(|m| m.call_id).collect();
+        assert_eq!(sqs.requests(), vec![ids]);
+        assert!(
+            !coalescer.lock().sending,
+            "sending stops with the last request"
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_arriving_during_a_request_share_the_next_and_every_message_goes_once() {
+        let coalescer = Arc::new(SendCoalescer::default());
+        let sqs = Arc::new(FakeSqs::default());
+        let first = messages(1);
+        let leader = caller(&coalescer, &sqs, first.clone());
+        sqs.first_started.notified().await;
+        let later: Vec<Vec<Enqueue>> = (0..20).map(|n| messages(1 + n % 2)).collect();
+        let waiting: Vec<_> = later
+            .iter()
+            .map(|m| caller(&coalescer, &sqs, m.clone()))
+            .collect();
+        until_waiting(&coalescer, 20).await;
+        sqs.release.notify_one();
+        finished(leader).await;
+        for handle in waiting {
+            finished(handle).await;
+        }
+        let requests = sqs.requests();
+        assert_eq!(
+            requests.len(),
+            2,
+            "the 20 callers share one request: {requests:?}"
+        );
+        let mut sent: Vec<Uuid> = requests.concat();
+        let mut expected: Vec<Uuid> = first
+            .iter()
+            .chain(later.iter().flatten())
+            .map(|m| m.call_id)
+            .collect();
+        sent.sort();
+        expected.sort();
+        assert_eq!(sent, expected, "every message sent, once");
+        assert!(!coalescer.lock().sending);
+    }
+
+    #[tokio::test]
+    async fn a_canceled_sender_leaves_no_caller_waiting() {
+        let coalescer = Arc::new(SendCoalescer::default());
+        let sqs = Arc::new(FakeSqs::default());
+        // The first request never returns; its caller is canceled.
+        let leader = caller(&coalescer, &sqs, messages(1));
+        sqs.first_started.notified().await;
+        let waiting_messages = messages(2);
+        let waiting = caller(&coalescer, &sqs, waiting_messages.clone());
+        until_waiting(&coalescer, 1).await;
+        leader.abort();
+        finished(waiting).await;
+        let after = messages(1);
+        finished(caller(&coalescer, &sqs, after.clone())).await;
+        let ids = |m: &[Enqueue]| m.iter().map(|m| m.call_id).collect::<Vec<_>>();
+        assert_eq!(
+            sqs.requests(),
+            vec![ids(&waiting_messages), ids(&after)],
+            "the waiting caller sent its own, and a later one sent at once"
+        );
+        assert!(!coalescer.lock().sending);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_caller_that_gives_up_is_passed_over_and_its_messages_still_go() {
+        let coalescer = Arc::new(SendCoalescer::default());
+        let sqs = Arc::new(FakeSqs::default());
+        let leader = caller(&coalescer, &sqs, messages(1));
+        sqs.first_started.notified().await;
+        let gave_up_messages = messages(1);
+        let gave_up = caller(&coalescer, &sqs, gave_up_messages.clone());
+        until_waiting(&coalescer, 1).await;
+        let stayed_messages = messages(1);
+        let stayed = caller(&coalescer, &sqs, stayed_messages.clone());
+        until_waiting(&coalescer, 2).await;
+        gave_up.abort();
+        let _ = gave_up.await;
+        sqs.release.notify_one();
+        finished(leader).await;
+        finished(stayed).await;
+        let requests = sqs.requests();
+        assert_eq!(requests.len(), 2, "{requests:?}");
+        let mut second = requests[1].clone();
+        second.sort();
+        let mut expected = vec![stayed_messages[0].call_id, gave_up_messages[0].call_id];
+        expected.sort();
+        assert_eq!(second, expected, "the caller that stayed sent both");
+        assert!(!coalescer.lock().sending);
+    }
 }
