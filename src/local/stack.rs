@@ -19,7 +19,7 @@ use super::{ensure_queues, local_sqs_client, EventSourceMapping, LocalPostgres, 
 /// Connections in each of `ebra dev`'s two pools (the worker's, and the rest's): twice the
 /// machine's cores, unless `DB_POOL_SIZE` says otherwise. Each connection is a Postgres
 /// backend competing for the same cores: on 2 cores, `ebra bench --only e2e` settled
-/// 350–365 calls/s with pools of 3, 4 or 6 and 325–341 with 20 or 40 (README ¹⁵).
+/// 350–365 calls/s with pools of 3, 4 or 6 and 325–347 with 20 or 40 (README ¹⁵).
 pub fn dev_pool_size() -> anyhow::Result<usize> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     ebra_shared::db::pool_size_from_env((2 * cores).max(2))
@@ -266,8 +266,8 @@ pub async fn start_stack(
         provider,
         reclaim_every,
     } = parts;
-    // Every connection open and its catalog loaded before the first request, as a Lambda's
-    // init phase would.
+    // Every connection open and its catalog loaded before the first request, as a
+    // long-running server should (a Lambda function keeps its lazy connection instead).
     futures::future::try_join(
         ebra_shared::db::warm_up(&pool),
         ebra_shared::db::warm_up(&worker_pool),
