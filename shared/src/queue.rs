@@ -374,7 +374,7 @@ impl Leading {
         let mut orphans = Vec::new();
         while !waiting.is_empty() {
             let mut next = waiting.remove(0);
-            let Some(told) = next.told.take().filter(|told| !told.is_closed()) else {
+            let Some(told) = next.told.take() else {
                 orphans.push(next);
                 continue;
             };
@@ -386,8 +386,8 @@ impl Leading {
                     self.handed_over = true;
                     return None;
                 }
-                // It stopped waiting just now: take the batch back, and the lead with it
-                // (disarmed: this caller still leads), then try the next.
+                // It stopped waiting: take the batch back, and the lead with it (disarmed:
+                // this caller still leads), then try the next.
                 Err(Turn::Lead(back, mut lead)) => {
                     lead.handed_over = true;
                     let mut back = back.into_iter();
@@ -483,10 +483,11 @@ mod tests {
 
     use super::*;
 
-    /// A stand-in for `SendMessageBatch`: records each request's calls; the first request
-    /// waits until `release` is notified (never, if it is not).
+    /// A stand-in for `SendMessageBatch`: records each request's calls; when `hold_first`,
+    /// the first request waits until `release` is notified (never, if it is not).
     #[derive(Default)]
     struct FakeSqs {
+        hold_first: bool,
         requests: Mutex<Vec<Vec<Uuid>>>,
         started: AtomicUsize,
         first_started: Notify,
@@ -495,7 +496,7 @@ mod tests {
 
     impl FakeSqs {
         async fn request(&self, batch: Vec<Enqueue>) {
-            if self.started.fetch_add(1, Ordering::SeqCst) == 0 {
+            if self.started.fetch_add(1, Ordering::SeqCst) == 0 && self.hold_first {
                 self.first_started.notify_one();
                 self.release.notified().await;
             }
@@ -510,6 +511,31 @@ mod tests {
 
     fn messages(n: usize) -> Vec<Enqueue> {
         (0..n).map(|_| Enqueue::now(Uuid::new_v4())).collect()
+    }
+
+    fn sorted_ids<'a>(messages: impl IntoIterator<Item = &'a Enqueue>) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = messages.into_iter().map(|m| m.call_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// A coalescer whose first caller (one message) is sending, its request held by the
+    /// fake until `release`.
+    async fn first_request_in_flight() -> (
+        Arc<SendCoalescer>,
+        Arc<FakeSqs>,
+        tokio::task::JoinHandle<()>,
+        Vec<Enqueue>,
+    ) {
+        let coalescer = Arc::new(SendCoalescer::default());
+        let sqs = Arc::new(FakeSqs {
+            hold_first: true,
+            ..FakeSqs::default()
+        });
+        let first = messages(1);
+        let leader = caller(&coalescer, &sqs, first.clone());
+        sqs.first_started.notified().await;
+        (coalescer, sqs, leader, first)
     }
 
     /// Starts a caller sending `messages` through `coalescer` to `sqs`.
@@ -549,7 +575,6 @@ mod tests {
     async fn a_caller_alone_sends_at_once() {
         let coalescer = Arc::new(SendCoalescer::default());
         let sqs = Arc::new(FakeSqs::default());
-        sqs.started.store(1, Ordering::SeqCst); // no request waits
         let sent = messages(3);
         finished(caller(&coalescer, &sqs, sent.clone())).await;
         let ids: Vec<Uuid> = sent.iter().map(|m| m.call_id).collect();
@@ -562,11 +587,7 @@ mod tests {
 
     #[tokio::test]
     async fn callers_arriving_during_a_request_share_the_next_and_every_message_goes_once() {
-        let coalescer = Arc::new(SendCoalescer::default());
-        let sqs = Arc::new(FakeSqs::default());
-        let first = messages(1);
-        let leader = caller(&coalescer, &sqs, first.clone());
-        sqs.first_started.notified().await;
+        let (coalescer, sqs, leader, first) = first_request_in_flight().await;
         let later: Vec<Vec<Enqueue>> = (0..20).map(|n| messages(1 + n % 2)).collect();
         let waiting: Vec<_> = later
             .iter()
@@ -585,24 +606,19 @@ mod tests {
             "the 20 callers share one request: {requests:?}"
         );
         let mut sent: Vec<Uuid> = requests.concat();
-        let mut expected: Vec<Uuid> = first
-            .iter()
-            .chain(later.iter().flatten())
-            .map(|m| m.call_id)
-            .collect();
         sent.sort();
-        expected.sort();
-        assert_eq!(sent, expected, "every message sent, once");
+        assert_eq!(
+            sent,
+            sorted_ids(first.iter().chain(later.iter().flatten())),
+            "every message sent, once"
+        );
         assert!(!coalescer.lock().sending);
     }
 
     #[tokio::test]
     async fn a_canceled_sender_leaves_no_caller_waiting() {
-        let coalescer = Arc::new(SendCoalescer::default());
-        let sqs = Arc::new(FakeSqs::default());
         // The first request never returns; its caller is canceled.
-        let leader = caller(&coalescer, &sqs, messages(1));
-        sqs.first_started.notified().await;
+        let (coalescer, sqs, leader, _) = first_request_in_flight().await;
         let waiting_messages = messages(2);
         let waiting = caller(&coalescer, &sqs, waiting_messages.clone());
         until_waiting(&coalescer, 1).await;
@@ -621,10 +637,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_caller_that_gives_up_is_passed_over_and_its_messages_still_go() {
-        let coalescer = Arc::new(SendCoalescer::default());
-        let sqs = Arc::new(FakeSqs::default());
-        let leader = caller(&coalescer, &sqs, messages(1));
-        sqs.first_started.notified().await;
+        let (coalescer, sqs, leader, _) = first_request_in_flight().await;
         let gave_up_messages = messages(1);
         let gave_up = caller(&coalescer, &sqs, gave_up_messages.clone());
         until_waiting(&coalescer, 1).await;
@@ -640,9 +653,11 @@ mod tests {
         assert_eq!(requests.len(), 2, "{requests:?}");
         let mut second = requests[1].clone();
         second.sort();
-        let mut expected = vec![stayed_messages[0].call_id, gave_up_messages[0].call_id];
-        expected.sort();
-        assert_eq!(second, expected, "the caller that stayed sent both");
+        assert_eq!(
+            second,
+            sorted_ids(stayed_messages.iter().chain(&gave_up_messages)),
+            "the caller that stayed sent both"
+        );
         assert!(!coalescer.lock().sending);
     }
 }
