@@ -318,6 +318,10 @@ struct SlotTime {
     before_first: f64,
     /// A call's report to the same slot's next claim: settling, the nudge, SQS, the claim.
     between: f64,
+    /// Of `between`, the report's time to the start of its webhook's transaction
+    /// (`provider_webhooks.received_at`): the delivery, and the wait for the webhook
+    /// handler and its connection.
+    report_to_webhook: f64,
     /// Each slot's last report to the run's last one.
     after_last: f64,
 }
@@ -329,16 +333,18 @@ impl SlotTime {
     }
 
     /// "1224 slot-s (cap 200 × span): the provider's 0.5 s per call 1000, claim to dial 48,
-    /// report to the slot's next claim 61, before each slot's first claim 68, after its last
-    /// report 47".
+    /// report to the slot's next claim 61 (to its webhook's transaction 22), before each
+    /// slot's first claim 68, after its last report 47".
     fn describe(&self) -> String {
         format!(
             "{:.0} slot-s (cap {CAP} × span): the provider's {CALL_SECONDS} s per call {:.0}, claim to dial {:.0}, \
-             report to the slot's next claim {:.0}, before each slot's first claim {:.0}, after its last report {:.0}",
+             report to the slot's next claim {:.0} (to its webhook's transaction {:.0}), before each slot's first \
+             claim {:.0}, after its last report {:.0}",
             self.total(),
             self.provider,
             self.in_calls - self.provider,
             self.between,
+            self.report_to_webhook,
             self.before_first,
             self.after_last
         )
@@ -351,14 +357,16 @@ impl SlotTime {
             "providerSlotSeconds": round(self.provider, 1),
             "claimToDialSlotSeconds": round(self.in_calls - self.provider, 1),
             "reportToNextClaimSlotSeconds": round(self.between, 1),
+            "reportToWebhookSlotSeconds": round(self.report_to_webhook, 1),
             "beforeFirstClaimSlotSeconds": round(self.before_first, 1),
             "afterLastReportSlotSeconds": round(self.after_last, 1),
         })
     }
 
     /// Reads it from a settled run's rows: every dial (`call_attempts`, with the slot it
-    /// held) from its claim (`started_at`) to its report's time (`ended_at`), the slot's
-    /// next claim, and the run's first `created_at` and last `ended_at`.
+    /// held) from its claim (`started_at`) to its report's time (`ended_at`), its first
+    /// webhook's transaction, the slot's next claim, and the run's first `created_at` and
+    /// last `ended_at`.
     async fn read(db: &BenchDatabase, completed: i64) -> anyhow::Result<Self> {
         let client = db.pool.get().await.context("a bench database connection")?;
         let row = client
@@ -366,6 +374,8 @@ impl SlotTime {
                 "WITH run AS (SELECT min(created_at) AS first, max(ended_at) AS last FROM calls), \
                       uses AS ( \
                           SELECT a.slot_no, a.started_at AS claimed, COALESCE(a.ended_at, c.ended_at) AS reported, \
+                                 (SELECT min(w.received_at) FROM provider_webhooks w \
+                                   WHERE w.provider_call_id = a.provider_call_id) AS received, \
                                  lead(a.started_at) OVER slot AS next_claim, \
                                  row_number() OVER slot AS n \
                             FROM call_attempts a JOIN calls c ON c.id = a.call_id \
@@ -375,7 +385,9 @@ impl SlotTime {
                         COALESCE(sum(EXTRACT(EPOCH FROM claimed - run.first)) FILTER (WHERE n = 1), 0)::float8, \
                         COALESCE(sum(EXTRACT(EPOCH FROM next_claim - reported)) FILTER (WHERE next_claim IS NOT NULL), 0)::float8, \
                         COALESCE(sum(EXTRACT(EPOCH FROM run.last - reported)) FILTER (WHERE next_claim IS NULL), 0)::float8, \
-                        COALESCE(EXTRACT(EPOCH FROM max(run.last) - max(run.first)), 0)::float8 \
+                        COALESCE(EXTRACT(EPOCH FROM max(run.last) - max(run.first)), 0)::float8, \
+                        COALESCE(sum(GREATEST(EXTRACT(EPOCH FROM LEAST(received, next_claim) - reported), 0)) \
+                                 FILTER (WHERE next_claim IS NOT NULL AND received IS NOT NULL), 0)::float8 \
                    FROM uses, run",
                 &[],
             )
@@ -390,6 +402,7 @@ impl SlotTime {
             // Slots no call held were idle from the first create on.
             before_first: row.try_get::<_, f64>(2)? + (i64::from(CAP) - slots).max(0) as f64 * span,
             between: row.try_get(3)?,
+            report_to_webhook: row.try_get(6)?,
             after_last: row.try_get(4)?,
         })
     }
@@ -880,7 +893,8 @@ fn figures(
                 )
                 .how(
                     "from the rows: each slot's dials (call_attempts.slot_no) from the claim (started_at) to the \
-                     report's time (ended_at), the gaps between one report and the slot's next claim, and the time \
+                     report's time (ended_at), the gaps between one report and the slot's next claim (and, of those, \
+                     the report's time to its first webhook's transaction, provider_webhooks.received_at), and the time \
                      before its first claim (all of the span for a slot no call held) and after its last report, over \
                      first created_at to last ended_at; 1 − utilisation is this share",
                 ),
