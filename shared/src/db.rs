@@ -80,8 +80,8 @@ const HOT_TABLES: [&str; 7] = [
 /// Opens every connection of `pool` at once and has each plan a read of the tables a call
 /// goes through, so that the first requests a long-running process serves (`ebra dev`) do
 /// not queue behind connecting and behind each new backend loading the catalog (a new
-/// connection's first read of them took 2.1–4.6 ms, later ones 0.37–0.55 ms). A Lambda function keeps
-/// [`pool`]'s lazy connection, so that its init stays free of round trips.
+/// connection's first read of them took 2.1–4.6 ms, later ones 0.37–0.55 ms). A Lambda
+/// function keeps [`pool`]'s lazy connection, so that its init stays free of round trips.
 pub async fn warm_up(pool: &Pool) -> anyhow::Result<()> {
     let warm_sql: String = HOT_TABLES
         .iter()

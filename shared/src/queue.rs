@@ -364,35 +364,39 @@ impl Leading {
     /// callers that all stopped waiting, for this caller to send.
     fn hand_over(&mut self) -> Option<Vec<Waiter>> {
         let mut state = self.coalescer.lock();
-        let mut waiting = std::mem::take(&mut state.waiting);
+        let waiting = std::mem::take(&mut state.waiting);
         if waiting.is_empty() {
             state.sending = false;
             self.handed_over = true;
             return None;
         }
         drop(state);
-        let mut orphans = Vec::new();
-        while !waiting.is_empty() {
-            let mut next = waiting.remove(0);
+        // The messages of callers that stopped waiting, passed on with the lead.
+        let mut orphans: Vec<Waiter> = Vec::new();
+        let mut waiting = waiting.into_iter();
+        while let Some(mut next) = waiting.next() {
+            // Every waiting caller has a sender (only a leader's own messages have none).
             let Some(told) = next.told.take() else {
                 orphans.push(next);
                 continue;
             };
-            let mut batch = vec![next];
-            batch.append(&mut orphans);
-            batch.append(&mut waiting);
+            // The batch: this caller's messages, the orphans', then the other waiting ones'.
+            let passed_over = orphans.len() + 1;
+            let batch = std::iter::once(next)
+                .chain(orphans.drain(..))
+                .chain(waiting.by_ref())
+                .collect();
             match told.send(Turn::Lead(batch, Leading::new(&self.coalescer))) {
                 Ok(()) => {
                     self.handed_over = true;
                     return None;
                 }
                 // It stopped waiting: take the batch back, and the lead with it (disarmed:
-                // this caller still leads), then try the next.
-                Err(Turn::Lead(back, mut lead)) => {
+                // this caller still leads); it joins the orphans, and the next one is tried.
+                Err(Turn::Lead(mut back, mut lead)) => {
                     lead.handed_over = true;
-                    let mut back = back.into_iter();
-                    orphans.extend(back.next());
-                    waiting = back.collect();
+                    waiting = back.split_off(passed_over).into_iter();
+                    orphans = back;
                 }
                 Err(Turn::Sent) => unreachable!("a lead is what was sent"),
             }
@@ -554,6 +558,24 @@ mod tests {
         })
     }
 
+    /// Starts a caller sending `n` new messages, and waits until it is the `place`th caller
+    /// waiting; returns it and its messages.
+    async fn waiting_caller(
+        coalescer: &Arc<SendCoalescer>,
+        sqs: &Arc<FakeSqs>,
+        n: usize,
+        place: usize,
+    ) -> (tokio::task::JoinHandle<()>, Vec<Enqueue>) {
+        let sent = messages(n);
+        let handle = caller(coalescer, sqs, sent.clone());
+        until_waiting(coalescer, place).await;
+        (handle, sent)
+    }
+
+    fn ids(messages: &[Enqueue]) -> Vec<Uuid> {
+        messages.iter().map(|m| m.call_id).collect()
+    }
+
     async fn until_waiting(coalescer: &SendCoalescer, n: usize) {
         tokio::time::timeout(Duration::from_secs(5), async {
             while coalescer.lock().waiting.len() < n {
@@ -577,8 +599,7 @@ mod tests {
         let sqs = Arc::new(FakeSqs::default());
         let sent = messages(3);
         finished(caller(&coalescer, &sqs, sent.clone())).await;
-        let ids: Vec<Uuid> = sent.iter().map(|m| m.call_id).collect();
-        assert_eq!(sqs.requests(), vec![ids]);
+        assert_eq!(sqs.requests(), vec![ids(&sent)]);
         assert!(
             !coalescer.lock().sending,
             "sending stops with the last request"
@@ -619,14 +640,11 @@ mod tests {
     async fn a_canceled_sender_leaves_no_caller_waiting() {
         // The first request never returns; its caller is canceled.
         let (coalescer, sqs, leader, _) = first_request_in_flight().await;
-        let waiting_messages = messages(2);
-        let waiting = caller(&coalescer, &sqs, waiting_messages.clone());
-        until_waiting(&coalescer, 1).await;
+        let (waiting, waiting_messages) = waiting_caller(&coalescer, &sqs, 2, 1).await;
         leader.abort();
         finished(waiting).await;
         let after = messages(1);
         finished(caller(&coalescer, &sqs, after.clone())).await;
-        let ids = |m: &[Enqueue]| m.iter().map(|m| m.call_id).collect::<Vec<_>>();
         assert_eq!(
             sqs.requests(),
             vec![ids(&waiting_messages), ids(&after)],
@@ -638,12 +656,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_caller_that_gives_up_is_passed_over_and_its_messages_still_go() {
         let (coalescer, sqs, leader, _) = first_request_in_flight().await;
-        let gave_up_messages = messages(1);
-        let gave_up = caller(&coalescer, &sqs, gave_up_messages.clone());
-        until_waiting(&coalescer, 1).await;
-        let stayed_messages = messages(1);
-        let stayed = caller(&coalescer, &sqs, stayed_messages.clone());
-        until_waiting(&coalescer, 2).await;
+        let (gave_up, gave_up_messages) = waiting_caller(&coalescer, &sqs, 1, 1).await;
+        let (stayed, stayed_messages) = waiting_caller(&coalescer, &sqs, 1, 2).await;
         gave_up.abort();
         let _ = gave_up.await;
         sqs.release.notify_one();
