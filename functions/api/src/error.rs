@@ -250,7 +250,7 @@ fn store_problem(error: &StoreError) -> Problem {
     };
     match error {
         StoreError::Pool(_) => unavailable(),
-        StoreError::Corrupt(_) => internal_problem(),
+        StoreError::Corrupt(_) | StoreError::AfterCommit => internal_problem(),
         StoreError::Db(db) => match error.sql_state().map(|s| s.code()) {
             // Connection exceptions, insufficient resources, operator intervention, and
             // transaction conflicts that a retry resolves.

@@ -192,7 +192,7 @@ impl WebhookError {
                 "the call status report is invalid",
             )
             .with_errors(errors.clone()),
-            WebhookError::Store(StoreError::Corrupt(_)) => Problem::new(
+            WebhookError::Store(StoreError::Corrupt(_) | StoreError::AfterCommit) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "the report could not be settled",

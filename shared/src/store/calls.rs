@@ -129,7 +129,7 @@ pub async fn create_call(
     let Some(campaign_id) = new.campaign_id else {
         return insert_call(&client, new, max_attempts, cap, true).await;
     };
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let Some(row) = query_opt(
         &tx,
         "SELECT status = 'ACTIVE' AND (max_concurrency IS NULL OR max_concurrency > \
@@ -154,7 +154,7 @@ pub async fn create_call(
 }
 
 /// [`create_call`]'s statement; `may_message`: false parks the call whatever the room.
-async fn insert_call<C: deadpool_postgres::GenericClient>(
+async fn insert_call<C: super::Executor>(
     client: &C,
     new: &NewCall,
     max_attempts: u32,
@@ -502,7 +502,7 @@ pub async fn patch_call(
     now: DateTime<Utc>,
 ) -> StoreResult<Changed> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let Some(row) = query_opt(
         &tx,
         "SELECT status, expires_at, attempts, next_run_at, phone, calling_window, timezone, time_zones \

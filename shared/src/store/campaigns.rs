@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use deadpool_postgres::GenericClient;
+use super::Executor;
 
 use super::calls::ListCursor;
 use super::events::record_campaign_event;
@@ -135,7 +135,7 @@ pub struct CampaignWithProgress {
 
 /// The campaign with its progress, read through `client` (a transaction sees its own
 /// changes); `None` when there is no such campaign.
-pub(crate) async fn snapshot_of<C: GenericClient>(
+pub(crate) async fn snapshot_of<C: Executor>(
     client: &C,
     id: Uuid,
 ) -> StoreResult<Option<CampaignWithProgress>> {
@@ -146,7 +146,7 @@ pub(crate) async fn snapshot_of<C: GenericClient>(
     Ok(Some(CampaignWithProgress { campaign, progress }))
 }
 
-async fn read_campaign<C: GenericClient>(client: &C, id: Uuid) -> StoreResult<Option<Campaign>> {
+async fn read_campaign<C: Executor>(client: &C, id: Uuid) -> StoreResult<Option<Campaign>> {
     let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns k WHERE k.id = $1");
     query_opt(client, &sql, &[&id])
         .await?
@@ -168,7 +168,7 @@ pub struct NewCampaign {
 /// Creates a campaign with its `campaign.created` event (sequence 1), in one transaction.
 pub async fn create_campaign(pool: &Pool, new: &NewCampaign) -> StoreResult<Campaign> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let id = Uuid::now_v7();
     execute(
         &tx,
@@ -272,7 +272,7 @@ pub async fn campaign_progress(pool: &Pool, id: Uuid) -> StoreResult<CampaignPro
     progress_of(&client, id).await
 }
 
-async fn progress_of<C: GenericClient>(client: &C, id: Uuid) -> StoreResult<CampaignProgress> {
+async fn progress_of<C: Executor>(client: &C, id: Uuid) -> StoreResult<CampaignProgress> {
     let rows = query(
         client,
         "SELECT status, count(*) FROM calls WHERE campaign_id = $1 GROUP BY status",
@@ -361,7 +361,7 @@ pub async fn set_campaign_paused(
     paused: bool,
 ) -> StoreResult<CampaignChanged> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     // The lock the UPDATE takes, taken first: the status read is the one changed.
     let Some(row) = query_opt(
         &tx,
@@ -412,7 +412,7 @@ pub async fn set_campaign_paused(
 /// locks, cancels it.
 pub async fn cancel_campaign(pool: &Pool, id: Uuid) -> StoreResult<(CampaignChanged, u64)> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let Some(row) = query_opt(
         &tx,
         "SELECT status = 'CANCELED' AS canceled FROM campaigns WHERE id = $1 FOR NO KEY UPDATE",
@@ -451,7 +451,7 @@ pub async fn cancel_campaign(pool: &Pool, id: Uuid) -> StoreResult<(CampaignChan
 /// them (which holds the campaign `FOR SHARE`, read after any completion that committed):
 /// the reclaimer's next pass clears its `completed_at`, so that a new `campaign.completed`
 /// follows once they have ended. Costs nothing to an add to a campaign not completed.
-pub(crate) async fn reopen<C: GenericClient>(client: &C, campaign_id: Uuid) -> StoreResult<()> {
+pub(crate) async fn reopen<C: Executor>(client: &C, campaign_id: Uuid) -> StoreResult<()> {
     execute(
         client,
         "INSERT INTO campaign_reopened (campaign_id) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -486,7 +486,7 @@ const FINISHED: &str = "k.status = 'ACTIVE' AND k.completed_at IS NULL \
 /// campaign. This costs the hot path nothing: settling a call does not look at its campaign.
 pub async fn complete_finished_campaigns(pool: &Pool, limit: i64) -> StoreResult<Vec<Campaign>> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let reopened: Vec<Uuid> = query(
         &tx,
         "SELECT k.id FROM campaigns k JOIN campaign_reopened r ON r.campaign_id = k.id \
@@ -553,7 +553,7 @@ pub async fn complete_finished_campaigns(pool: &Pool, limit: i64) -> StoreResult
 }
 
 /// Every PENDING call of a campaign CANCELED, with its event, in one statement.
-pub(crate) async fn cancel_pending_calls_of<C: deadpool_postgres::GenericClient>(
+pub(crate) async fn cancel_pending_calls_of<C: super::Executor>(
     client: &C,
     campaign_id: Uuid,
 ) -> StoreResult<u64> {
@@ -640,7 +640,7 @@ pub async fn add_campaign_calls(
     cap: u32,
 ) -> StoreResult<BulkAdded> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     // FOR SHARE: a cancel (FOR UPDATE, by its UPDATE) waits for this insert, and then
     // cancels what it inserted; or it went first, and this sees CANCELED.
     let Some(campaign) = query_opt(

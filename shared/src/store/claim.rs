@@ -199,7 +199,7 @@ async fn claim_batch(
     let cap = limits.cap;
     let max_pending_age_seconds = limits.max_pending_age_seconds;
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     let max_pending_age = max_pending_age_seconds.map(|s| s as f64);
     // A batch of one takes its phone's lock in the same statement, once the call's row is
     // locked (the subquery's `FOR UPDATE` runs first): the order of step 2, one round trip
@@ -546,10 +546,20 @@ async fn claim_batch(
             claimed.prior = Some(prior);
         }
     }
+    let nudging = pass_nudges_on && held_back_marked > 0;
+    // The last statement that runs takes the COMMIT with it (the first two send nothing
+    // when they have nothing to write).
+    if settle_marks.is_empty() && !nudging {
+        tx.commit_with_next_statement();
+    }
     record_events(&tx, &events).await?;
+    if !nudging {
+        tx.commit_with_next_statement();
+    }
     clear_delivery_marks(&tx, &settle_marks).await?;
     // After the claim statement, so that no call of this batch is nudged.
-    let nudges = if pass_nudges_on && held_back_marked > 0 {
+    let nudges = if nudging {
+        tx.commit_with_next_statement();
         super::slots::nudge_waiting_calls(&tx, held_back_marked).await?
     } else {
         Vec::new()

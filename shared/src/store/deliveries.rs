@@ -215,7 +215,7 @@ pub async fn record_attempts(
         return Ok(Recorded::default());
     }
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let ids: Vec<Uuid> = attempts.iter().map(|a| a.delivery_id).collect();
     let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
     let codes: Vec<Option<i32>> = attempts

@@ -73,7 +73,7 @@ pub async fn record_dial(
     policy: &RetryPolicy,
 ) -> StoreResult<(DialRecorded, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     let outcome = match result {
         DialResult::Accepted { provider_call_id } => {
             let mut recorded =
@@ -126,7 +126,7 @@ pub async fn record_accepted_dials(
         return Ok(Vec::new());
     }
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     let recorded = record_accepted_in(&tx, accepted, policy).await?;
     tx.commit().await?;
     Ok(recorded)

@@ -154,7 +154,7 @@ pub async fn update_endpoint(
     patch: &EndpointPatch,
 ) -> StoreResult<Option<WebhookEndpoint>> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let sql = format!(
         "UPDATE webhook_endpoints SET url = COALESCE($2, url), \
                 description = CASE WHEN $3 THEN $4 ELSE description END, \
@@ -191,7 +191,7 @@ pub async fn update_endpoint(
 }
 
 /// FAILED, with `why`, for the pending deliveries of these endpoints.
-pub(crate) async fn fail_pending_deliveries<C: deadpool_postgres::GenericClient>(
+pub(crate) async fn fail_pending_deliveries<C: super::Executor>(
     client: &C,
     endpoints: &[Uuid],
     why: &str,

@@ -10,8 +10,8 @@
 
 use std::sync::LazyLock;
 
+use super::Executor;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -60,7 +60,7 @@ pub(crate) fn fanned_out_at_sql(c: &str, kind: &str) -> String {
 
 /// Writes one event for each `(call, type)`, after the statement that changed each call
 /// (and incremented its `sequence`) in this transaction: one statement for all of them.
-pub(crate) async fn record_events<C: GenericClient>(
+pub(crate) async fn record_events<C: Executor>(
     client: &C,
     events: &[(Uuid, EventType)],
 ) -> StoreResult<()> {
@@ -83,7 +83,7 @@ pub(crate) async fn record_events<C: GenericClient>(
 /// the planner cannot know, Postgres settles on one generic plan for it after a few runs,
 /// instead of planning the snapshot's query again on every event (measured under
 /// `ebra bench --only e2e`: a quarter of a millisecond of planning per event).
-pub(crate) async fn record_event<C: GenericClient>(
+pub(crate) async fn record_event<C: Executor>(
     client: &C,
     call_id: Uuid,
     kind: EventType,
@@ -133,7 +133,7 @@ pub(crate) fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
 /// `GET /campaigns/{id}` shows it, read in this transaction, and returned. As for a call's
 /// events, one nobody would receive (no `callbackUrl` on the campaign, no enabled endpoint
 /// subscribed to the type) is written already fanned out.
-pub(crate) async fn record_campaign_event<C: GenericClient>(
+pub(crate) async fn record_campaign_event<C: Executor>(
     client: &C,
     campaign_id: Uuid,
     kind: EventType,

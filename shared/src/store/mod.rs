@@ -23,7 +23,6 @@
 //! aggregated as the base type (`array_agg(provider_call_id::text)`) for the same reason.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -45,9 +44,11 @@ pub mod settle;
 pub mod slots;
 pub mod suppressions;
 pub mod sweep;
+pub mod tx;
 pub mod webhooks;
 
-pub use deadpool_postgres::{Pool, Transaction};
+pub use deadpool_postgres::Pool;
+pub use tx::{Executor, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +58,9 @@ pub enum StoreError {
     Db(#[from] tokio_postgres::Error),
     #[error("unexpected data in the database: {0}")]
     Corrupt(String),
+    /// A statement sent after its transaction's `COMMIT` (see [`Transaction`]): a bug.
+    #[error("a statement came after its transaction's commit")]
+    AfterCommit,
 }
 
 impl StoreError {
@@ -72,40 +76,40 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Runs a statement through the connection's prepared-statement cache.
-pub(crate) async fn query<C: GenericClient>(
+pub(crate) async fn query<C: Executor>(
     client: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<Vec<Row>> {
     let statement = client.prepare_cached(sql).await?;
-    Ok(client.query(&statement, params).await?)
+    client.query(&statement, params).await
 }
 
-pub(crate) async fn query_opt<C: GenericClient>(
+pub(crate) async fn query_opt<C: Executor>(
     client: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<Option<Row>> {
     let statement = client.prepare_cached(sql).await?;
-    Ok(client.query_opt(&statement, params).await?)
+    client.query_opt(&statement, params).await
 }
 
-pub(crate) async fn query_one<C: GenericClient>(
+pub(crate) async fn query_one<C: Executor>(
     client: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<Row> {
     let statement = client.prepare_cached(sql).await?;
-    Ok(client.query_one(&statement, params).await?)
+    client.query_one(&statement, params).await
 }
 
-pub(crate) async fn execute<C: GenericClient>(
+pub(crate) async fn execute<C: Executor>(
     client: &C,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> StoreResult<u64> {
     let statement = client.prepare_cached(sql).await?;
-    Ok(client.execute(&statement, params).await?)
+    client.execute(&statement, params).await
 }
 
 /// A call as clients see it.

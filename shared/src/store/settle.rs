@@ -86,7 +86,7 @@ pub async fn settle_from_webhook(
     policy: &RetryPolicy,
 ) -> StoreResult<(Settlement, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     // Stored, then (in the same statement, only when stored) the provider call's lock: the
     // attempt is looked for by the next statement, whose snapshot is taken after the lock.
     static STORE_AND_LOCK: LazyLock<String> = LazyLock::new(|| {
@@ -130,6 +130,7 @@ pub async fn settle_from_webhook(
                 Some(found.first_report),
                 report,
                 policy,
+                Then::Commit,
             )
             .await?
         }
@@ -140,7 +141,9 @@ pub async fn settle_from_webhook(
             };
             match by_key {
                 None => (Settlement::Held, Vec::new()),
-                Some(attempt) => apply_report(&tx, &attempt, None, None, report, policy).await?,
+                Some(attempt) => {
+                    apply_report(&tx, &attempt, None, None, report, policy, Then::Commit).await?
+                }
             }
         }
     };
@@ -198,8 +201,16 @@ pub(crate) async fn apply_held_reports(
                 .as_ref()
                 .and_then(CallResult::from_stored),
         };
-        let (settlement, mut more) =
-            apply_report(tx, &attempt, call.take(), None, &report, policy).await?;
+        let (settlement, mut more) = apply_report(
+            tx,
+            &attempt,
+            call.take(),
+            None,
+            &report,
+            policy,
+            Then::MoreStatements,
+        )
+        .await?;
         settlements.push(settlement);
         messages.append(&mut more);
     }
@@ -381,6 +392,15 @@ async fn find_attempt_by_key(
 /// transaction just before, or None to read and lock it here; `recorded`, whether the
 /// report's outcome was recorded on the attempt by that read (it had none), or None to
 /// record it here.
+/// What follows [`apply_report`] in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// The commit: it goes with the report's last statement.
+    Commit,
+    /// Other statements (the next held report, the rest of a dial's record).
+    MoreStatements,
+}
+
 async fn apply_report(
     tx: &Transaction<'_>,
     attempt: &AttemptRef,
@@ -388,6 +408,7 @@ async fn apply_report(
     recorded: Option<bool>,
     report: &ProviderReport,
     policy: &RetryPolicy,
+    then: Then,
 ) -> StoreResult<(Settlement, Vec<Enqueue>)> {
     let call = match call {
         Some(call) => call,
@@ -484,6 +505,9 @@ async fn apply_report(
                 )
                 .await?;
                 if held_slot {
+                    if then == Then::Commit {
+                        tx.commit_with_next_statement();
+                    }
                     messages.extend(
                         release_slot_nudge_and_mark_applied(
                             tx,
@@ -504,6 +528,9 @@ async fn apply_report(
         }
     };
     if !marked {
+        if then == Then::Commit {
+            tx.commit_with_next_statement();
+        }
         execute(
             tx,
             "UPDATE provider_webhooks SET applied_at = now(), disposition = $2 WHERE webhook_id = $1",

@@ -99,7 +99,7 @@ pub async fn add_suppressions(
     source: ChangeSource,
 ) -> StoreResult<Vec<(Suppression, bool)>> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     let phones: Vec<&str> = entries.iter().map(|e| e.phone.as_str()).collect();
     lock_numbers(&tx, &phones).await?;
     let mut out = Vec::with_capacity(entries.len());
@@ -140,7 +140,7 @@ pub async fn remove_suppression(
     actor: Option<&str>,
 ) -> StoreResult<bool> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = Transaction::begin(&mut client);
     lock_numbers(&tx, &[phone.as_str()]).await?;
     let row = query_one(
         &tx,

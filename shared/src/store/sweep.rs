@@ -150,7 +150,7 @@ pub async fn reclaim_stale_calls(
         return Ok((StaleReclaimed::default(), Vec::new()));
     }
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     let rows = query(
         &tx,
         "SELECT c.id, c.attempts - c.limited_dials AS counted, c.max_attempts, a.id AS attempt_id, \
@@ -306,7 +306,7 @@ pub async fn expire_pending_calls(
 /// send). Returns the calls in progress and the messages.
 pub async fn refill_free_slots(pool: &Pool, cap: u32) -> StoreResult<(i64, Vec<Enqueue>)> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = super::Transaction::begin(&mut client);
     unmark_overdue_messages(&tx, BATCH).await?;
     let row = query_one(
         &tx,
