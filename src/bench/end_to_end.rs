@@ -33,6 +33,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::cpu::{CpuMeter, CpuUse};
+use super::db_proxy::DbProxy;
 use super::fake_provider::FakeProvider;
 use super::harness::{self, BenchDatabase, BenchQueues, BenchSqs};
 use super::report::round;
@@ -298,6 +299,20 @@ struct StackRun {
     cpu: Option<CpuUse>,
     /// Where the slots' time went (a run that settled its calls).
     slot_time: Option<SlotTime>,
+    /// With `EBRA_BENCH_DB_RTT_MS`: the stack's round trips to Postgres.
+    db_round_trips: Option<DbRoundTrips>,
+}
+
+/// The round trips a stack made to Postgres through the pass-through, while the clients
+/// posted and the calls settled.
+#[derive(Debug, Clone, Copy)]
+struct DbRoundTrips {
+    /// `EBRA_BENCH_DB_RTT_MS`.
+    asked_ms: f64,
+    /// The median of 20 `SELECT 1` through the pass-through: tokio's timer sleeps whole
+    /// milliseconds, so each direction's delay is rounded up.
+    measured_ms: f64,
+    count: u64,
 }
 
 /// Where the slots' time went in a run, from the rows: cap × span slot-seconds, each slot's
@@ -494,6 +509,12 @@ impl StackRun {
             "cpu": self.cpu,
             "cpuSecondsPerCall": self.cpu_per_call().map(|c| round(c, 5)),
             "slotTime": self.slot_time.map(SlotTime::to_json),
+            "dbRoundTrips": self.db_round_trips.map(|trips| json!({
+                "rttAskedMs": trips.asked_ms,
+                "rttMeasuredMs": round(trips.measured_ms, 3),
+                "roundTrips": trips.count,
+                "perCall": round(trips.count as f64 / self.per_call_base().0, 2),
+            })),
         })
     }
 }
@@ -530,6 +551,16 @@ fn print_run(run: &StackRun) {
     );
     if let Some(slot_time) = run.slot_time {
         println!("       slot time: {}", slot_time.describe());
+    }
+    if let Some(trips) = run.db_round_trips {
+        println!(
+            "       Postgres through a pass-through adding {} ms per round trip (measured: {:.2} ms): {:.2} round trips per {} call ({} in all)",
+            trips.asked_ms,
+            trips.measured_ms,
+            trips.count as f64 / run.per_call_base().0,
+            run.per_call_base().1,
+            trips.count
+        );
     }
 }
 
@@ -570,13 +601,34 @@ async fn drive(
         Stop::BacklogAfterPosting(_) => BACKLOG_CALL,
     };
     let provider = FakeProvider::start(call_duration, secret).await?;
+    // With a round-trip time asked for, the stack reaches Postgres through a pass-through
+    // that adds it and counts the round trips.
+    let db_proxy = match db_rtt()? {
+        Some(rtt) => Some((
+            rtt,
+            DbProxy::start(postgres_address(&db.url)?, rtt / 2).await?,
+        )),
+        None => None,
+    };
+    let stack_db_url = match &db_proxy {
+        Some((_, proxy)) => through(&db.url, &proxy.address)?,
+        None => db.url.clone(),
+    };
+    let stack_pool = match &db_proxy {
+        Some(_) => ebra_shared::db::pool(&stack_db_url, db.pool.status().max_size)?,
+        None => db.pool.clone(),
+    };
+    let measured_rtt = match &db_proxy {
+        Some(_) => Some(round_trip_time(&stack_pool).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the local stack's listener")?;
     let base = format!("http://{}", listener.local_addr()?);
     let webhook_url = format!("{base}{WEBHOOK_PATH}");
     let config = Arc::new(harness::config(
-        &db.url,
+        &stack_db_url,
         &queues.queue_url,
         &[
             ("GLOBAL_CONCURRENCY", &CAP.to_string()),
@@ -591,8 +643,8 @@ async fn drive(
         listener,
         StackParts {
             config,
-            pool: db.pool.clone(),
-            worker_pool: ebra_shared::db::pool(&db.url, db.pool.status().max_size)?,
+            pool: stack_pool,
+            worker_pool: ebra_shared::db::pool(&stack_db_url, db.pool.status().max_size)?,
             queue: queues.calls_queue(),
             provider: Arc::new(dialer),
             reclaim_every: DevOptions::default().reclaim_every,
@@ -626,6 +678,7 @@ async fn drive(
         })
     };
     let before = endpoint.counter.snapshot();
+    let round_trips_before = db_proxy.as_ref().map(|(_, proxy)| proxy.round_trips());
     let cpu = CpuMeter::start(db).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -688,10 +741,21 @@ async fn drive(
     }
     let waited_seconds = started.elapsed().as_secs_f64();
     let after = endpoint.counter.snapshot();
+    let db_round_trips = match (&db_proxy, round_trips_before) {
+        (Some((rtt, proxy)), Some(before)) => Some(DbRoundTrips {
+            asked_ms: rtt.as_secs_f64() * 1000.0,
+            measured_ms: measured_rtt.unwrap_or(f64::NAN),
+            count: proxy.round_trips() - before,
+        }),
+        _ => None,
+    };
     let cpu = cpu.stop(db).await?;
     let _ = stop_sampling.send(true);
     let _ = depth_sampler.await;
     stack.stop().await;
+    if let Some((_, proxy)) = db_proxy {
+        proxy.stop();
+    }
 
     let row = {
         let client = db.pool.get().await.context("a bench database connection")?;
@@ -748,6 +812,7 @@ async fn drive(
         dials_placed: provider.placed(),
         cpu: Some(cpu),
         slot_time,
+        db_round_trips,
     };
     provider.stop();
     Ok(run)
@@ -1007,4 +1072,72 @@ fn figures(
 async fn unfinished(db: &BenchDatabase) -> anyhow::Result<i64> {
     db.count("SELECT count(*) FROM calls WHERE ended_at IS NULL")
         .await
+}
+
+/// `EBRA_BENCH_DB_RTT_MS`: the round-trip time (milliseconds, 0 to 100) the e2e stack's
+/// connections to Postgres get added; unset, the stack connects directly.
+fn db_rtt() -> anyhow::Result<Option<Duration>> {
+    let Ok(value) = std::env::var("EBRA_BENCH_DB_RTT_MS") else {
+        return Ok(None);
+    };
+    let ms: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|ms: &f64| (0.0..=100.0).contains(ms))
+        .with_context(|| {
+            format!("EBRA_BENCH_DB_RTT_MS={value:?}: a number of milliseconds from 0 to 100")
+        })?;
+    Ok(Some(Duration::from_secs_f64(ms / 1000.0)))
+}
+
+/// The `host:port` of a `postgres://` URL.
+fn postgres_address(url: &str) -> anyhow::Result<String> {
+    let parsed =
+        reqwest::Url::parse(url).with_context(|| format!("the bench database URL {url}"))?;
+    let host = parsed
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .with_context(|| {
+            format!("EBRA_BENCH_DB_RTT_MS needs a TCP host in the database URL {url}")
+        })?;
+    Ok(format!("{host}:{}", parsed.port().unwrap_or(5432)))
+}
+
+/// `url` with its host and port replaced by `address` (`host:port`).
+fn through(url: &str, address: &str) -> anyhow::Result<String> {
+    let mut parsed =
+        reqwest::Url::parse(url).with_context(|| format!("the bench database URL {url}"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("the pass-through's address {address}"))?;
+    parsed
+        .set_host(Some(host))
+        .with_context(|| format!("pointing {url} at {address}"))?;
+    parsed
+        .set_port(Some(
+            port.parse()
+                .with_context(|| format!("the port of {address}"))?,
+        ))
+        .map_err(|()| anyhow::anyhow!("pointing {url} at {address}"))?;
+    Ok(parsed.to_string())
+}
+
+/// The median time of 20 `SELECT 1` on one of `pool`'s connections, in milliseconds.
+async fn round_trip_time(pool: &ebra_shared::store::Pool) -> anyhow::Result<f64> {
+    let client = pool
+        .get()
+        .await
+        .context("a connection through the pass-through")?;
+    let mut times = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let started = Instant::now();
+        client
+            .simple_query("SELECT 1")
+            .await
+            .context("SELECT 1 through the pass-through")?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

@@ -30,6 +30,7 @@ pub mod campaigns;
 pub mod cold_start;
 mod cpu;
 pub mod db_efficiency;
+mod db_proxy;
 pub mod dispatch;
 pub mod end_to_end;
 mod fake_provider;
