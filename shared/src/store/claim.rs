@@ -547,8 +547,9 @@ async fn claim_batch(
         }
     }
     let nudging = pass_nudges_on && held_back_marked > 0;
-    // The last statement that runs takes the COMMIT with it (the first two send nothing
-    // when they have nothing to write).
+    // The COMMIT goes with whichever of the three writes below runs last (the first two
+    // send nothing when they have nothing to write; armed for one that sends nothing, the
+    // commit at the end sends it).
     if settle_marks.is_empty() && !nudging {
         tx.commit_with_next_statement();
     }

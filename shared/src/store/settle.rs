@@ -388,10 +388,6 @@ async fn find_attempt_by_key(
     .transpose()
 }
 
-/// Applies `report` to `attempt`'s call: `call` is that call as read and locked in this
-/// transaction just before, or None to read and lock it here; `recorded`, whether the
-/// report's outcome was recorded on the attempt by that read (it had none), or None to
-/// record it here.
 /// What follows [`apply_report`] in its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Then {
@@ -401,6 +397,11 @@ enum Then {
     MoreStatements,
 }
 
+/// Applies `report` to `attempt`'s call: `call` is that call as read and locked in this
+/// transaction just before, or None to read and lock it here; `recorded`, whether the
+/// report's outcome was recorded on the attempt by that read (it had none), or None to
+/// record it here; `then`, whether the transaction commits right after (its `COMMIT` then
+/// goes with the report's last statement).
 async fn apply_report(
     tx: &Transaction<'_>,
     attempt: &AttemptRef,
