@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub struct DbProxy {
-    /// `host:port` the stack connects to.
-    pub address: String,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
     round_trips: Arc<AtomicU64>,
     accepting: JoinHandle<()>,
 }
@@ -32,7 +32,7 @@ impl DbProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the database pass-through")?;
-        let address = listener.local_addr()?.to_string();
+        let port = listener.local_addr()?.port();
         let round_trips = Arc::new(AtomicU64::new(0));
         let counted = round_trips.clone();
         let accepting = tokio::spawn(async move {
@@ -49,7 +49,7 @@ impl DbProxy {
             }
         });
         Ok(Self {
-            address,
+            port,
             round_trips,
             accepting,
         })

@@ -603,24 +603,13 @@ async fn drive(
     let provider = FakeProvider::start(call_duration, secret).await?;
     // With a round-trip time asked for, the stack reaches Postgres through a pass-through
     // that adds it and counts the round trips.
-    let db_proxy = match db_rtt()? {
-        Some(rtt) => Some((
-            rtt,
-            DbProxy::start(postgres_address(&db.url)?, rtt / 2).await?,
-        )),
-        None => None,
-    };
-    let stack_db_url = match &db_proxy {
-        Some((_, proxy)) => through(&db.url, &proxy.address)?,
-        None => db.url.clone(),
-    };
-    let stack_pool = match &db_proxy {
-        Some(_) => ebra_shared::db::pool(&stack_db_url, db.pool.status().max_size)?,
-        None => db.pool.clone(),
-    };
-    let measured_rtt = match &db_proxy {
-        Some(_) => Some(round_trip_time(&stack_pool).await?),
-        None => None,
+    let mut pass_through = PassThrough::start_if_asked(&db.url).await?;
+    let (stack_db_url, stack_pool) = match &pass_through {
+        Some(pass_through) => (
+            pass_through.url.clone(),
+            ebra_shared::db::pool(&pass_through.url, db.pool.status().max_size)?,
+        ),
+        None => (db.url.clone(), db.pool.clone()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -678,7 +667,9 @@ async fn drive(
         })
     };
     let before = endpoint.counter.snapshot();
-    let round_trips_before = db_proxy.as_ref().map(|(_, proxy)| proxy.round_trips());
+    if let Some(pass_through) = &mut pass_through {
+        pass_through.count_from_here();
+    }
     let cpu = CpuMeter::start(db).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -741,20 +732,13 @@ async fn drive(
     }
     let waited_seconds = started.elapsed().as_secs_f64();
     let after = endpoint.counter.snapshot();
-    let db_round_trips = match (&db_proxy, round_trips_before) {
-        (Some((rtt, proxy)), Some(before)) => Some(DbRoundTrips {
-            asked_ms: rtt.as_secs_f64() * 1000.0,
-            measured_ms: measured_rtt.unwrap_or(f64::NAN),
-            count: proxy.round_trips() - before,
-        }),
-        _ => None,
-    };
+    let db_round_trips = pass_through.as_ref().map(PassThrough::counted);
     let cpu = cpu.stop(db).await?;
     let _ = stop_sampling.send(true);
     let _ = depth_sampler.await;
     stack.stop().await;
-    if let Some((_, proxy)) = db_proxy {
-        proxy.stop();
+    if let Some(pass_through) = pass_through {
+        pass_through.proxy.stop();
     }
 
     let row = {
@@ -1074,57 +1058,74 @@ async fn unfinished(db: &BenchDatabase) -> anyhow::Result<i64> {
         .await
 }
 
-/// `EBRA_BENCH_DB_RTT_MS`: the round-trip time (milliseconds, 0 to 100) the e2e stack's
-/// connections to Postgres get added; unset, the stack connects directly.
-fn db_rtt() -> anyhow::Result<Option<Duration>> {
-    let Ok(value) = std::env::var("EBRA_BENCH_DB_RTT_MS") else {
-        return Ok(None);
-    };
-    let ms: f64 = value
-        .trim()
-        .parse()
-        .ok()
-        .filter(|ms: &f64| (0.0..=100.0).contains(ms))
-        .with_context(|| {
-            format!("EBRA_BENCH_DB_RTT_MS={value:?}: a number of milliseconds from 0 to 100")
-        })?;
-    Ok(Some(Duration::from_secs_f64(ms / 1000.0)))
+/// The e2e stack's way to Postgres when `EBRA_BENCH_DB_RTT_MS` asks for a round-trip time.
+struct PassThrough {
+    proxy: DbProxy,
+    /// The bench database's URL, through the pass-through.
+    url: String,
+    asked_ms: f64,
+    measured_ms: f64,
+    /// The proxy's count when the run's loop began.
+    counted_from: u64,
 }
 
-/// The `host:port` of a `postgres://` URL.
-fn postgres_address(url: &str) -> anyhow::Result<String> {
-    let parsed =
-        reqwest::Url::parse(url).with_context(|| format!("the bench database URL {url}"))?;
-    let host = parsed
-        .host_str()
-        .filter(|host| !host.is_empty())
-        .with_context(|| {
-            format!("EBRA_BENCH_DB_RTT_MS needs a TCP host in the database URL {url}")
-        })?;
-    Ok(format!("{host}:{}", parsed.port().unwrap_or(5432)))
+impl PassThrough {
+    /// Starts one in front of the database at `db_url` when `EBRA_BENCH_DB_RTT_MS` is set
+    /// (milliseconds, 0 to 100), and measures the round-trip time it gives.
+    async fn start_if_asked(db_url: &str) -> anyhow::Result<Option<Self>> {
+        let Ok(value) = std::env::var("EBRA_BENCH_DB_RTT_MS") else {
+            return Ok(None);
+        };
+        let asked_ms: f64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|ms: &f64| (0.0..=100.0).contains(ms))
+            .with_context(|| {
+                format!("EBRA_BENCH_DB_RTT_MS={value:?}: a number of milliseconds from 0 to 100")
+            })?;
+        let mut url = reqwest::Url::parse(db_url)
+            .with_context(|| format!("the bench database URL {db_url}"))?;
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .with_context(|| {
+                format!("EBRA_BENCH_DB_RTT_MS needs a TCP host in the database URL {db_url}")
+            })?;
+        let upstream = format!("{host}:{}", url.port().unwrap_or(5432));
+        let one_way = Duration::from_secs_f64(asked_ms / 2000.0);
+        let proxy = DbProxy::start(upstream, one_way).await?;
+        url.set_host(Some("127.0.0.1"))
+            .with_context(|| format!("pointing {db_url} at the pass-through"))?;
+        url.set_port(Some(proxy.port))
+            .map_err(|()| anyhow::anyhow!("pointing {db_url} at the pass-through's port"))?;
+        let url = url.to_string();
+        let measured_ms = round_trip_time(&url).await?;
+        Ok(Some(Self {
+            proxy,
+            url,
+            asked_ms,
+            measured_ms,
+            counted_from: 0,
+        }))
+    }
+
+    fn count_from_here(&mut self) {
+        self.counted_from = self.proxy.round_trips();
+    }
+
+    fn counted(&self) -> DbRoundTrips {
+        DbRoundTrips {
+            asked_ms: self.asked_ms,
+            measured_ms: self.measured_ms,
+            count: self.proxy.round_trips() - self.counted_from,
+        }
+    }
 }
 
-/// `url` with its host and port replaced by `address` (`host:port`).
-fn through(url: &str, address: &str) -> anyhow::Result<String> {
-    let mut parsed =
-        reqwest::Url::parse(url).with_context(|| format!("the bench database URL {url}"))?;
-    let (host, port) = address
-        .rsplit_once(':')
-        .with_context(|| format!("the pass-through's address {address}"))?;
-    parsed
-        .set_host(Some(host))
-        .with_context(|| format!("pointing {url} at {address}"))?;
-    parsed
-        .set_port(Some(
-            port.parse()
-                .with_context(|| format!("the port of {address}"))?,
-        ))
-        .map_err(|()| anyhow::anyhow!("pointing {url} at {address}"))?;
-    Ok(parsed.to_string())
-}
-
-/// The median time of 20 `SELECT 1` on one of `pool`'s connections, in milliseconds.
-async fn round_trip_time(pool: &ebra_shared::store::Pool) -> anyhow::Result<f64> {
+/// The median time of 20 `SELECT 1` on a connection to `url`, in milliseconds.
+async fn round_trip_time(url: &str) -> anyhow::Result<f64> {
+    let pool = ebra_shared::db::pool(url, 1)?;
     let client = pool
         .get()
         .await
