@@ -273,7 +273,7 @@ async fn on_moto(moto: &LocalSqs, calls: usize) -> anyhow::Result<StackRun> {
     run
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StackRun {
     served_by: String,
     calls: usize,
@@ -301,6 +301,48 @@ struct StackRun {
     slot_time: Option<SlotTime>,
     /// With `EBRA_BENCH_DB_RTT_MS`: the stack's round trips to Postgres.
     db_round_trips: Option<DbRoundTrips>,
+    /// The write-ahead log the server wrote while the clients posted and the calls settled.
+    wal: WalWritten,
+}
+
+/// The write-ahead log Postgres wrote over a run's loop: every row version and index entry
+/// the stack wrote is a record in it, so its size per call follows the writes a call costs,
+/// whatever the machine's speed. It is the whole server's (a quiet machine's is the
+/// stack's) and includes the full-page images the first change of a page after a
+/// checkpoint writes. `pg_waldump --start <from> --end <to> --stats=record` splits it.
+#[derive(Debug, Clone)]
+struct WalWritten {
+    from: String,
+    to: String,
+    bytes: i64,
+}
+
+impl WalWritten {
+    async fn position(db: &BenchDatabase) -> anyhow::Result<String> {
+        let client = db.pool.get().await.context("a bench database connection")?;
+        let row = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .context("reading the write-ahead log's position")?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn since(db: &BenchDatabase, from: String) -> anyhow::Result<Self> {
+        let to = Self::position(db).await?;
+        let client = db.pool.get().await.context("a bench database connection")?;
+        let row = client
+            .query_one(
+                "SELECT pg_wal_lsn_diff($2::text::pg_lsn, $1::text::pg_lsn)::int8",
+                &[&from, &to],
+            )
+            .await
+            .context("measuring the write-ahead log written")?;
+        Ok(Self {
+            bytes: row.try_get(0)?,
+            from,
+            to,
+        })
+    }
 }
 
 /// The round trips a stack made to Postgres through the pass-through, while the clients
@@ -515,6 +557,8 @@ impl StackRun {
                 "roundTrips": trips.count,
                 "perCall": round(trips.count as f64 / self.per_call_base().0, 2),
             })),
+            "walBytes": self.wal.bytes,
+            "walBytesPerCall": round(self.wal.bytes as f64 / self.per_call_base().0, 0),
         })
     }
 }
@@ -552,6 +596,14 @@ fn print_run(run: &StackRun) {
     if let Some(slot_time) = run.slot_time {
         println!("       slot time: {}", slot_time.describe());
     }
+    println!(
+        "       Postgres write-ahead log: {:.0} bytes per {} call ({} in all, {} to {})",
+        run.wal.bytes as f64 / run.per_call_base().0,
+        run.per_call_base().1,
+        run.wal.bytes,
+        run.wal.from,
+        run.wal.to
+    );
     if let Some(trips) = run.db_round_trips {
         println!(
             "       Postgres through a pass-through adding {} ms per round trip (measured: {:.2} ms): {:.2} round trips per {} call ({} in all)",
@@ -670,6 +722,7 @@ async fn drive(
     if let Some(pass_through) = &mut pass_through {
         pass_through.count_from_here();
     }
+    let wal_from = WalWritten::position(db).await?;
     let cpu = CpuMeter::start(db).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -734,6 +787,7 @@ async fn drive(
     let after = endpoint.counter.snapshot();
     let db_round_trips = pass_through.as_ref().map(PassThrough::counted);
     let cpu = cpu.stop(db).await?;
+    let wal = WalWritten::since(db, wal_from).await?;
     let _ = stop_sampling.send(true);
     let _ = depth_sampler.await;
     stack.stop().await;
@@ -797,6 +851,7 @@ async fn drive(
         cpu: Some(cpu),
         slot_time,
         db_round_trips,
+        wal,
     };
     provider.stop();
     Ok(run)

@@ -173,31 +173,23 @@ async fn insert_call<C: super::Executor>(
         Some((key, hash)) => (Some(key.as_str()), Some(hash.as_str())),
         None => (None, None),
     };
-    static INSERT_CALL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH created AS ( \
-                 INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
-                     next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
-                     calling_window, timezone, time_zones) \
-                 SELECT $1::uuid, $2::text, $3::text, $4::jsonb, $5::int4, $6::timestamptz, $7::timestamptz, \
-                     GREATEST(now(), COALESCE($6, now()), COALESCE($18::timestamptz, '-infinity')), \
-                     CASE WHEN $11::bool AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8::float8) END, \
-                     $9::text, $10::text, $13::text, $19::uuid, 1, $15::jsonb, $16::text, $17::text[] \
-                  WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
-                 ON CONFLICT (idempotency_key) DO NOTHING \
-                 RETURNING *), \
-             event AS ( \
-                 INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-                 SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
-             SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
-                    (SELECT count(*) FROM event) AS events FROM created",
-            super::events::snapshot_sql("c"),
-            super::events::fanned_out_at_sql("c", "'call.created'")
+    // A call without a key cannot conflict (NULL is never equal): it is inserted plainly,
+    // without the speculative insertion `ON CONFLICT` costs (a conflict check, a token, a
+    // confirming write-ahead log record). Two statements, each with its own cached plan.
+    static INSERT_CALL: LazyLock<String> = LazyLock::new(|| insert_call_sql(""));
+    static INSERT_KEYED_CALL: LazyLock<String> = LazyLock::new(|| {
+        insert_call_sql(
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         )
     });
+    let statement: &str = if key.is_some() {
+        &INSERT_KEYED_CALL
+    } else {
+        &INSERT_CALL
+    };
     let inserted = query_opt(
         client,
-        &INSERT_CALL,
+        statement,
         &[
             &id,
             &new.phone.as_str(),
@@ -245,6 +237,31 @@ async fn insert_call<C: super::Executor>(
     } else {
         Ok(Created::KeyReused)
     }
+}
+
+/// [`insert_call`]'s statement: `$1`–`$19` as it binds them; `on_conflict` what a taken
+/// idempotency key does (nothing inserted), or empty for a call without a key.
+fn insert_call_sql(on_conflict: &str) -> String {
+    format!(
+        "WITH created AS ( \
+             INSERT INTO calls (id, phone, script_id, metadata, max_attempts, scheduled_at, expires_at, \
+                 next_run_at, outbox_due_at, idempotency_key, request_hash, callback_url, campaign_id, sequence, \
+                 calling_window, timezone, time_zones) \
+             SELECT $1::uuid, $2::text, $3::text, $4::jsonb, $5::int4, $6::timestamptz, $7::timestamptz, \
+                 GREATEST(now(), COALESCE($6, now()), COALESCE($18::timestamptz, '-infinity')), \
+                 CASE WHEN $11::bool AND {ROOM_FOR_A_MESSAGE} THEN now() + make_interval(secs => $8::float8) END, \
+                 $9::text, $10::text, $13::text, $19::uuid, 1, $15::jsonb, $16::text, $17::text[] \
+              WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
+             {on_conflict} \
+             RETURNING *), \
+         event AS ( \
+             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+             SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
+         SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
+                (SELECT count(*) FROM event) AS events FROM created",
+        super::events::snapshot_sql("c"),
+        super::events::fanned_out_at_sql("c", "'call.created'")
+    )
 }
 
 pub async fn get_call(pool: &Pool, id: Uuid) -> StoreResult<Option<(Call, Vec<DialAttempt>)>> {

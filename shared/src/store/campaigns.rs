@@ -742,7 +742,7 @@ pub async fn add_campaign_calls(
                FROM input r \
               WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.phone = r.phone) \
               ORDER BY r.n \
-             ON CONFLICT (idempotency_key) DO NOTHING \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING *), \
          event AS ( \
              INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
