@@ -328,20 +328,24 @@ impl WalWritten {
     }
 
     async fn since(db: &BenchDatabase, from: String) -> anyhow::Result<Self> {
-        let to = Self::position(db).await?;
         let client = db.pool.get().await.context("a bench database connection")?;
         let row = client
             .query_one(
-                "SELECT pg_wal_lsn_diff($2::text::pg_lsn, $1::text::pg_lsn)::int8",
-                &[&from, &to],
+                "SELECT pg_current_wal_lsn()::text, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8",
+                &[&from],
             )
             .await
             .context("measuring the write-ahead log written")?;
         Ok(Self {
-            bytes: row.try_get(0)?,
+            to: row.try_get(0)?,
+            bytes: row.try_get(1)?,
             from,
-            to,
         })
+    }
+
+    fn per_call(&self, run: &StackRun) -> f64 {
+        self.bytes as f64 / run.per_call_base().0
     }
 }
 
@@ -558,7 +562,7 @@ impl StackRun {
                 "perCall": round(trips.count as f64 / self.per_call_base().0, 2),
             })),
             "walBytes": self.wal.bytes,
-            "walBytesPerCall": round(self.wal.bytes as f64 / self.per_call_base().0, 0),
+            "walBytesPerCall": round(self.wal.per_call(self), 0),
         })
     }
 }
@@ -598,7 +602,7 @@ fn print_run(run: &StackRun) {
     }
     println!(
         "       Postgres write-ahead log: {:.0} bytes per {} call ({} in all, {} to {})",
-        run.wal.bytes as f64 / run.per_call_base().0,
+        run.wal.per_call(run),
         run.per_call_base().1,
         run.wal.bytes,
         run.wal.from,
@@ -1038,6 +1042,19 @@ fn figures(
             },
             run.completed
         )));
+        report.figures.push(
+            Figure::new(
+                format!("e2e: Postgres write-ahead log per completed call, {label}"),
+                run.wal.per_call(run),
+                "bytes",
+                format!("{:.0} bytes", run.wal.per_call(run)),
+            )
+            .how(format!(
+                "pg_current_wal_lsn() from the first POST until every call settled ({} to {}: {} bytes, the whole \
+                 server's, full-page images included) ÷ {} COMPLETED calls; `pg_waldump --stats=record` splits it",
+                run.wal.from, run.wal.to, run.wal.bytes, run.completed
+            )),
+        );
         report.figures.push(target(
             Figure::new(
                 format!("e2e: largest queue depth, {label}"),
