@@ -310,7 +310,7 @@ struct StackRun {
 /// whatever the machine's speed. It is the whole server's (a quiet machine's is the
 /// stack's) and includes the full-page images the first change of a page after a
 /// checkpoint writes. `pg_waldump --start <from> --end <to> --stats=record` splits it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct WalWritten {
     from: String,
     to: String,
@@ -331,8 +331,8 @@ impl WalWritten {
         let client = db.pool.get().await.context("a bench database connection")?;
         let row = client
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, \
-                        pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::int8",
+                "SELECT lsn::text, pg_wal_lsn_diff(lsn, $1::text::pg_lsn)::int8 \
+                   FROM pg_current_wal_lsn() AS lsn",
                 &[&from],
             )
             .await
