@@ -25,6 +25,7 @@ use ebra_shared::call_result::CallResult;
 use ebra_shared::domain::CallOutcome;
 use ebra_shared::events::destination::{DestinationPolicy, StaticResolver};
 use ebra_shared::events::nudge::EventsNudge;
+use ebra_shared::store::claim::{claim_calls, Claim};
 use ebra_shared::store::deliveries;
 use ebra_shared::store::dial::RetryPolicy;
 use ebra_shared::store::settle::settle_from_webhook;
@@ -672,6 +673,68 @@ async fn a_calls_events_reach_the_endpoint_signed_and_in_order() {
         assert!(delivery["attemptLog"][0]["latencyMs"].as_i64().is_some());
     }
     stage.assert_sequences_contiguous().await;
+}
+
+/// The claim writes its `call.dialing` events in the statement that takes the slots, whose
+/// own reads cannot see the dials it inserts: each event must still show the call as GET
+/// shows it once the claim committed, the new dial with the earlier ones. A batch of one
+/// and a larger batch take different statements; a redial has an earlier dial.
+#[tokio::test]
+async fn dialing_events_show_the_claimed_call_with_its_new_dial() {
+    let stage = Stage::new(&[]).await;
+    let mut calls = Vec::new();
+    for n in 0..4 {
+        let mut call = a_call();
+        call["to"] = json!(format!("+1415555011{n}"));
+        calls.push(stage.create_call(call).await);
+    }
+    let dialing_event = |events: Vec<Value>, nth: usize| -> Value {
+        events
+            .into_iter()
+            .filter(|event| event["type"] == "call.dialing")
+            .nth(nth)
+            .unwrap_or_else(|| panic!("no call.dialing event #{nth}"))["data"]
+            .clone()
+    };
+
+    // A batch of one, then a batch of three.
+    let first = stage.env.claim(&stage.config, calls[0]).await;
+    let claims = claim_calls(
+        &stage.env.pool,
+        &calls[1..],
+        stage.config.global_concurrency,
+        None,
+    )
+    .await
+    .expect("claim");
+    assert!(
+        claims.iter().all(|c| matches!(c, Claim::Claimed(_))),
+        "{claims:?}"
+    );
+    for &call in &calls {
+        let now = stage.call(call).await;
+        assert_eq!(now["status"], "IN_PROGRESS");
+        assert_eq!(now["dials"].as_array().map(Vec::len), Some(1));
+        assert_eq!(dialing_event(stage.events(call).await, 0), now);
+    }
+
+    // A redial: the second dialing event lists both dials.
+    let provider_call_id = format!("pc-{}", Uuid::new_v4().simple());
+    stage
+        .env
+        .record_accepted(&stage.config, &first, &provider_call_id)
+        .await;
+    stage
+        .settle(&provider_call_id, CallOutcome::Busy, None)
+        .await;
+    stage
+        .env
+        .execute("UPDATE calls SET next_run_at = now()")
+        .await;
+    stage.env.claim(&stage.config, calls[0]).await;
+    let now = stage.call(calls[0]).await;
+    assert_eq!(now["dials"].as_array().map(Vec::len), Some(2));
+    assert_eq!(dialing_event(stage.events(calls[0]).await, 1), now);
 }
 
 #[tokio::test]

@@ -26,8 +26,9 @@
 //!    number of workers;
 //! 5. mark the calls that got a slot IN_PROGRESS and record their attempts with their
 //!    idempotency keys;
-//! 6. write their `call.dialing` events (and `call.expired` for calls found past their
-//!    expiry), one statement for the batch.
+//!    The same statement writes their `call.dialing` events;
+//! 6. write the events of the other changes (`call.expired` for calls found past their
+//!    expiry, `call.canceled` for suppressed ones), one statement for the batch.
 //!
 //! The dials happen after the commit, outside any transaction.
 
@@ -38,7 +39,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::events::record_events;
+use super::events::{fanned_out_at_sql, record_events, snapshot_sql_with_dials};
 use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 use crate::events::EventType;
@@ -459,40 +460,45 @@ async fn claim_batch(
     if !candidates.is_empty() {
         let ids: Vec<Uuid> = candidates.iter().map(|(_, id, _)| *id).collect();
         let attempt_ids: Vec<Uuid> = candidates.iter().map(|_| Uuid::now_v7()).collect();
+        let event_ids: Vec<Uuid> = candidates.iter().map(|_| Uuid::now_v7()).collect();
         // One statement, after the phone locks (so its snapshot sees every committed claim
         // for these phones): drop the candidates whose phone is busy; pair the rest, in
-        // batch order, with free slots; mark those calls IN_PROGRESS and record their
-        // attempts. Calls left unpaired had no free slot.
+        // batch order, with free slots; mark those calls IN_PROGRESS, record their attempts
+        // and write their `call.dialing` events. Calls left unpaired had no free slot.
         // A single candidate (how a batch of one arrives) takes scalar parameters, for one
         // generic plan; see [`CLAIM_READ`].
         static TAKE_ONE: LazyLock<String> = LazyLock::new(|| {
             take_slots_sql(
-                "(VALUES ($1::uuid, $2::uuid, 1::bigint)) AS a(id, attempt_id, n)",
+                "(VALUES ($1::uuid, $2::uuid, $4::uuid, 1::bigint)) AS a(id, attempt_id, event_id, n)",
                 "(VALUES ($1::uuid)) AS a(id)",
             )
         });
         static TAKE_MANY: LazyLock<String> = LazyLock::new(|| {
             take_slots_sql(
-                "unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS a(id, attempt_id, n)",
+                "unnest($1::uuid[], $2::uuid[], $4::uuid[]) WITH ORDINALITY AS a(id, attempt_id, event_id, n)",
                 "unnest($1::uuid[]) AS a(id)",
             )
         });
         let cap = cap as i32;
-        let taken = match (ids.as_slice(), attempt_ids.as_slice()) {
-            ([id], [attempt_id]) => query(&tx, &TAKE_ONE, &[id, attempt_id, &cap]).await?,
-            _ => query(&tx, &TAKE_MANY, &[&ids, &attempt_ids, &cap]).await?,
+        let taken = match (ids.as_slice(), attempt_ids.as_slice(), event_ids.as_slice()) {
+            ([id], [attempt_id], [event_id]) => {
+                query(&tx, &TAKE_ONE, &[id, attempt_id, &cap, event_id]).await?
+            }
+            _ => query(&tx, &TAKE_MANY, &[&ids, &attempt_ids, &cap, &event_ids]).await?,
         };
-        // The statement's three writes must agree (every row carries the same counts).
+        // The statement's four writes must agree (every row carries the same counts).
         if let Some(row) = taken.first() {
-            let counts: [i64; 3] = [
+            let counts: [i64; 4] = [
                 row.try_get("slots_taken")?,
                 row.try_get("started")?,
                 row.try_get("recorded")?,
+                row.try_get("announced")?,
             ];
-            if counts[0] != counts[1] || counts[1] != counts[2] {
+            if counts.iter().any(|&count| count != counts[0]) {
                 return Err(super::StoreError::Corrupt(format!(
-                    "a claim took {} slots, started {} calls and recorded {} attempts",
-                    counts[0], counts[1], counts[2]
+                    "a claim took {} slots, started {} calls, recorded {} attempts and wrote {} \
+                     call.dialing events",
+                    counts[0], counts[1], counts[2], counts[3]
                 )));
             }
         }
@@ -524,7 +530,6 @@ async fn claim_batch(
             if row.try_get::<_, bool>("key_reused")? {
                 reused_keys.push((index, call_id, idempotency_key, attempt_no));
             }
-            events.push((call_id, EventType::Dialing));
             claims[index] = Some(Claim::Claimed(ClaimedCall {
                 call_id,
                 attempt_id: row.try_get("attempt_id")?,
@@ -549,7 +554,9 @@ async fn claim_batch(
     let nudging = pass_nudges_on && held_back_marked > 0;
     // The COMMIT goes with whichever of the three writes below runs last (the first two
     // send nothing when they have nothing to write; armed for one that sends nothing, the
-    // commit at the end sends it).
+    // commit at the end sends it). A batch whose calls were all claimed has none of them:
+    // its `call.dialing` events went with the take, and the COMMIT goes alone (it cannot
+    // go with the take, whose answer decides what follows it).
     if settle_marks.is_empty() && !nudging {
         tx.commit_with_next_statement();
     }
@@ -579,13 +586,18 @@ async fn claim_batch(
 }
 
 /// The claim's step 5 in one statement: `candidates` the calls to claim with their new
-/// attempts' ids, in batch order (`a(id, attempt_id, n)` over `$1`, `$2`), `ids` the same
-/// calls (`a(id)`), `$3` the cap.
+/// attempts' and `call.dialing` events' ids, in batch order (`a(id, attempt_id, event_id,
+/// n)` over `$1`, `$2`, `$4`), `ids` the same calls (`a(id)`), `$3` the cap.
+///
+/// Each event's snapshot is the updated row of `started`, with its dials read from
+/// `call_attempts` and the attempt `attempt` inserts (invisible to the statement's own
+/// reads): the call as `GET /calls/{id}` shows it once the claim commits.
 fn take_slots_sql(candidates: &str, ids: &str) -> String {
+    let dialing = EventType::Dialing.as_str();
     format!(
         "WITH candidate AS ( \
                  SELECT c.id, c.phone, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
-                        a.attempt_id, row_number() OVER (ORDER BY a.n) AS rank \
+                        a.attempt_id, a.event_id, row_number() OVER (ORDER BY a.n) AS rank \
                    FROM {candidates} \
                    JOIN calls c ON c.id = a.id \
                   WHERE NOT EXISTS (SELECT 1 FROM call_slots busy WHERE busy.phone = c.phone)), \
@@ -602,17 +614,25 @@ fn take_slots_sql(candidates: &str, ids: &str) -> String {
                  UPDATE calls SET status = 'IN_PROGRESS', attempts = paired.attempt_no, started_at = now(), \
                         updated_at = now(), outbox_due_at = NULL, nudged_at = NULL, retry_dial_key = NULL, \
                         sequence = sequence + 1 \
-                   FROM paired WHERE calls.id = paired.id RETURNING calls.id), \
+                   FROM paired WHERE calls.id = paired.id RETURNING calls.*, paired.event_id), \
              attempt AS ( \
                  INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
-                 SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING call_id) \
+                 SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING *), \
+             announced AS ( \
+                 INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+                 SELECT c.event_id, c.id, c.sequence, '{dialing}', {}, {} FROM started c RETURNING call_id) \
              SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
                     paired.attempt_no, paired.dial_key, paired.dial_key <> paired.attempt_id AS key_reused, \
                     (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
-                    (SELECT count(*) FROM attempt) AS recorded \
+                    (SELECT count(*) FROM attempt) AS recorded, (SELECT count(*) FROM announced) AS announced \
                FROM {ids} \
                LEFT JOIN candidate ON candidate.id = a.id \
-               LEFT JOIN paired ON paired.id = a.id"
+               LEFT JOIN paired ON paired.id = a.id",
+        snapshot_sql_with_dials(
+            "c",
+            "(SELECT * FROM call_attempts UNION ALL SELECT * FROM attempt) a"
+        ),
+        fanned_out_at_sql("c", &format!("'{dialing}'::text")),
     )
 }
 

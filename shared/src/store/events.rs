@@ -23,6 +23,14 @@ use crate::store::campaigns::CampaignWithProgress;
 /// and its dials (read from `call_attempts`), as `GET /calls/{id}` shows it. Timestamps are
 /// Postgres' ISO 8601; [`render_snapshot`] re-reads them into the API's types.
 pub(crate) fn snapshot_sql(c: &str) -> String {
+    snapshot_sql_with_dials(c, "call_attempts a")
+}
+
+/// [`snapshot_sql`] with its dials read from `dials`, a `FROM` item of `call_attempts`'
+/// columns aliased `a`: for a statement that inserts a dial and writes its event at once
+/// (the claim's take, whose snapshot cannot see the rows the statement itself inserts),
+/// `call_attempts` with the inserted rows appended.
+pub(crate) fn snapshot_sql_with_dials(c: &str, dials: &str) -> String {
     format!(
         "jsonb_build_object(\
             'id', {c}.id, 'to', {c}.phone, 'scriptId', {c}.script_id, 'metadata', {c}.metadata, \
@@ -39,7 +47,7 @@ pub(crate) fn snapshot_sql(c: &str) -> String {
                 'startedAt', a.started_at, 'dialedAt', a.dialed_at, 'endedAt', a.ended_at, \
                 'outcome', a.outcome, 'endReason', a.end_reason, 'durationSec', a.duration_sec, \
                 'error', a.error) ORDER BY a.attempt_no) \
-              FROM call_attempts a WHERE a.call_id = {c}.id), '[]'::jsonb))"
+              FROM {dials} WHERE a.call_id = {c}.id), '[]'::jsonb))"
     )
 }
 
