@@ -254,13 +254,10 @@ fn insert_call_sql(on_conflict: &str) -> String {
               WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE phone = $2) \
              {on_conflict} \
              RETURNING *), \
-         event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT $14, c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
+         event AS ({} RETURNING 1) \
          SELECT {CALL_COLUMNS}, outbox_due_at IS NOT NULL AS messaged, \
                 (SELECT count(*) FROM event) AS events FROM created",
-        super::events::snapshot_sql("c"),
-        super::events::fanned_out_at_sql("c", "'call.created'")
+        super::events::insert_events_sql("$14", "'call.created'", "created c")
     )
 }
 
@@ -656,12 +653,9 @@ pub async fn cancel_call(pool: &Pool, id: Uuid) -> StoreResult<Changed> {
              UPDATE calls SET status = 'CANCELED', ended_at = now(), updated_at = now(), outbox_due_at = NULL, \
                     sequence = sequence + 1 \
               WHERE id = $1 AND status = 'PENDING' RETURNING *), \
-         event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT $2, c.id, c.sequence, 'call.canceled', {}, {} FROM canceled c RETURNING 1) \
+         event AS ({} RETURNING 1) \
          SELECT {CALL_COLUMNS}, (SELECT count(*) FROM event) AS events FROM canceled",
-        super::events::snapshot_sql("c"),
-        super::events::fanned_out_at_sql("c", "'call.canceled'")
+        super::events::insert_events_sql("$2", "'call.canceled'", "canceled c")
     );
     if let Some(row) = query_opt(&client, &sql, &[&id, &Uuid::now_v7()]).await? {
         return Ok(Changed::Done {

@@ -563,13 +563,9 @@ pub(crate) async fn cancel_pending_calls_of<C: super::Executor>(
                     outbox_due_at = NULL, nudged_at = NULL, sequence = sequence + 1, \
                     last_error = COALESCE(last_error || '; ', '') || 'campaign canceled' \
               WHERE campaign_id = $1 AND status = 'PENDING' RETURNING *), \
-         event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT gen_random_uuid(), c.id, c.sequence, 'call.canceled', {}, {} FROM canceled c \
-             RETURNING 1) \
+         event AS ({} RETURNING 1) \
          SELECT (SELECT count(*) FROM canceled) AS canceled, (SELECT count(*) FROM event) AS events",
-        super::events::snapshot_sql("c"),
-        super::events::fanned_out_at_sql("c", "'call.canceled'")
+        super::events::insert_events_sql("gen_random_uuid()", "'call.canceled'", "canceled c")
     );
     let row = query_one(client, &sql, &[&campaign_id]).await?;
     let canceled: i64 = row.try_get("canceled")?;
@@ -744,14 +740,11 @@ pub async fn add_campaign_calls(
               ORDER BY r.n \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING *), \
-         event AS ( \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT gen_random_uuid(), c.id, c.sequence, 'call.created', {}, {} FROM created c RETURNING 1) \
+         event AS ({} RETURNING 1) \
          SELECT c.id, c.idempotency_key, c.outbox_due_at IS NOT NULL AS messaged, \
                 (SELECT count(*) FROM event) AS events \
            FROM created c",
-        super::events::snapshot_sql("c"),
-        super::events::fanned_out_at_sql("c", "'call.created'")
+        super::events::insert_events_sql("gen_random_uuid()", "'call.created'", "created c")
     );
     let inserted = query(
         &tx,

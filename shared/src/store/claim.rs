@@ -39,7 +39,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::events::{fanned_out_at_sql, record_events, snapshot_sql_with_dials};
+use super::events::{insert_events_with_dials_sql, record_events};
 use super::{execute, query, query_opt, Pool, StoreResult, Transaction};
 use crate::domain::CallStatus;
 use crate::events::EventType;
@@ -593,7 +593,6 @@ async fn claim_batch(
 /// `call_attempts` and the attempt `attempt` inserts (invisible to the statement's own
 /// reads): the call as `GET /calls/{id}` shows it once the claim commits.
 fn take_slots_sql(candidates: &str, ids: &str) -> String {
-    let dialing = EventType::Dialing.as_str();
     format!(
         "WITH candidate AS ( \
                  SELECT c.id, c.phone, c.attempts + 1 AS attempt_no, COALESCE(c.retry_dial_key, a.attempt_id) AS dial_key, \
@@ -618,9 +617,7 @@ fn take_slots_sql(candidates: &str, ids: &str) -> String {
              attempt AS ( \
                  INSERT INTO call_attempts (id, call_id, attempt_no, idempotency_key, slot_no) \
                  SELECT attempt_id, id, attempt_no, dial_key, slot_no FROM paired RETURNING *), \
-             announced AS ( \
-                 INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-                 SELECT c.event_id, c.id, c.sequence, '{dialing}', {}, {} FROM started c RETURNING call_id) \
+             announced AS ({} RETURNING call_id) \
              SELECT a.id, candidate.id IS NULL AS phone_busy, paired.slot_no, paired.attempt_id, \
                     paired.attempt_no, paired.dial_key, paired.dial_key <> paired.attempt_id AS key_reused, \
                     (SELECT count(*) FROM slot) AS slots_taken, (SELECT count(*) FROM started) AS started, \
@@ -628,11 +625,12 @@ fn take_slots_sql(candidates: &str, ids: &str) -> String {
                FROM {ids} \
                LEFT JOIN candidate ON candidate.id = a.id \
                LEFT JOIN paired ON paired.id = a.id",
-        snapshot_sql_with_dials(
-            "c",
-            "(SELECT * FROM call_attempts UNION ALL SELECT * FROM attempt) a"
+        insert_events_with_dials_sql(
+            "c.event_id",
+            &format!("'{}'", EventType::Dialing.as_str()),
+            "started c",
+            "(SELECT * FROM call_attempts UNION ALL SELECT * FROM attempt) a",
         ),
-        fanned_out_at_sql("c", &format!("'{dialing}'::text")),
     )
 }
 

@@ -20,17 +20,14 @@ use crate::events::{CallSnapshot, EventBody, EventData, EventType};
 use crate::store::campaigns::CampaignWithProgress;
 
 /// SQL: the call of alias `c` as a `jsonb` object with the keys of [`crate::store::Call`]
-/// and its dials (read from `call_attempts`), as `GET /calls/{id}` shows it. Timestamps are
-/// Postgres' ISO 8601; [`render_snapshot`] re-reads them into the API's types.
-pub(crate) fn snapshot_sql(c: &str) -> String {
-    snapshot_sql_with_dials(c, "call_attempts a")
-}
-
-/// [`snapshot_sql`] with its dials read from `dials`, a `FROM` item of `call_attempts`'
-/// columns aliased `a`: for a statement that inserts a dial and writes its event at once
-/// (the claim's take, whose snapshot cannot see the rows the statement itself inserts),
+/// and its dials, as `GET /calls/{id}` shows it. Timestamps are Postgres' ISO 8601;
+/// [`render_snapshot`] re-reads them into the API's types.
+///
+/// The dials are read from `dials`, a `FROM` item of `call_attempts`' columns aliased `a`:
+/// `call_attempts a`, or, for a statement that inserts a dial and writes its event at once
+/// (the claim's take, whose reads cannot see the rows the statement itself inserts),
 /// `call_attempts` with the inserted rows appended.
-pub(crate) fn snapshot_sql_with_dials(c: &str, dials: &str) -> String {
+fn snapshot_sql(c: &str, dials: &str) -> String {
     format!(
         "jsonb_build_object(\
             'id', {c}.id, 'to', {c}.phone, 'scriptId', {c}.script_id, 'metadata', {c}.metadata, \
@@ -51,13 +48,37 @@ pub(crate) fn snapshot_sql_with_dials(c: &str, dials: &str) -> String {
     )
 }
 
+/// SQL: an `INSERT` of one event of type `kind` (an SQL expression) for each call `c` of
+/// `from` (what follows `FROM`, naming the changed calls, as they are after the change,
+/// `c`), with the id `event_id` (an SQL expression), the call's `sequence`, its snapshot
+/// ([`snapshot_sql`]) and its [`fanned_out_at_sql`]. The statement appends its `RETURNING`,
+/// if any.
+pub(crate) fn insert_events_sql(event_id: &str, kind: &str, from: &str) -> String {
+    insert_events_with_dials_sql(event_id, kind, from, "call_attempts a")
+}
+
+/// [`insert_events_sql`] with the snapshots' dials read from `dials` ([`snapshot_sql`]).
+pub(crate) fn insert_events_with_dials_sql(
+    event_id: &str,
+    kind: &str,
+    from: &str,
+    dials: &str,
+) -> String {
+    format!(
+        "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
+         SELECT {event_id}, c.id, c.sequence, {kind}, {}, {} FROM {from}",
+        snapshot_sql("c", dials),
+        fanned_out_at_sql("c", kind)
+    )
+}
+
 /// SQL: when an event of type `kind` (an SQL expression) of the call of alias `c` is
 /// written, `now()` if nobody would receive it — the call has no `callbackUrl` and no
 /// enabled endpoint is subscribed to that type — else NULL. The event is then written
 /// already fanned out: the notifier never looks at it, and nobody is woken for it (an
 /// endpoint receives the events of changes made after its registration, as the fan-out
 /// itself has it). It stays readable on the call (`GET /calls/{id}/events`).
-pub(crate) fn fanned_out_at_sql(c: &str, kind: &str) -> String {
+fn fanned_out_at_sql(c: &str, kind: &str) -> String {
     format!(
         "CASE WHEN {c}.callback_url IS NULL AND NOT EXISTS ( \
              SELECT 1 FROM webhook_endpoints w \
@@ -107,25 +128,17 @@ pub(crate) async fn record_event<C: Executor>(
 
 /// [`record_events`]' statement, built once (each change of a call writes an event).
 static RECORD_EVENTS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-         SELECT e.event_id, c.id, c.sequence, e.type, {}, {} \
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS e(event_id, call_id, type) \
+    insert_events_sql(
+        "e.event_id",
+        "e.type",
+        "unnest($1::uuid[], $2::uuid[], $3::text[]) AS e(event_id, call_id, type) \
            JOIN calls c ON c.id = e.call_id",
-        snapshot_sql("c"),
-        fanned_out_at_sql("c", "e.type")
     )
 });
 
 /// [`record_event`]'s statement, built once.
-static RECORD_EVENT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-         SELECT $1, c.id, c.sequence, $3::text, {}, {} FROM calls c WHERE c.id = $2",
-        snapshot_sql("c"),
-        fanned_out_at_sql("c", "$3::text")
-    )
-});
+static RECORD_EVENT: LazyLock<String> =
+    LazyLock::new(|| insert_events_sql("$1", "$3::text", "calls c WHERE c.id = $2"));
 
 pub(crate) fn expect_written(asked: usize, written: u64) -> StoreResult<()> {
     if written != asked as u64 {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::dial::{
     delay_into_window, fail_call, wait_for_provider_room, FailureReport, RetryPolicy,
 };
-use super::events::{expect_written, fanned_out_at_sql, record_event, snapshot_sql};
+use super::events::{expect_written, insert_events_sql, record_event};
 use super::slots::release_slot_nudge_and_mark_applied;
 use super::{execute, query, query_opt, seconds, Pool, StoreResult, Transaction};
 use crate::backoff;
@@ -686,10 +686,8 @@ async fn end_call_as(
                         ended_at = COALESCE($4, now()), updated_at = now(), outbox_due_at = NULL, \
                         retry_dial_key = NULL, result = $6::jsonb, sequence = sequence + 1 \
                   WHERE id = $1 RETURNING calls.*) \
-             INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-             SELECT $7, c.id, c.sequence, $8::text, {}, {} FROM ended c",
-            snapshot_sql("c"),
-            fanned_out_at_sql("c", "$8::text")
+             {}",
+            insert_events_sql("$7", "$8::text", "ended c")
         )
     });
     let written = execute(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::dial::{delay_into_window, fail_call, RetryPolicy};
-use super::events::{fanned_out_at_sql, record_events, snapshot_sql};
+use super::events::{insert_events_sql, record_events};
 use super::slots::{
     nudge_waiting_calls, recent_nudges_count, release_slot, unmark_overdue_messages,
     MESSAGE_ON_ITS_WAY_SECONDS,
@@ -289,11 +289,8 @@ pub async fn expire_pending_calls(
                                    OR ($1::float8 IS NOT NULL AND created_at <= now() - make_interval(secs => $1))) \
                             LIMIT $2 FOR UPDATE SKIP LOCKED) \
               RETURNING *) \
-         INSERT INTO call_events (id, call_id, sequence, type, data, fanned_out_at) \
-         SELECT gen_random_uuid(), c.id, c.sequence, 'call.expired', {}, {} FROM expired c \
-         RETURNING call_id",
-        snapshot_sql("c"),
-        fanned_out_at_sql("c", "'call.expired'")
+         {} RETURNING call_id",
+        insert_events_sql("gen_random_uuid()", "'call.expired'", "expired c")
     );
     let rows = query(&client, &sql, &[&max_pending_age.map(seconds), &BATCH]).await?;
     Ok(rows.len() as u64)
