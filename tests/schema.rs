@@ -140,17 +140,15 @@ async fn every_column_rule_refuses_what_it_refused_before() {
 
 /// Every row of the tables above, as text.
 async fn snapshot(client: &tokio_postgres::Client) -> String {
-    client
-        .query_one(
-            "SELECT concat_ws(' | ', \
-                    (SELECT json_agg(c ORDER BY c.id)::text FROM calls c), \
-                    (SELECT json_agg(a ORDER BY a.id)::text FROM call_attempts a), \
-                    (SELECT json_agg(w ORDER BY w.webhook_id)::text FROM provider_webhooks w), \
-                    (SELECT json_agg(e ORDER BY e.id)::text FROM call_events e), \
-                    (SELECT json_agg(s ORDER BY s.slot_no)::text FROM call_slots s))",
-            &[],
-        )
-        .await
-        .expect("reading the rows")
-        .get(0)
+    common::rows_as_json(
+        client,
+        &[
+            ("calls t", "t.id"),
+            ("call_attempts t", "t.id"),
+            ("provider_webhooks t", "t.webhook_id"),
+            ("call_events t", "t.id"),
+            ("call_slots t", "t.slot_no"),
+        ],
+    )
+    .await
 }

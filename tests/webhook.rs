@@ -100,18 +100,7 @@ impl Webhook {
     /// Everything a webhook could change, as one text: compared before and after a refusal.
     async fn snapshot(&self) -> String {
         let client = self.env.pool.get().await.expect("pool");
-        client
-            .query_one(
-                "SELECT concat_ws(' | ', \
-                   (SELECT json_agg(c ORDER BY c.id)::text FROM calls c), \
-                   (SELECT json_agg(a ORDER BY a.id)::text FROM call_attempts a), \
-                   (SELECT json_agg(s ORDER BY s.slot_no)::text FROM call_slots s WHERE s.call_id IS NOT NULL), \
-                   (SELECT json_agg(w ORDER BY w.webhook_id)::text FROM provider_webhooks w))",
-                &[],
-            )
-            .await
-            .expect("snapshot")
-            .get(0)
+        common::rows_as_json(&client, common::SETTLEMENT_ROWS).await
     }
 
     async fn post(&self, request: Request<Body>) -> Answer {

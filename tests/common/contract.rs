@@ -215,19 +215,7 @@ impl Stage {
     /// Everything a webhook could change, as one text.
     pub async fn snapshot(&self) -> String {
         let client = self.env.pool.get().await.expect("pool");
-        client
-            .query_one(
-                "SELECT concat_ws(' | ', \
-                   COALESCE((SELECT json_agg(c ORDER BY c.id)::text FROM calls c), '[]'), \
-                   COALESCE((SELECT json_agg(a ORDER BY a.id)::text FROM call_attempts a), '[]'), \
-                   COALESCE((SELECT json_agg(s ORDER BY s.slot_no)::text FROM call_slots s \
-                              WHERE s.call_id IS NOT NULL), '[]'), \
-                   COALESCE((SELECT json_agg(w ORDER BY w.webhook_id)::text FROM provider_webhooks w), '[]'))",
-                &[],
-            )
-            .await
-            .expect("snapshot")
-            .get(0)
+        super::rows_as_json(&client, super::SETTLEMENT_ROWS).await
     }
 
     /// The one call the fake placed for `call_id`'s dials, found by the number.

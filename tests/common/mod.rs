@@ -254,6 +254,36 @@ impl TestEnv {
     }
 }
 
+/// A table's rows in [`rows_as_json`]: the table aliased `t` (with any condition), and the
+/// order its rows are listed in.
+pub type TableRows = (&'static str, &'static str);
+
+/// What a provider's report can change: the calls, their dials, the slots held and the
+/// provider's webhooks stored.
+pub const SETTLEMENT_ROWS: &[TableRows] = &[
+    ("calls t", "t.id"),
+    ("call_attempts t", "t.id"),
+    ("call_slots t WHERE t.call_id IS NOT NULL", "t.slot_no"),
+    ("provider_webhooks t", "t.webhook_id"),
+];
+
+/// Every row of `tables`, each table as a JSON array (`[]` when empty), in one text: read
+/// before and after a request that must change nothing, and compared.
+pub async fn rows_as_json(client: &tokio_postgres::Client, tables: &[TableRows]) -> String {
+    let arrays: Vec<String> = tables
+        .iter()
+        .map(|(from, order)| {
+            format!("COALESCE((SELECT json_agg(t ORDER BY {order})::text FROM {from}), '[]')")
+        })
+        .collect();
+    let sql = format!("SELECT concat_ws(' | ', {})", arrays.join(", "));
+    client
+        .query_one(sql.as_str(), &[])
+        .await
+        .expect("reading the rows")
+        .get(0)
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();
